@@ -1,0 +1,159 @@
+"""The parsed OKX loan-info answer as plain dataclasses, and the strict parser that builds them.
+
+OKX sends every number as a decimal string and an absent value as ``""``. The parser keeps that
+distinction (``""`` becomes ``None``, never 0), converts with ``float()`` so a value keeps OKX's
+digits exactly as far as a float can (``"0.0000097"`` is ``9.7e-06``), and rejects anything that is
+not a loan-info answer with :class:`InvalidResponse`, so that a malformed answer can never replace
+good cached values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class InvalidResponse(ValueError):
+    """The answer is not a well-formed loan-info answer; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class Position:
+    """One account's Flexible Loan position as OKX reported it.
+
+    ``active`` is False when OKX answered with an empty ``data`` list (no loan): then the notionals
+    are 0 and every other field is empty. Ratios are fractions (0.5742 means 57.42 %).
+    """
+
+    active: bool
+    loan_notional_usd: float | None = 0.0
+    collateral_notional_usd: float | None = 0.0
+    current_ltv: float | None = None
+    margin_call_ltv: float | None = None
+    liquidation_ltv: float | None = None
+    loans: Mapping[str, float] = field(default_factory=dict)
+    collateral: Mapping[str, float] = field(default_factory=dict)
+    liquidation_instrument: str | None = None
+    liquidation_price: float | None = None
+    ignored_entries: int = 0
+    """How many entries after the first OKX sent (it documents one; the first is used)."""
+
+
+NO_LOAN = Position(active=False)
+
+
+def parse_decimal(value: object, where: str) -> float | None:
+    """Convert one OKX decimal string to a float; ``""`` is ``None`` (absent).
+
+    Refuses what is not a plain non-negative finite decimal string: ``null``, numbers sent as JSON
+    numbers, ``"abc"``, ``"NaN"``, ``"1e400"`` (overflows to infinity) and negative values, since no
+    amount, notional or ratio in loan-info can be negative. ``"-0"`` is read as 0.
+    """
+    if not isinstance(value, str):
+        raise InvalidResponse(f"{where}: expected a decimal string, got {type(value).__name__}")
+    if value == "":
+        return None
+    text = value.strip()
+    if not text or len(text) > 64 or not _looks_decimal(text):
+        raise InvalidResponse(f"{where}: {_quote(value)} is not a decimal number")
+    number = float(text)
+    if not math.isfinite(number):
+        raise InvalidResponse(f"{where}: {_quote(value)} is out of range")
+    if number < 0:
+        raise InvalidResponse(f"{where}: {_quote(value)} is negative")
+    return number + 0.0  # turns -0.0 into 0.0
+
+
+def parse_loan_info(body: object) -> Position:
+    """Build a :class:`Position` from a decoded loan-info answer whose ``code`` was ``"0"``."""
+    if not isinstance(body, Mapping):
+        raise InvalidResponse(f"answer is a JSON {type(body).__name__}, not an object")
+    if "data" not in body:
+        raise InvalidResponse("answer has no 'data'")
+    data = body["data"]
+    if not isinstance(data, list):
+        raise InvalidResponse(f"'data' is a {type(data).__name__}, not a list")
+    if not data:
+        return NO_LOAN
+    entry = data[0]
+    if not isinstance(entry, Mapping):
+        raise InvalidResponse(f"data[0] is a {type(entry).__name__}, not an object")
+    risk = _require(entry, "riskWarningData", "data[0]")
+    if not isinstance(risk, Mapping):
+        raise InvalidResponse("data[0].riskWarningData is not an object")
+    instrument = _string(_require(risk, "instId", "data[0].riskWarningData"),
+                         "data[0].riskWarningData.instId")
+    liquidation_price = parse_decimal(_require(risk, "liqPx", "data[0].riskWarningData"),
+                                      "data[0].riskWarningData.liqPx")
+    has_liquidation_price = bool(instrument) and liquidation_price is not None
+
+    return Position(
+        active=True,
+        loan_notional_usd=_decimal_field(entry, "loanNotionalUsd"),
+        collateral_notional_usd=_decimal_field(entry, "collateralNotionalUsd"),
+        current_ltv=_decimal_field(entry, "curLTV"),
+        margin_call_ltv=_decimal_field(entry, "marginCallLTV"),
+        liquidation_ltv=_decimal_field(entry, "liqLTV"),
+        loans=_currency_amounts(entry, "loanData"),
+        collateral=_currency_amounts(entry, "collateralData"),
+        liquidation_instrument=instrument if has_liquidation_price else None,
+        liquidation_price=liquidation_price if has_liquidation_price else None,
+        ignored_entries=len(data) - 1,
+    )
+
+
+def _looks_decimal(text: str) -> bool:
+    """True for ``[+-]digits[.digits][e[+-]digits]`` in ASCII (float() also takes 'nan', '1_0')."""
+    body = text[1:] if text[0] in "+-" else text
+    mantissa, _, exponent = body.lower().partition("e")
+    whole, _, fraction = mantissa.partition(".")
+    if not (whole or fraction) or not (whole + fraction).isascii():
+        return False
+    if not all(part.isdigit() for part in (whole, fraction) if part):
+        return False
+    if "e" in body.lower():
+        digits = exponent[1:] if exponent[:1] in "+-" else exponent
+        return digits.isascii() and digits.isdigit()
+    return True
+
+
+def _require(mapping: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in mapping:
+        raise InvalidResponse(f"{where} has no '{key}'")
+    return mapping[key]
+
+
+def _string(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidResponse(f"{where}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _decimal_field(entry: Mapping[str, Any], key: str) -> float | None:
+    return parse_decimal(_require(entry, key, "data[0]"), f"data[0].{key}")
+
+
+def _currency_amounts(entry: Mapping[str, Any], key: str) -> dict[str, float]:
+    items = _require(entry, key, "data[0]")
+    if not isinstance(items, list):
+        raise InvalidResponse(f"data[0].{key} is a {type(items).__name__}, not a list")
+    amounts: dict[str, float] = {}
+    for index, item in enumerate(items):
+        where = f"data[0].{key}[{index}]"
+        if not isinstance(item, Mapping):
+            raise InvalidResponse(f"{where} is a {type(item).__name__}, not an object")
+        currency = _string(_require(item, "ccy", where), f"{where}.ccy")
+        amount = parse_decimal(_require(item, "amt", where), f"{where}.amt")
+        if not currency or amount is None:
+            continue  # OKX's "" means absent: no series rather than a 0
+        if currency in amounts:
+            raise InvalidResponse(f"{where}.ccy: currency {_quote(currency)} appears twice")
+        amounts[currency] = amount
+    return amounts
+
+
+def _quote(value: str, limit: int = 40) -> str:
+    shown = value if len(value) <= limit else value[:limit] + "..."
+    return repr(shown)
