@@ -1,7 +1,7 @@
 """Signed calls to OKX's loan-info endpoint and the classification of everything that can go wrong.
 
 This module knows OKX and HTTP, nothing of Prometheus: it returns a :class:`Position` or raises
-:class:`OkxError` carrying one :class:`FailureReason`, a one-line detail and a hint for the operator.
+:class:`OkxError` carrying one :class:`FailureReason`, a one-line detail and an operator's hint.
 Each HTTP request is reported to an optional ``on_request`` callback (duration and outcome), which
 is how the exporter counts requests without this module knowing about metrics.
 """
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import TypeVar
 
 import httpx
 
@@ -28,6 +29,9 @@ LOAN_INFO_PATH = "/api/v5/finance/flexible-loan/loan-info"
 PUBLIC_TIME_PATH = "/api/v5/public/time"
 MAX_BODY_BYTES = 1_000_000
 """Answers larger than this are refused; a real loan-info answer is a few kilobytes."""
+
+
+T = TypeVar("T")
 
 
 class FailureReason(StrEnum):
@@ -169,7 +173,9 @@ class OkxClient:
         }
         if self._demo:
             headers["x-simulated-trading"] = "1"
-        body = await self._request(LOAN_INFO_PATH, headers)
+        return await self._request(LOAN_INFO_PATH, headers, self._parse_loan_info)
+
+    def _parse_loan_info(self, body: dict[str, object]) -> Position:
         try:
             return parse_loan_info(body)
         except InvalidResponse as error:
@@ -179,24 +185,20 @@ class OkxClient:
 
     async def _measure_clock_offset(self) -> None:
         sent = self._clock()
-        body = await self._request(PUBLIC_TIME_PATH, {})
+        okx_ms = await self._request(PUBLIC_TIME_PATH, {}, _parse_public_time)
         received = self._clock()
-        try:
-            okx_ms = int(body["data"][0]["ts"])
-        except (KeyError, IndexError, TypeError, ValueError):
-            raise OkxError(FailureReason.INVALID_RESPONSE, "malformed public/time answer",
-                           "cannot correct the clock; fix the machine's clock (NTP)") from None
         self.clock_offset = okx_ms / 1000 - (sent + received) / 2
 
-    async def _request(self, path: str, headers: dict[str, str]) -> dict[str, object]:
-        """Send one GET, report it, and return the decoded ``code "0"`` answer."""
+    async def _request(self, path: str, headers: dict[str, str],
+                       parse: Callable[[dict[str, object]], T]) -> T:
+        """Send one GET, parse its ``code "0"`` answer, and report the request's outcome."""
         started = time.perf_counter()
         reason: FailureReason | None = FailureReason.NETWORK
         try:
             status, raw = await self._get(path, headers)
-            body = self._decode(status, raw)
+            result = parse(self._decode(status, raw))
             reason = None
-            return body
+            return result
         except OkxError as error:
             reason = error.reason
             raise
@@ -231,10 +233,12 @@ class OkxClient:
 
     def _connect_error(self, error: httpx.ConnectError) -> OkxError:
         cause: BaseException | None = error
-        while cause is not None:
+        seen: set[int] = set()
+        while cause is not None and id(cause) not in seen:
             if isinstance(cause, socket.gaierror):
                 return OkxError(FailureReason.NETWORK, f"cannot resolve the host of "
                                 f"{self._base_url}", "check base_url or region, and DNS")
+            seen.add(id(cause))
             cause = cause.__cause__ or cause.__context__
         return OkxError(FailureReason.NETWORK, f"cannot connect to {self._base_url}",
                         "check base_url, the network and any proxy or firewall")
@@ -281,3 +285,12 @@ class OkxClient:
         if any(fragment in text for fragment in self._fragments):
             return "[withheld: contained credential material]"
         return text
+
+
+def _parse_public_time(body: dict[str, object]) -> int:
+    """OKX's clock in milliseconds from a public/time answer."""
+    try:
+        return int(body["data"][0]["ts"])  # type: ignore[index]
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise OkxError(FailureReason.INVALID_RESPONSE, "malformed public/time answer",
+                       "cannot correct the clock; fix the machine's clock (NTP)") from None
