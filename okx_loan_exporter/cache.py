@@ -1,0 +1,172 @@
+"""Per-account TTL cache of positions: at most one OKX request per account per TTL, single flight,
+backoff after authentication failures, and a bound on how long stale values are served.
+
+All state changes happen on one asyncio event loop; scrapes ask :meth:`PositionCache.refresh`,
+which starts the fetches that are due, waits for the ones in flight up to the scrape's deadline,
+and returns a consistent :class:`AccountSnapshot` per account. A fetch that outlives the deadline is
+not cancelled: it completes into the cache for the next scrape. Nothing here knows about HTTP
+servers or Prometheus; time comes from an injectable clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from okx_loan_exporter.okx import FailureReason, OkxError
+from okx_loan_exporter.position import Position
+from okx_loan_exporter.stats import RequestStats, RequestStatsSnapshot
+
+log = logging.getLogger(__name__)
+
+MAX_AUTH_BACKOFF = 300.0
+"""Longest wait, in seconds, between attempts while OKX keeps refusing an account's key."""
+
+
+class PositionSource(Protocol):
+    """Where an account's position comes from (the OKX client, or a fake in tests)."""
+
+    clock_offset: float
+
+    async def loan_info(self) -> Position: ...
+
+
+@dataclass(frozen=True)
+class AccountSnapshot:
+    """Everything the collector needs about one account at one scrape."""
+
+    name: str
+    position: Position | None
+    """The latest good position while it is younger than ``max_stale``; otherwise None."""
+    up: bool
+    """The latest attempt succeeded and no fetch was left unfinished at this scrape's deadline."""
+    last_success: float | None
+    last_failure: FailureReason | None
+    last_error: str | None
+    requests: RequestStatsSnapshot
+    clock_offset: float
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    position: Position | None = None
+    last_success: float | None = None
+    failure: FailureReason | None = None
+    error: str | None = None
+    code: str | None = None
+
+
+class AccountCache:
+    """One account's cached position and the rules for when to ask OKX again."""
+
+    def __init__(self, name: str, source: PositionSource, *, ttl: float, max_stale: float,
+                 stats: RequestStats | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.name = name
+        self.stats = stats if stats is not None else RequestStats()
+        self._source = source
+        self._ttl = ttl
+        self._max_stale = max_stale
+        self._clock = clock
+        self._outcome = _Outcome()
+        self._attempted = False
+        self._next_attempt = float("-inf")
+        self._auth_failures = 0
+        self._warned_extra_entries = False
+        self._task: asyncio.Task[None] | None = None
+
+    def fetch_if_due(self) -> asyncio.Task[None] | None:
+        """The fetch this scrape must wait for: the one in flight, a new one if due, or None."""
+        if self._task is not None and not self._task.done():
+            return self._task
+        if self._clock() < self._next_attempt:
+            return None
+        self._task = asyncio.get_running_loop().create_task(self._fetch())
+        return self._task
+
+    def snapshot(self, *, pending: bool = False) -> AccountSnapshot:
+        outcome = self._outcome
+        fresh = (outcome.last_success is not None
+                 and self._clock() - outcome.last_success <= self._max_stale)
+        return AccountSnapshot(
+            name=self.name,
+            position=outcome.position if fresh else None,
+            up=self._attempted and outcome.failure is None and not pending,
+            last_success=outcome.last_success,
+            last_failure=outcome.failure,
+            last_error=outcome.error,
+            requests=self.stats.snapshot(),
+            clock_offset=self._source.clock_offset,
+        )
+
+    async def _fetch(self) -> None:
+        started = self._clock()
+        self._next_attempt = started + self._ttl  # whatever the outcome: one request per TTL
+        try:
+            position = await self._source.loan_info()
+        except OkxError as error:
+            self._record_failure(started, error.reason, str(error), error.code)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug must not kill the cache: count it and keep serving
+            log.exception("account %s: unexpected error while fetching loan-info", self.name)
+            self._record_failure(started, FailureReason.INVALID_RESPONSE,
+                                 "unexpected error while reading the answer", None)
+        else:
+            self._record_success(position)
+        finally:
+            self._attempted = True
+
+    def _record_success(self, position: Position) -> None:
+        previous = self._outcome
+        if previous.failure is not None:
+            log.info("account %s: OKX answers again after %s", self.name, previous.failure.value,
+                     extra={"account": self.name})
+        elif previous.last_success is None:
+            log.info("account %s: first answer from OKX (loan %s)", self.name,
+                     "active" if position.active else "none", extra={"account": self.name})
+        if position.ignored_entries and not self._warned_extra_entries:
+            self._warned_extra_entries = True
+            log.warning("account %s: OKX returned %d loan-info entries; using the first",
+                        self.name, position.ignored_entries + 1, extra={"account": self.name})
+        self._auth_failures = 0
+        self._outcome = _Outcome(position=position, last_success=self._clock())
+
+    def _record_failure(self, started: float, reason: FailureReason, error: str,
+                        code: str | None) -> None:
+        previous = self._outcome
+        retry_in = self._ttl
+        if reason is FailureReason.AUTH:
+            self._auth_failures += 1
+            retry_in = max(self._ttl, min(self._ttl * 2 ** self._auth_failures, MAX_AUTH_BACKOFF))
+            self._next_attempt = started + retry_in
+        changed = (previous.failure, previous.code) != (reason, code)
+        level = logging.WARNING if changed else logging.DEBUG
+        log.log(level, "account %s: OKX request failed: %s; next try in %gs", self.name, error,
+                retry_in, extra={"account": self.name, "reason": reason.value})
+        self._outcome = _Outcome(position=previous.position, last_success=previous.last_success,
+                                 failure=reason, error=error, code=code)
+
+
+class PositionCache:
+    """All accounts' caches; scrapes call :meth:`refresh_async` on the cache's event loop."""
+
+    def __init__(self, accounts: Sequence[AccountCache]) -> None:
+        self.accounts = tuple(accounts)
+
+    async def refresh_async(self, wait: float) -> list[AccountSnapshot]:
+        """Start due fetches, wait up to ``wait`` seconds for those in flight, snapshot all."""
+        tasks = {account.name: task for account in self.accounts
+                 if (task := account.fetch_if_due()) is not None}
+        if tasks and wait > 0:
+            await asyncio.wait(tasks.values(), timeout=wait)
+        return [account.snapshot(pending=account.name in tasks and not tasks[account.name].done())
+                for account in self.accounts]
+
+    def snapshots(self) -> list[AccountSnapshot]:
+        """The current state without asking OKX (for the landing page)."""
+        return [account.snapshot() for account in self.accounts]

@@ -1,0 +1,266 @@
+"""The per-account cache: TTL, single flight, stale bound, auth backoff, state-change logging."""
+
+import asyncio
+import logging
+
+import pytest
+
+from okx_loan_exporter.cache import MAX_AUTH_BACKOFF, AccountCache, PositionCache
+from okx_loan_exporter.okx import FailureReason, OkxError
+from okx_loan_exporter.position import Position
+
+
+class Clock:
+    def __init__(self, now=1_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+class FakeSource:
+    """Answers from a script of positions or OkxErrors; can be held to simulate slowness."""
+
+    def __init__(self, *results):
+        self.results = list(results)
+        self.calls = 0
+        self.clock_offset = 0.0
+        self.gate: asyncio.Event | None = None
+
+    async def loan_info(self):
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        result = self.results.pop(0) if len(self.results) > 1 else self.results[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+def position(ltv):
+    return Position(active=True, loan_notional_usd=100.0, collateral_notional_usd=100 / ltv,
+                    current_ltv=ltv, margin_call_ltv=0.7, liquidation_ltv=0.8,
+                    loans={"USDT": 100.0}, collateral={"BTC": 0.01})
+
+
+def failure(reason=FailureReason.API_ERROR, code="50013"):
+    return OkxError(reason, f"OKX code {code}", "hint", code=code)
+
+
+def make(*results, ttl=10.0, max_stale=300.0, clock=None):
+    clock = clock or Clock()
+    source = FakeSource(*results)
+    account = AccountCache("main", source, ttl=ttl, max_stale=max_stale, clock=clock)
+    return PositionCache([account]), source, clock
+
+
+def refresh(cache, wait=1.0):
+    return asyncio.run(cache.refresh_async(wait))
+
+
+def only(snapshots):
+    (snapshot,) = snapshots
+    return snapshot
+
+
+def test_first_scrape_fetches_and_serves():
+    cache, source, clock = make(position(0.5))
+    snapshot = only(refresh(cache))
+    assert snapshot.up is True
+    assert snapshot.position.current_ltv == 0.5
+    assert snapshot.last_success == clock.now
+    assert source.calls == 1
+
+
+def test_within_ttl_serves_cache_then_refetches_after_ttl():
+    cache, source, clock = make(position(0.5), position(0.6))
+    refresh(cache)
+    clock.now += 9.9
+    assert only(refresh(cache)).position.current_ltv == 0.5
+    assert source.calls == 1
+    clock.now += 0.1
+    assert only(refresh(cache)).position.current_ltv == 0.6
+    assert source.calls == 2
+
+
+def test_failure_keeps_last_good_values_with_up_zero_and_is_not_retried_within_ttl():
+    cache, source, clock = make(position(0.5), failure(), position(0.7))
+    refresh(cache)
+    clock.now += 10
+    snapshot = only(refresh(cache))
+    assert snapshot.up is False
+    assert snapshot.last_failure is FailureReason.API_ERROR
+    assert snapshot.position.current_ltv == 0.5
+    clock.now += 5
+    refresh(cache)
+    assert source.calls == 2
+    clock.now += 5
+    recovered = only(refresh(cache))
+    assert recovered.up is True and recovered.position.current_ltv == 0.7
+    assert recovered.last_failure is None
+
+
+def test_stale_values_dropped_after_max_stale():
+    cache, _, clock = make(position(0.5), failure(), ttl=10, max_stale=60)
+    refresh(cache)
+    success_time = clock.now
+    clock.now += 60
+    assert only(refresh(cache)).position is not None
+    clock.now += 0.5
+    snapshot = only(refresh(cache))
+    assert snapshot.position is None
+    assert snapshot.last_success == success_time
+    assert snapshot.up is False
+
+
+def test_never_succeeded_has_no_position():
+    cache, _, _ = make(failure(FailureReason.TIMEOUT))
+    snapshot = only(refresh(cache))
+    assert snapshot.position is None and snapshot.last_success is None and not snapshot.up
+
+
+def test_single_flight_concurrent_scrapes_share_one_request():
+    cache, source, _ = make(position(0.5))
+
+    async def scenario():
+        source.gate = asyncio.Event()
+        scrapes = [asyncio.ensure_future(cache.refresh_async(5)) for _ in range(50)]
+        await asyncio.sleep(0.01)
+        source.gate.set()
+        return await asyncio.gather(*scrapes)
+
+    results = asyncio.run(scenario())
+    assert source.calls == 1
+    assert all(only(snapshots).up and only(snapshots).position.current_ltv == 0.5
+               for snapshots in results)
+
+
+def test_deadline_returns_cached_with_up_zero_and_fetch_completes_later():
+    cache, source, clock = make(position(0.5), position(0.6))
+
+    async def scenario():
+        first = await cache.refresh_async(1)
+        clock.now += 10
+        source.gate = asyncio.Event()
+        cut_off = await cache.refresh_async(0.05)
+        source.gate.set()
+        await asyncio.sleep(0.01)
+        after = await cache.refresh_async(1)
+        return first, cut_off, after
+
+    first, cut_off, after = asyncio.run(scenario())
+    assert only(first).up
+    assert not only(cut_off).up
+    assert only(cut_off).position.current_ltv == 0.5  # whatever is cached
+    assert only(after).up and only(after).position.current_ltv == 0.6
+    assert source.calls == 2
+
+
+def test_accounts_are_fetched_concurrently():
+    clock = Clock()
+
+    class Slow(FakeSource):
+        async def loan_info(self):
+            await asyncio.sleep(0.2)
+            return await super().loan_info()
+
+    accounts = [AccountCache(f"a{i}", Slow(position(0.5)), ttl=10, max_stale=60, clock=clock)
+                for i in range(20)]
+    cache = PositionCache(accounts)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        snapshots = await cache.refresh_async(5)
+        return loop.time() - started, snapshots
+
+    elapsed, snapshots = asyncio.run(scenario())
+    assert all(snapshot.up for snapshot in snapshots)
+    assert elapsed < 2.0  # 20 sequential fetches would take 4 s
+
+
+def test_one_failing_account_does_not_affect_others():
+    clock = Clock()
+    good = AccountCache("good", FakeSource(position(0.5)), ttl=10, max_stale=60, clock=clock)
+    bad = AccountCache("bad", FakeSource(failure(FailureReason.AUTH, "50113")), ttl=10,
+                       max_stale=60, clock=clock)
+    snapshots = {s.name: s for s in refresh(PositionCache([good, bad]))}
+    assert snapshots["good"].up and snapshots["good"].position is not None
+    assert not snapshots["bad"].up and snapshots["bad"].last_failure is FailureReason.AUTH
+
+
+def test_auth_failures_back_off_up_to_five_minutes_and_reset_on_success():
+    results = [failure(FailureReason.AUTH, "50113")] * 7 + [position(0.5)] + [
+        failure(FailureReason.AUTH, "50113"), position(0.5)]
+    cache, source, clock = make(*results, ttl=10)
+    intervals = []
+    for _ in range(9):
+        calls = source.calls
+        start = clock.now
+        refresh(cache)
+        while source.calls == calls:
+            clock.now += 1
+            refresh(cache)
+        intervals.append(clock.now - start)
+    # first fetch at once; then 20, 40, 80, 160, 300, 300, 300 s; after success back to TTL
+    assert intervals[:8] == [0, 20, 40, 80, 160, MAX_AUTH_BACKOFF, MAX_AUTH_BACKOFF,
+                             MAX_AUTH_BACKOFF]
+    assert intervals[8] == 10  # success reset the backoff: the next failure waits one TTL...
+    calls = source.calls
+    clock.now += 20
+    refresh(cache)
+    assert source.calls == calls + 1  # ...and one auth failure backs off 20 s, not 300
+
+
+def test_non_auth_failures_retry_every_ttl():
+    cache, source, clock = make(failure(FailureReason.RATE_LIMITED, "50011"), ttl=10)
+    for _ in range(5):
+        refresh(cache)
+        clock.now += 10
+    assert source.calls == 5
+
+
+def test_logs_once_per_change_of_state(caplog):
+    cache, _, clock = make(position(0.5), failure(code="50013"), failure(code="50013"),
+                           failure(FailureReason.AUTH, "50105"), position(0.6))
+    with caplog.at_level(logging.INFO, logger="okx_loan_exporter.cache"):
+        for _ in range(5):
+            refresh(cache)
+            clock.now += 20
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(lines) == 4, lines
+    assert "first answer" in lines[0]
+    assert "50013" in lines[1]
+    assert "50105" in lines[2]
+    assert "answers again" in lines[3]
+
+
+def test_more_than_one_entry_warns_once(caplog):
+    extra = Position(active=True, current_ltv=0.5, ignored_entries=1)
+    cache, _, clock = make(extra)
+    with caplog.at_level(logging.WARNING, logger="okx_loan_exporter.cache"):
+        for _ in range(3):
+            refresh(cache)
+            clock.now += 10
+    assert sum("using the first" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_unexpected_exception_is_contained():
+    cache, _, _ = make(RuntimeError("bug"))
+    snapshot = only(refresh(cache))
+    assert not snapshot.up
+    assert snapshot.last_failure is FailureReason.INVALID_RESPONSE
+
+
+@pytest.mark.parametrize("wait", [0, 0.01])
+def test_zero_wait_does_not_block(wait):
+    cache, source, _ = make(position(0.5))
+
+    async def scenario():
+        source.gate = asyncio.Event()
+        snapshots = await cache.refresh_async(wait)
+        source.gate.set()
+        return snapshots
+
+    snapshot = only(asyncio.run(scenario()))
+    assert not snapshot.up and snapshot.position is None
