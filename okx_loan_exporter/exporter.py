@@ -1,0 +1,114 @@
+"""Wires a validated configuration into a running exporter: OKX clients, caches and the registry.
+
+:class:`Exporter` owns the event loop thread on which all OKX requests and cache updates run, one
+pooled httpx client per base URL, and builds the per-scrape registry that the web layer renders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import httpx
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from okx_loan_exporter import __version__
+from okx_loan_exporter.cache import AccountCache, AccountSnapshot, PositionCache
+from okx_loan_exporter.collector import LoanCollector
+from okx_loan_exporter.config import ExporterConfig
+from okx_loan_exporter.okx import Credentials, OkxClient
+from okx_loan_exporter.stats import RequestStats
+
+T = TypeVar("T")
+
+DEADLINE_MARGIN = 0.5
+"""Seconds kept back from Prometheus' scrape timeout for rendering and the network."""
+USER_AGENT = f"okx-loan-exporter/{__version__}"
+
+
+class EventLoopThread:
+    """An asyncio event loop running on a daemon thread, for work submitted from other threads."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="okx-fetch",
+                                        daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coroutine`` on the loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=2)
+
+
+class Exporter:
+    """The running exporter: serves scrapes from per-account caches filled from OKX."""
+
+    def __init__(self, config: ExporterConfig, *, clock: Callable[[], float] = time.time,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.config = config
+        self._loop_thread = EventLoopThread()
+        self._http_clients: dict[str, httpx.AsyncClient] = {}
+        self._process_collector = ProcessCollector(registry=None)
+        accounts = []
+        for account in config.accounts:
+            http = self._http_client(account.base_url, transport)
+            stats = RequestStats()
+            client = OkxClient(http, account.base_url,
+                               Credentials(account.api_key, account.secret_key,
+                                           account.passphrase),
+                               demo=account.demo, timeout=config.timeout, clock=clock,
+                               on_request=stats.observe)
+            accounts.append(AccountCache(account.name, client, ttl=config.cache_ttl,
+                                         max_stale=config.max_stale, stats=stats, clock=clock))
+        self.cache = PositionCache(accounts)
+
+    def _http_client(self, base_url: str, transport: httpx.AsyncBaseTransport | None,
+                     ) -> httpx.AsyncClient:
+        if base_url not in self._http_clients:
+            limits = httpx.Limits(max_connections=len(self.config.accounts) + 4,
+                                  max_keepalive_connections=len(self.config.accounts) + 4)
+            self._http_clients[base_url] = httpx.AsyncClient(
+                timeout=self.config.timeout, limits=limits, transport=transport,
+                headers={"User-Agent": USER_AGENT}, follow_redirects=False)
+        return self._http_clients[base_url]
+
+    def scrape_wait(self, scrape_timeout: float | None) -> float:
+        """How long a scrape may wait for OKX: bounded by ``timeout`` and Prometheus' deadline."""
+        wait = self.config.timeout + 0.1
+        if scrape_timeout is not None and scrape_timeout > 0:
+            wait = min(wait, max(scrape_timeout - DEADLINE_MARGIN, scrape_timeout / 2))
+        return wait
+
+    def scrape(self, scrape_timeout: float | None = None) -> list[AccountSnapshot]:
+        """Refresh what is due and return every account's snapshot for one scrape."""
+        wait = self.scrape_wait(scrape_timeout)
+        return self._loop_thread.run(self.cache.refresh_async(wait), timeout=wait + 5)
+
+    def registry(self, snapshots: list[AccountSnapshot]) -> CollectorRegistry:
+        """A registry holding this scrape's families and the process metrics."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(LoanCollector(snapshots, __version__))
+        registry.register(self._process_collector)
+        return registry
+
+    def snapshots(self) -> list[AccountSnapshot]:
+        """The cached state without contacting OKX."""
+        return self.cache.snapshots()
+
+    def close(self) -> None:
+        """Close the HTTP clients and stop the event loop."""
+        async def close_clients() -> None:
+            for client in self._http_clients.values():
+                await client.aclose()
+
+        with contextlib.suppress(Exception):  # closing is best effort at shutdown
+            self._loop_thread.run(close_clients(), timeout=1)
+        self._loop_thread.stop()
