@@ -81,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, WebConfigError) as error:
         return _refuse(str(error))
     if args.check_config:
+        for warning in config.warnings if config else ():
+            print(f"okx-loan-exporter: warning: {warning}", file=sys.stderr)
         if config is None:
             print("configuration OK: demo mode")
         else:

@@ -1,0 +1,79 @@
+"""The command line, called in-process: refusals, --check-config, --version, the example config."""
+
+from pathlib import Path
+
+import pytest
+
+from okx_loan_exporter import __version__
+from okx_loan_exporter.cli import main
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "config.yml"
+
+
+def example_with_secrets(tmp_path):
+    for name in ("okx_api_key", "okx_secret_key", "okx_passphrase"):
+        (tmp_path / name).write_text(f"cli-test-{name}\n")
+    config = tmp_path / "config.yml"
+    config.write_text(EXAMPLE.read_text().replace("/run/secrets", str(tmp_path)))
+    return config
+
+
+def test_example_config_is_valid(tmp_path, capsys):
+    assert main(["--config.file", str(example_with_secrets(tmp_path)), "--check-config"]) == 0
+    assert "configuration OK" in capsys.readouterr().out
+
+
+def test_bad_config_is_refused_with_exit_2_and_one_line(tmp_path, capsys):
+    config = tmp_path / "bad.yml"
+    config.write_text("cache_ttl: 0.1s\naccounts: []\n")
+    assert main(["--config.file", str(config), "--check-config"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert str(config) in err and "cache_ttl" in err and "0.5s" in err
+    assert "Traceback" not in err
+
+
+def test_missing_environment_credentials(monkeypatch, capsys):
+    for var in ("OKX_API_KEY", "OKX_API_KEY_FILE", "OKX_SECRET_KEY", "OKX_SECRET_KEY_FILE",
+                "OKX_PASSPHRASE", "OKX_PASSPHRASE_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    assert main(["--check-config"]) == 2
+    assert "environment: OKX_API_KEY" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--web.listen-address", "nonsense", "--check-config", "--demo"], "--web.listen-address"),
+    (["--demo", "--config.file", "x.yml"], "exclude each other"),
+    (["--web.config.file", "/nonexistent/web.yml", "--demo", "--check-config"], "web.yml"),
+])
+def test_bad_flags_are_refused(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--log.level", "loud"], ["--no-such-flag"]])
+def test_unknown_flag_values_exit_2(argv):
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_inline_secrets_in_readable_file_warn_at_start(tmp_path, capsys):
+    config = tmp_path / "inline.yml"
+    config.write_text("accounts:\n  - name: a\n    api_key: k-9f8e7d\n    secret_key: s-1a2b3c\n"
+                      "    passphrase: p-4d5e6f\n")
+    config.chmod(0o644)
+    assert main(["--config.file", str(config), "--check-config"]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "chmod 600" in err and str(config) in err
+    assert "9f8e7d" not in err and "1a2b3c" not in err and "4d5e6f" not in err
+    config.chmod(0o600)
+    assert main(["--config.file", str(config), "--check-config"]) == 0
+    assert "warning" not in capsys.readouterr().err
