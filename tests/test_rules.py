@@ -67,6 +67,17 @@ def duration_seconds(text: str) -> float:
     return sum(int(n) * units[u] for n, u in parts)
 
 
+def test_require_binary_skips_locally_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing tool skips a test on a developer's machine but fails it when CI=true."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"promtool is not on PATH.*prometheus"):
+        require_binary("promtool")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true requires it"):
+        require_binary("promtool")
+
+
 # --- promtool -----------------------------------------------------------------------------------
 
 
