@@ -22,7 +22,7 @@ from okx_loan_exporter import __version__
 from okx_loan_exporter.config import ConfigError, ExporterConfig, config_from_dict, load_config
 from okx_loan_exporter.logs import setup_logging
 from okx_loan_exporter.server import ExporterHTTPServer, parse_listen_address
-from okx_loan_exporter.webconfig import WebConfigError, WebConfigWatcher, load_web_config
+from okx_loan_exporter.webconfig import WebConfigError, WebConfigWatcher
 
 if TYPE_CHECKING:
     from okx_loan_exporter.simulator import Simulator
@@ -75,8 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         return _refuse(f"--web.listen-address: {error}")
     try:
-        if args.web_config_file:
-            load_web_config(args.web_config_file)
+        watcher = WebConfigWatcher(args.web_config_file)
         config = None if args.demo else load_config(args.config_file)
     except (ConfigError, WebConfigError) as error:
         return _refuse(str(error))
@@ -91,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     for warning in config.warnings if config else ():
         log.warning(warning)
-    return _serve(args, config, WebConfigWatcher(args.web_config_file))
+    return _serve(args, config, watcher)
 
 
 def _refuse(message: str) -> int:
