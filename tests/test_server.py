@@ -6,6 +6,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -199,13 +200,22 @@ def test_request_lines_go_to_debug_log_not_stderr(
     servers: Servers, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     server = servers.start()
+
+    def logged() -> bool:
+        return any(
+            "GET /metrics" in r.getMessage() and r.levelno == logging.DEBUG
+            for r in caplog.records
+        )
+
     with caplog.at_level(logging.DEBUG, logger="okx_loan_exporter.server"):
         assert httpx.get(server.url + "/metrics").status_code == 200
+        # the handler thread logs the request line after the client has its answer
+        deadline = time.monotonic() + 5
+        while not logged() and time.monotonic() < deadline:
+            time.sleep(0.01)
     out, err = capfd.readouterr()
     assert "GET /metrics" not in out + err
-    assert any(
-        "GET /metrics" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records
-    )
+    assert logged()
 
 
 def test_app_error_gives_500_and_a_log_line_not_stderr(
