@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 MAX_AUTH_BACKOFF = 300.0
 """Longest wait, in seconds, between attempts while OKX keeps refusing an account's key."""
+CLOCK_NOTICE_SECONDS = 1.0
+"""A clock correction that moves by at least this much is logged (OKX refuses 30 s of skew)."""
 
 
 class PositionSource(Protocol):
@@ -106,6 +108,7 @@ class AccountCache:
     async def _fetch(self) -> None:
         started = self._clock()
         self._next_attempt = started + self._ttl  # whatever the outcome: one request per TTL
+        offset = self._source.clock_offset
         try:
             position = await self._source.loan_info()
         except OkxError as error:
@@ -120,6 +123,21 @@ class AccountCache:
             self._record_success(position)
         finally:
             self._attempted = True
+            self._log_clock_correction(offset)
+
+    def _log_clock_correction(self, before: float) -> None:
+        """Say when the client re-measured OKX's clock (after a 50102) and the offset moved."""
+        after = self._source.clock_offset
+        if abs(after - before) < CLOCK_NOTICE_SECONDS:
+            return
+        extra = {"account": self.name, "clock_offset": round(after, 3)}
+        if abs(after) < CLOCK_NOTICE_SECONDS:
+            log.info("account %s: the local clock agrees with OKX's again; requests are signed "
+                     "with the local time", self.name, extra=extra)
+            return
+        log.warning("account %s: the local clock is %.1f s %s OKX's (OKX code 50102); requests "
+                    "are now signed with OKX's time: fix the machine's clock (NTP)", self.name,
+                    abs(after), "behind" if after > 0 else "ahead of", extra=extra)
 
     def _record_success(self, position: Position) -> None:
         previous = self._outcome
