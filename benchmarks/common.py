@@ -1,0 +1,276 @@
+"""Process and HTTP plumbing shared by the benchmarks: start the simulator, the exporter and the
+reference server as real processes on 127.0.0.1, wait for them, read their RSS, stop them."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import math
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HOST = "127.0.0.1"
+PYTHON = sys.executable
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(
+    port: int, path: str, timeout: float = 30.0, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """One GET on a fresh connection; (status, body)."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def http_post(port: int, path: str, document: object, timeout: float = 10.0) -> tuple[int, bytes]:
+    body = json.dumps(document).encode()
+    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        connection.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def rss_kib(pid: int) -> int:
+    """The process' resident set size in KiB (VmRSS)."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    return env
+
+
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+def wait_http(
+    port: int,
+    path: str,
+    process: subprocess.Popen[Any],
+    timeout: float = 20.0,
+    interval: float = 0.005,
+) -> float:
+    """Poll until GET ``path`` answers 200; return the monotonic time it did."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process {process.args!r} exited with {process.returncode}")
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            status, _ = http_get(port, path, timeout=timeout)
+            if status == 200:
+                return time.monotonic()
+        time.sleep(interval)
+    raise RuntimeError(f"nothing answered 200 on {HOST}:{port}{path} within {timeout:g}s")
+
+
+@dataclass
+class Simulator:
+    """``okx-loan-exporter simulate`` as a separate process."""
+
+    process: subprocess.Popen[str]
+    port: int
+    config: dict[str, Any]
+    """The exporter config the simulator wrote (as a dict), for all its accounts."""
+
+    def stats(self) -> dict[str, Any]:
+        status, body = http_get(self.port, "/sim/stats")
+        if status != 200:
+            raise RuntimeError(f"GET /sim/stats answered {status}")
+        return dict(json.loads(body))
+
+    def requests_by_account(self) -> dict[str, dict[str, int]]:
+        return {name: dict(counts) for name, counts in self.stats()["accounts"].items()}
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+@contextlib.contextmanager
+def simulator(accounts: int, latency: float = 0.0) -> Iterator[Simulator]:
+    """Start a simulator with ``accounts`` generated accounts (acct-0001...)."""
+    with tempfile.TemporaryDirectory(prefix="okx-bench-") as directory:
+        config_path = Path(directory) / "sim-exporter.yml"
+        process = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "okx_loan_exporter",
+                "simulate",
+                "--web.listen-address",
+                f"{HOST}:0",
+                "--accounts-generate",
+                str(accounts),
+                "--latency",
+                repr(latency),
+                "--write-exporter-config",
+                str(config_path),
+                "--log.level",
+                "error",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=child_env(),
+            cwd=directory,
+        )
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()
+            match = re.search(r"listening on http://[^:]+:(\d+)", line)
+            if not match:
+                raise RuntimeError(f"the simulator did not start: {line!r}")
+            config = yaml.safe_load(config_path.read_text())
+            yield Simulator(process, int(match.group(1)), config)
+        finally:
+            stop_process(process)
+
+
+def write_config(
+    base: dict[str, Any], path: Path, *, accounts: int | None = None, **settings: Any
+) -> Path:
+    """Write an exporter config from the simulator's, with the first ``accounts`` accounts."""
+    document = dict(base)
+    document.update(settings)
+    if accounts is not None:
+        document["accounts"] = list(base["accounts"])[:accounts]
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class Server:
+    """A process serving HTTP on 127.0.0.1:port (the exporter or the reference)."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    started: float
+    """time.monotonic() just before the process was started."""
+    ready: float = 0.0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+@contextlib.contextmanager
+def serve(
+    argv: Sequence[str], port: int, ready_path: str = "/-/healthy", timeout: float = 20.0
+) -> Iterator[Server]:
+    """Start ``argv`` and wait until GET ``ready_path`` answers 200."""
+    started = time.monotonic()
+    process = subprocess.Popen(
+        list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env()
+    )
+    server = Server(process, port, started)
+    try:
+        server.ready = wait_http(port, ready_path, process, timeout)
+        yield server
+    finally:
+        server.stop()
+
+
+def exporter_argv(config: Path, port: int) -> list[str]:
+    return [
+        PYTHON,
+        "-m",
+        "okx_loan_exporter",
+        "--config.file",
+        str(config),
+        "--web.listen-address",
+        f"{HOST}:{port}",
+        "--log.level",
+        "error",
+    ]
+
+
+@dataclass
+class Table:
+    """Rows of one benchmark's results, printed aligned."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, *cells: object) -> None:
+        self.rows.append([str(cell) for cell in cells])
+
+    def render(self) -> str:
+        widths = [
+            max(len(self.columns[i]), *(len(row[i]) for row in self.rows))
+            if self.rows
+            else len(self.columns[i])
+            for i in range(len(self.columns))
+        ]
+        lines = [
+            f"== {self.title}",
+            "  ".join(name.ljust(widths[i]) for i, name in enumerate(self.columns)),
+            "  ".join("-" * width for width in widths),
+        ]
+        lines += [
+            "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in self.rows
+        ]
+        lines += [f"   {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
+
+
+def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope of log(y) over log(x)."""
+    lx = [math.log(x) for x in xs]
+    ly = [math.log(y) for y in ys]
+    mx, my = statistics.fmean(lx), statistics.fmean(ly)
+    den = sum((x - mx) ** 2 for x in lx)
+    return sum((x - mx) * (y - my) for x, y in zip(lx, ly, strict=True)) / den if den else 0.0
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
