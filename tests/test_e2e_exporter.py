@@ -1,0 +1,469 @@
+"""End-to-end tests of the exporter as a real process, against the OKX simulator as another one.
+
+Everything here goes over HTTP on 127.0.0.1, as a user's Prometheus and shell would: the values a
+scrape shows against a signed request of our own to the simulator, one upstream request per account
+for a burst of concurrent scrapes, an account failing and recovering without touching the others,
+``--demo`` (with the installed ``okx-loan-exporter`` console script), the HTTP endpoints, SIGTERM,
+and the command line's exit codes and messages.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import httpx
+import pytest
+import yaml
+
+from okx_loan_exporter import __version__
+
+try:  # tests/ is not a package: pytest puts it on sys.path
+    from e2e_support import (
+        LOOPBACK,
+        Process,
+        ProcessGroup,
+        SimulatorControl,
+        by_account,
+        edit_config,
+        exporter_argv,
+        managed_processes,
+        parse_samples,
+        scrape,
+        start_simulator,
+        value,
+        wait_for,
+    )
+    from tooling import in_ci
+except ImportError:  # pragma: no cover - if tests/ ever becomes a package
+    from tests.e2e_support import (
+        LOOPBACK,
+        Process,
+        ProcessGroup,
+        SimulatorControl,
+        by_account,
+        edit_config,
+        exporter_argv,
+        managed_processes,
+        parse_samples,
+        scrape,
+        start_simulator,
+        value,
+        wait_for,
+    )
+    from tests.tooling import in_ci
+
+pytestmark = pytest.mark.e2e
+
+CONSOLE_SCRIPT = "okx-loan-exporter"
+ACCOUNTS = ("btc-usdt", "okx-docs-example", "eth-usdc", "no-loan", "demo-trading")
+MOVING_DEMO_ACCOUNTS = ("btc-usdt", "okx-docs-example", "eth-usdc", "demo-trading")
+FAILURE_REASONS = (
+    "rate_limited",
+    "auth",
+    "api_error",
+    "http_error",
+    "timeout",
+    "network",
+    "invalid_response",
+)
+
+
+class Simulated(NamedTuple):
+    process: Process
+    control: SimulatorControl
+    config_path: Path
+
+
+@pytest.fixture
+def processes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProcessGroup]:
+    with managed_processes(request, tmp_path / "logs") as group:
+        yield group
+
+
+@pytest.fixture
+def simulator(processes: ProcessGroup, tmp_path: Path) -> Simulated:
+    process, control = start_simulator(processes, tmp_path / "exporter.yml")
+    return Simulated(process, control, tmp_path / "exporter.yml")
+
+
+def start_exporter(
+    processes: ProcessGroup, config_path: Path, *, console_script: str | None = None
+) -> tuple[Process, str]:
+    """The exporter as a process on a free port; its base URL once /-/ready answers."""
+    process, port = processes.start(
+        "exporter", lambda port: exporter_argv(port, config_path, console_script=console_script)
+    )
+    return process, f"http://{LOOPBACK}:{port}"
+
+
+def config_accounts(config_path: Path) -> list[dict[str, Any]]:
+    return list(yaml.safe_load(config_path.read_text(encoding="utf-8"))["accounts"])
+
+
+def series(samples: dict[Any, float], name: str, account: str, label: str) -> dict[str, float]:
+    """{label value: sample} of ``name`` for ``account`` (e.g. amounts by currency)."""
+    found = {}
+    for (sample_name, labels), sample in samples.items():
+        labels_dict = dict(labels)
+        if sample_name == name and labels_dict.get("account") == account:
+            found[labels_dict[label]] = sample
+    return found
+
+
+def console_script() -> str:
+    """The installed ``okx-loan-exporter`` script; skip without it (fail in CI, CI=true)."""
+    path = shutil.which(CONSOLE_SCRIPT)
+    if path:
+        return path
+    message = (
+        f"the {CONSOLE_SCRIPT} console script is not on PATH: run pip install -e '.[test]' in "
+        "the environment that runs the tests"
+    )
+    if in_ci():
+        pytest.fail(f"{message} (CI=true requires it)", pytrace=False)
+    pytest.skip(message)
+
+
+def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "okx_loan_exporter", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line
+
+
+def test_console_script_is_installed_and_reports_the_version() -> None:
+    script = console_script()
+    result = subprocess.run(
+        [script, "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"okx-loan-exporter {__version__}"
+
+
+def test_check_config_accepts_the_simulators_config(
+    processes: ProcessGroup, simulator: Simulated
+) -> None:
+    before = simulator.control.requests_by_account()
+    result = run_cli("--config.file", str(simulator.config_path), "--check-config")
+    assert result.returncode == 0, result.stderr
+    assert "configuration OK" in result.stdout
+    assert all(name in result.stdout for name in ACCOUNTS), result.stdout
+    # --check-config does not contact OKX.
+    assert simulator.control.requests_by_account() == before
+
+
+GOOD_ACCOUNT = (
+    "  - name: main\n    api_key: key-AAAA1111\n    secret_key: secret-BBBB2222\n"
+    "    passphrase: pass-CCCC3333\n"
+)
+SECRETS = ("key-AAAA1111", "secret-BBBB2222", "pass-CCCC3333")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        pytest.param(
+            "cache_ttl: 0.1s\naccounts:\n" + GOOD_ACCOUNT, "cache_ttl", id="ttl-too-short"
+        ),
+        pytest.param(
+            "accounts:\n" + GOOD_ACCOUNT + "  - name: second\n    api_key: key-AAAA1111\n"
+            "    secret_key_file: /nonexistent/okx-secret\n    passphrase: p\n",
+            "accounts[1].secret_key_file",
+            id="missing-secret-file",
+        ),
+        pytest.param("acounts:\n" + GOOD_ACCOUNT, "acounts", id="misspelt-key"),
+        pytest.param("accounts: [\n" + GOOD_ACCOUNT, "line 2", id="yaml-syntax"),
+        pytest.param(None, "cannot read", id="no-such-file"),
+    ],
+)
+def test_bad_config_exits_2_with_one_line_naming_file_and_key(
+    tmp_path: Path, text: str | None, key: str
+) -> None:
+    path = tmp_path / "bad.yml"
+    if text is not None:
+        path.write_text(text, encoding="utf-8")
+    result = run_cli("--config.file", str(path), "--web.listen-address", f"{LOOPBACK}:0")
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got:\n{result.stderr}"
+    assert str(path) in lines[0] and key in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    assert not any(secret in result.stderr + result.stdout for secret in SECRETS)
+
+
+# --------------------------------------------------------------------------------------------------
+# Scrapes against the simulator
+
+
+def test_scraped_values_equal_the_simulators_answer(
+    processes: ProcessGroup, simulator: Simulated
+) -> None:
+    edit_config(simulator.config_path, cache_ttl="60s")
+    accounts = config_accounts(simulator.config_path)
+    for account in accounts:  # freeze prices, so both readers see the same answer
+        simulator.control.set_account(account["name"], walk=False)
+    answers = {a["name"]: simulator.control.loan_info(a)["data"] for a in accounts}
+    _, base_url = start_exporter(processes, simulator.config_path)
+
+    samples = scrape(base_url)
+
+    for name, data in answers.items():
+        assert value(samples, "okx_loan_up", account=name) == 1, name
+        if not data:  # no loan: active 0 and no position values
+            assert value(samples, "okx_loan_active", account=name) == 0
+            assert value(samples, "okx_loan_ltv_ratio", account=name) is None
+            assert series(samples, "okx_loan_borrowed_amount", name, "currency") == {}
+            continue
+        entry = data[0]
+        assert value(samples, "okx_loan_active", account=name) == 1
+        for metric, field in (
+            ("okx_loan_ltv_ratio", "curLTV"),
+            ("okx_loan_margin_call_ltv_ratio", "marginCallLTV"),
+            ("okx_loan_liquidation_ltv_ratio", "liqLTV"),
+            ("okx_loan_borrowed_notional_usd", "loanNotionalUsd"),
+            ("okx_loan_collateral_notional_usd", "collateralNotionalUsd"),
+        ):
+            assert value(samples, metric, account=name) == float(entry[field]), (name, metric)
+        assert series(samples, "okx_loan_borrowed_amount", name, "currency") == {
+            item["ccy"]: float(item["amt"]) for item in entry["loanData"]
+        }, name
+        assert series(samples, "okx_loan_collateral_amount", name, "currency") == {
+            item["ccy"]: float(item["amt"]) for item in entry["collateralData"]
+        }, name
+        warning = entry["riskWarningData"]
+        expected_liq = {warning["instId"]: float(warning["liqPx"])} if warning["liqPx"] else {}
+        assert series(samples, "okx_loan_liquidation_price", name, "instrument") == expected_liq
+
+    # The amounts of OKX's documentation example come through exactly.
+    assert series(samples, "okx_loan_collateral_amount", "okx-docs-example", "currency") == {
+        "COMP": 9.7e-06,
+        "STX": 0.78,
+        "DOT": 0.001,
+        "LUNA": 0.05357864,
+    }
+    assert series(samples, "okx_loan_borrowed_amount", "okx-docs-example", "currency") == {
+        "USDC": 0.86590608
+    }
+    assert (
+        value(samples, "okx_loan_liquidation_price", account="btc-usdt", instrument="BTC-USDT")
+        == 33750.0
+    )
+    assert value(samples, "okx_loan_exporter_build_info", version=__version__) == 1
+
+
+def test_fifty_concurrent_scrapes_make_one_upstream_request_per_account(
+    processes: ProcessGroup, simulator: Simulated
+) -> None:
+    edit_config(simulator.config_path, cache_ttl="60s")
+    # Slow answers keep the first fetch in flight while the other scrapes arrive.
+    simulator.control.set_config(latency=0.5)
+    _, base_url = start_exporter(processes, simulator.config_path)
+    before = simulator.control.requests_by_account()
+    barrier = threading.Barrier(50)
+
+    def one_scrape(_: int) -> tuple[int, str]:
+        barrier.wait(timeout=10)
+        response = httpx.get(f"{base_url}/metrics", timeout=20)
+        return response.status_code, response.text
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(one_scrape, range(50)))
+    elapsed = time.monotonic() - started
+
+    after = simulator.control.requests_by_account()
+    assert {name: after[name] - before.get(name, 0) for name in after} == dict.fromkeys(ACCOUNTS, 1)
+    assert [status for status, _ in results] == [200] * 50
+    parsed = [parse_samples(text) for _, text in results]
+    for samples in parsed:
+        assert by_account(samples, "okx_loan_up") == dict.fromkeys(ACCOUNTS, 1.0)
+        assert by_account(samples, "okx_loan_api_requests_total") == dict.fromkeys(ACCOUNTS, 1.0)
+    ltvs = [by_account(samples, "okx_loan_ltv_ratio") for samples in parsed]
+    assert all(ltv == ltvs[0] for ltv in ltvs), "concurrent scrapes saw different values"
+    print(f"50 concurrent scrapes with 0.5 s upstream latency took {elapsed:.2f} s")
+
+
+def test_a_failing_account_is_down_with_its_reason_and_recovers(
+    processes: ProcessGroup, simulator: Simulated
+) -> None:
+    edit_config(simulator.config_path, cache_ttl="1s")
+    exporter, base_url = start_exporter(processes, simulator.config_path)
+    faults = {
+        "eth-usdc": ("http_500_html", "http_error"),
+        "okx-docs-example": ("invalid_json", "invalid_response"),
+        "demo-trading": ("rate_limit", "rate_limited"),
+    }
+    healthy = [name for name in ACCOUNTS if name not in faults]
+
+    def all_up() -> bool:
+        return by_account(scrape(base_url), "okx_loan_up") == dict.fromkeys(ACCOUNTS, 1.0)
+
+    wait_for("every account up", all_up, 10, interval=0.2, details=processes.tails)
+    ltv_before = by_account(scrape(base_url), "okx_loan_ltv_ratio")
+
+    for name, (fault, _) in faults.items():
+        simulator.control.set_account(name, fault=fault)
+    faulted_at = time.monotonic()
+
+    def faults_visible() -> dict[Any, float] | None:
+        samples = scrape(base_url)
+        for name, (_, reason) in faults.items():
+            if value(samples, "okx_loan_up", account=name) != 0:
+                return None
+            if (
+                value(samples, "okx_loan_api_request_failures_total", account=name, reason=reason)
+                or 0
+            ) < 1:
+                return None
+        return samples
+
+    samples = wait_for(
+        "the faulted accounts to be down", faults_visible, 10, interval=0.2, details=processes.tails
+    )
+    down_after = time.monotonic() - faulted_at
+    for name, (_, reason) in faults.items():
+        for other in FAILURE_REASONS:
+            if other != reason:
+                assert (
+                    value(
+                        samples, "okx_loan_api_request_failures_total", account=name, reason=other
+                    )
+                    == 0
+                ), (name, other)
+        # The last good values are still served (within max_stale), so LTV alerts keep working.
+        assert value(samples, "okx_loan_ltv_ratio", account=name) is not None, name
+    for name in healthy:
+        assert value(samples, "okx_loan_up", account=name) == 1, name
+        for reason in FAILURE_REASONS:
+            assert (
+                value(samples, "okx_loan_api_request_failures_total", account=name, reason=reason)
+                == 0
+            ), (name, reason)
+    assert set(by_account(samples, "okx_loan_ltv_ratio")) == set(ltv_before)
+
+    for name in faults:
+        simulator.control.set_account(name, fault=None)
+    cleared_at = time.monotonic()
+    wait_for("every account up again", all_up, 10, interval=0.2, details=processes.tails)
+    logs = exporter.stderr()
+    assert "okx-docs-example" in logs  # the failures were logged...
+    for account in config_accounts(simulator.config_path):  # ...without a credential
+        for secret in ("api_key", "secret_key", "passphrase"):
+            assert account[secret] not in logs, f"{account['name']}'s {secret} is in the log"
+    print(
+        f"faulted accounts down after {down_after:.2f} s, up again "
+        f"{time.monotonic() - cleared_at:.2f} s after the faults were cleared (cache_ttl 1s)"
+    )
+
+
+def test_demo_mode_serves_moving_ltv_within_5_seconds(processes: ProcessGroup) -> None:
+    script = console_script()
+    process, port = processes.start(
+        "exporter-demo",
+        lambda port: [script, "--demo", "--web.listen-address", f"{LOOPBACK}:{port}"],
+        ready_timeout=5,
+    )
+    base_url = f"http://{LOOPBACK}:{port}"
+    ready_after = time.monotonic() - process.started_at
+    first: dict[str, float] = {}
+    first_after: list[float] = []
+
+    def two_accounts_moved() -> list[str] | None:
+        ltv = by_account(scrape(base_url), "okx_loan_ltv_ratio")
+        if not first:
+            if set(MOVING_DEMO_ACCOUNTS) <= set(ltv):
+                first.update(ltv)
+                first_after.append(time.monotonic() - process.started_at)
+            return None
+        moved = [name for name in MOVING_DEMO_ACCOUNTS if ltv.get(name) != first[name]]
+        return moved if len(moved) >= 2 else None
+
+    remaining = 5.0 - (time.monotonic() - process.started_at)
+    moved = wait_for(
+        "two demo accounts' LTV to change within 5 s of the start",
+        two_accounts_moved,
+        remaining,
+        interval=0.1,
+        details=process.tails,
+    )
+    moved_after = time.monotonic() - process.started_at
+    print(
+        f"--demo: ready after {ready_after:.2f} s, first LTVs after {first_after[0]:.2f} s, "
+        f"LTV of {', '.join(moved)} moved after {moved_after:.2f} s"
+    )
+
+
+def test_http_endpoints_answer(processes: ProcessGroup, simulator: Simulated) -> None:
+    _, base_url = start_exporter(processes, simulator.config_path)
+    healthy = httpx.get(f"{base_url}/-/healthy", timeout=5)
+    ready = httpx.get(f"{base_url}/-/ready", timeout=5)
+    assert (healthy.status_code, ready.status_code) == (200, 200)
+    before = simulator.control.requests_by_account()
+    landing = httpx.get(f"{base_url}/", timeout=5)
+    assert simulator.control.requests_by_account() == before, "the landing page asked OKX"
+    assert landing.status_code == 200
+    assert landing.headers["content-type"].startswith("text/html")
+    assert 'href="metrics"' in landing.text
+    assert all(name in landing.text for name in ACCOUNTS), landing.text
+    metrics = httpx.get(f"{base_url}/metrics", timeout=10)
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert "okx_loan_up" in metrics.text
+    assert httpx.get(f"{base_url}/nope", timeout=5).status_code == 404
+
+
+@pytest.mark.parametrize("okx_hangs", [False, True], ids=["idle", "okx-request-hanging"])
+def test_sigterm_stops_the_exporter_within_2s_with_exit_0(
+    processes: ProcessGroup, simulator: Simulated, okx_hangs: bool
+) -> None:
+    edit_config(simulator.config_path, cache_ttl="1s")
+    exporter, base_url = start_exporter(processes, simulator.config_path)
+    assert value(scrape(base_url), "okx_loan_up", account="btc-usdt") == 1
+    stop_scraping = threading.Event()
+    scraper = None
+    if okx_hangs:
+        before = simulator.control.stats()["accounts"]["btc-usdt"]["faulted"]
+        simulator.control.set_account("btc-usdt", fault="hang")
+
+        def keep_scraping() -> None:
+            while not stop_scraping.is_set():
+                try:
+                    httpx.get(f"{base_url}/metrics", timeout=10)
+                except httpx.HTTPError:
+                    return  # the exporter went away
+
+        scraper = threading.Thread(target=keep_scraping, daemon=True)
+        scraper.start()
+        wait_for(
+            "a hanging loan-info request in flight",
+            lambda: simulator.control.stats()["accounts"]["btc-usdt"]["faulted"] > before,
+            10,
+            details=processes.tails,
+        )
+
+    code = exporter.stop(timeout=10)
+    stop_scraping.set()
+    if scraper is not None:
+        scraper.join(timeout=10)
+    print(
+        f"SIGTERM -> exit {code} in {exporter.stop_seconds:.2f} s "
+        f"({'with' if okx_hangs else 'without'} a hanging OKX request)"
+    )
+    assert code == 0, exporter.tails()
+    assert exporter.stop_seconds is not None and exporter.stop_seconds < 2.0, exporter.tails()
+    assert "Traceback" not in exporter.stderr()
