@@ -39,8 +39,9 @@ class LoanCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from _position_families(self._snapshots)
         yield from _health_families(self._snapshots)
-        build = GaugeMetricFamily("okx_loan_exporter_build_info",
-                                  "The exporter's version; always 1.", labels=["version"])
+        build = GaugeMetricFamily(
+            "okx_loan_exporter_build_info", "The exporter's version; always 1.", labels=["version"]
+        )
         build.add_metric([self._version], 1)
         yield build
 
@@ -49,29 +50,44 @@ def _position_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]
     def gauge(name: str, text: str, labels: Sequence[str] = ("account",)) -> GaugeMetricFamily:
         return GaugeMetricFamily(name, f"{text} {CACHED}", labels=list(labels))
 
-    borrowed_usd = gauge("okx_loan_borrowed_notional_usd",
-                         "Value of the borrowed currencies in USD (OKX loanNotionalUsd).")
-    collateral_usd = gauge("okx_loan_collateral_notional_usd",
-                           "Value of the collateral in USD (OKX collateralNotionalUsd).")
-    borrowed = gauge("okx_loan_borrowed_amount",
-                     "Amount borrowed per currency (OKX loanData[].amt by ccy).",
-                     ("account", "currency"))
-    collateral = gauge("okx_loan_collateral_amount",
-                       "Amount pledged as collateral per currency (OKX collateralData[].amt by "
-                       "ccy).", ("account", "currency"))
-    ltv = gauge("okx_loan_ltv_ratio",
-                "Current loan-to-value ratio, 0.5742 = 57.42 % (OKX curLTV).")
-    margin_call = gauge("okx_loan_margin_call_ltv_ratio",
-                        "LTV at which OKX issues a margin call (OKX marginCallLTV).")
-    liquidation = gauge("okx_loan_liquidation_ltv_ratio",
-                        "LTV at which OKX liquidates the collateral (OKX liqLTV).")
-    liquidation_price = gauge("okx_loan_liquidation_price",
-                              "Collateral price, in the instrument's quote currency, at which "
-                              "the loan is liquidated (OKX riskWarningData.liqPx; only with one "
-                              "collateral and one borrowed currency).", ("account", "instrument"))
-    active = gauge("okx_loan_active",
-                   "1 when OKX reports a flexible loan for the account, 0 when it reports none "
-                   "(OKX loan-info data).")
+    borrowed_usd = gauge(
+        "okx_loan_borrowed_notional_usd",
+        "Value of the borrowed currencies in USD (OKX loanNotionalUsd).",
+    )
+    collateral_usd = gauge(
+        "okx_loan_collateral_notional_usd",
+        "Value of the collateral in USD (OKX collateralNotionalUsd).",
+    )
+    borrowed = gauge(
+        "okx_loan_borrowed_amount",
+        "Amount borrowed per currency (OKX loanData[].amt by ccy).",
+        ("account", "currency"),
+    )
+    collateral = gauge(
+        "okx_loan_collateral_amount",
+        "Amount pledged as collateral per currency (OKX collateralData[].amt by ccy).",
+        ("account", "currency"),
+    )
+    ltv = gauge("okx_loan_ltv_ratio", "Current loan-to-value ratio, 0.5742 = 57.42 % (OKX curLTV).")
+    margin_call = gauge(
+        "okx_loan_margin_call_ltv_ratio",
+        "LTV at which OKX issues a margin call (OKX marginCallLTV).",
+    )
+    liquidation = gauge(
+        "okx_loan_liquidation_ltv_ratio", "LTV at which OKX liquidates the collateral (OKX liqLTV)."
+    )
+    liquidation_price = gauge(
+        "okx_loan_liquidation_price",
+        "Collateral price, in the instrument's quote currency, at which "
+        "the loan is liquidated (OKX riskWarningData.liqPx; only with one "
+        "collateral and one borrowed currency).",
+        ("account", "instrument"),
+    )
+    active = gauge(
+        "okx_loan_active",
+        "1 when OKX reports a flexible loan for the account, 0 when it reports none "
+        "(OKX loan-info data).",
+    )
 
     for snapshot in snapshots:
         position = snapshot.position
@@ -89,29 +105,57 @@ def _position_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]
         for currency, amount in position.collateral.items():
             collateral.add_metric([snapshot.name, currency], amount)
         if position.liquidation_instrument and position.liquidation_price is not None:
-            liquidation_price.add_metric([snapshot.name, position.liquidation_instrument],
-                                         position.liquidation_price)
-    yield from (borrowed_usd, collateral_usd, borrowed, collateral, ltv, margin_call,
-                liquidation, liquidation_price, active)
+            liquidation_price.add_metric(
+                [snapshot.name, position.liquidation_instrument], position.liquidation_price
+            )
+    yield from (
+        borrowed_usd,
+        collateral_usd,
+        borrowed,
+        collateral,
+        ltv,
+        margin_call,
+        liquidation,
+        liquidation_price,
+        active,
+    )
 
 
 def _health_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
-    up = GaugeMetricFamily("okx_loan_up", "1 when the latest loan-info request for the account "
-                           "succeeded, 0 when it failed or did not finish before the scrape "
-                           "deadline.", labels=["account"])
-    last_success = GaugeMetricFamily("okx_loan_last_success_timestamp_seconds",
-                                     "Unix time of the latest good loan-info answer from OKX.",
-                                     labels=["account"])
-    requests = CounterMetricFamily("okx_loan_api_requests", "Requests sent to OKX (loan-info, "
-                                   "and public/time after a clock-skew error).",
-                                   labels=["account"])
-    failures = CounterMetricFamily("okx_loan_api_request_failures", "Requests to OKX that "
-                                   "failed, by reason.", labels=["account", "reason"])
-    duration = HistogramMetricFamily("okx_loan_api_request_duration_seconds",
-                                     "Round-trip time of requests to OKX.", labels=["account"])
-    offset = GaugeMetricFamily("okx_loan_clock_offset_seconds", "OKX's clock minus the local "
-                               "clock, measured from OKX public/time after a timestamp error "
-                               "(0 until measured).", labels=["account"])
+    up = GaugeMetricFamily(
+        "okx_loan_up",
+        "1 when the latest loan-info request for the account "
+        "succeeded, 0 when it failed or did not finish before the scrape "
+        "deadline.",
+        labels=["account"],
+    )
+    last_success = GaugeMetricFamily(
+        "okx_loan_last_success_timestamp_seconds",
+        "Unix time of the latest good loan-info answer from OKX.",
+        labels=["account"],
+    )
+    requests = CounterMetricFamily(
+        "okx_loan_api_requests",
+        "Requests sent to OKX (loan-info, and public/time after a clock-skew error).",
+        labels=["account"],
+    )
+    failures = CounterMetricFamily(
+        "okx_loan_api_request_failures",
+        "Requests to OKX that failed, by reason.",
+        labels=["account", "reason"],
+    )
+    duration = HistogramMetricFamily(
+        "okx_loan_api_request_duration_seconds",
+        "Round-trip time of requests to OKX.",
+        labels=["account"],
+    )
+    offset = GaugeMetricFamily(
+        "okx_loan_clock_offset_seconds",
+        "OKX's clock minus the local "
+        "clock, measured from OKX public/time after a timestamp error "
+        "(0 until measured).",
+        labels=["account"],
+    )
 
     for snapshot in snapshots:
         account = [snapshot.name]

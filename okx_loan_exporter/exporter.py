@@ -35,8 +35,7 @@ class EventLoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="okx-fetch",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self.loop.run_forever, name="okx-fetch", daemon=True)
         self._thread.start()
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
@@ -51,8 +50,13 @@ class EventLoopThread:
 class Exporter:
     """The running exporter: serves scrapes from per-account caches filled from OKX."""
 
-    def __init__(self, config: ExporterConfig, *, clock: Callable[[], float] = time.time,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        config: ExporterConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.config = config
         self._loop_thread = EventLoopThread()
         self._http_clients: dict[str, httpx.AsyncClient] = {}
@@ -61,23 +65,44 @@ class Exporter:
         for account in config.accounts:
             http = self._http_client(account.base_url, transport)
             stats = RequestStats()
-            client = OkxClient(http, account.base_url,
-                               Credentials(account.api_key, account.secret_key,
-                                           account.passphrase),
-                               demo=account.demo, timeout=config.timeout, clock=clock,
-                               on_request=stats.observe)
-            accounts.append(AccountCache(account.name, client, ttl=config.cache_ttl,
-                                         max_stale=config.max_stale, stats=stats, clock=clock))
+            client = OkxClient(
+                http,
+                account.base_url,
+                Credentials(account.api_key, account.secret_key, account.passphrase),
+                demo=account.demo,
+                timeout=config.timeout,
+                clock=clock,
+                on_request=stats.observe,
+            )
+            accounts.append(
+                AccountCache(
+                    account.name,
+                    client,
+                    ttl=config.cache_ttl,
+                    max_stale=config.max_stale,
+                    stats=stats,
+                    clock=clock,
+                )
+            )
         self.cache = PositionCache(accounts)
 
-    def _http_client(self, base_url: str, transport: httpx.AsyncBaseTransport | None,
-                     ) -> httpx.AsyncClient:
+    def _http_client(
+        self,
+        base_url: str,
+        transport: httpx.AsyncBaseTransport | None,
+    ) -> httpx.AsyncClient:
         if base_url not in self._http_clients:
-            limits = httpx.Limits(max_connections=len(self.config.accounts) + 4,
-                                  max_keepalive_connections=len(self.config.accounts) + 4)
+            limits = httpx.Limits(
+                max_connections=len(self.config.accounts) + 4,
+                max_keepalive_connections=len(self.config.accounts) + 4,
+            )
             self._http_clients[base_url] = httpx.AsyncClient(
-                timeout=self.config.timeout, limits=limits, transport=transport,
-                headers={"User-Agent": USER_AGENT}, follow_redirects=False)
+                timeout=self.config.timeout,
+                limits=limits,
+                transport=transport,
+                headers={"User-Agent": USER_AGENT},
+                follow_redirects=False,
+            )
         return self._http_clients[base_url]
 
     def scrape_wait(self, scrape_timeout: float | None) -> float:
@@ -105,6 +130,7 @@ class Exporter:
 
     def close(self) -> None:
         """Close the HTTP clients and stop the event loop."""
+
         async def close_clients() -> None:
             for client in self._http_clients.values():
                 await client.aclose()

@@ -28,8 +28,12 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 SCRAPE_TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"
 
 
-def create_app(exporter: Exporter, watcher: WebConfigWatcher | None = None, *,
-               clock: Callable[[], float] = time.time) -> WSGIApp:
+def create_app(
+    exporter: Exporter,
+    watcher: WebConfigWatcher | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> WSGIApp:
     """Build the exporter's WSGI app; with ``watcher``, TLS/basic-auth settings apply to it."""
 
     def metrics(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -43,16 +47,21 @@ def create_app(exporter: Exporter, watcher: WebConfigWatcher | None = None, *,
 
     def landing(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         body = _landing_page(exporter, clock()).encode()
-        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
-                                  ("Content-Length", str(len(body)))])
+        start_response(
+            "200 OK",
+            [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))],
+        )
         return [body]
 
     def text(status: str, message: str) -> WSGIApp:
         def answer(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
             body = message.encode()
-            start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
-                                    ("Content-Length", str(len(body)))])
+            start_response(
+                status,
+                [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+            )
             return [body]
+
         return answer
 
     routes: dict[str, WSGIApp] = {
@@ -87,10 +96,17 @@ def _landing_page(exporter: Exporter, now: float) -> str:
             age = "no answer yet"
         else:
             age = f"{max(0.0, now - snapshot.last_success):.0f} s"
-        state = "up" if snapshot.up else (
-            f"down ({snapshot.last_failure.value})" if snapshot.last_failure else "not fetched")
-        rows.append(f"<tr><td>{html.escape(snapshot.name)}</td><td>{html.escape(state)}</td>"
-                    f"<td>{html.escape(age)}</td></tr>")
+        state = (
+            "up"
+            if snapshot.up
+            else (
+                f"down ({snapshot.last_failure.value})" if snapshot.last_failure else "not fetched"
+            )
+        )
+        rows.append(
+            f"<tr><td>{html.escape(snapshot.name)}</td><td>{html.escape(state)}</td>"
+            f"<td>{html.escape(age)}</td></tr>"
+        )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>OKX Loan Exporter</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em 1em;text-align:left}}</style>
