@@ -81,7 +81,12 @@ class Process:
         self.name = name
         self.argv = [str(arg) for arg in argv]
         self.ready_url = ready_url
-        self.env = dict(os.environ if env is None else env)
+        # OKX_* variables of the developer's shell must not reach the exporter under test.
+        self.env = {
+            key: text
+            for key, text in (os.environ if env is None else env).items()
+            if not key.startswith("OKX_")
+        }
         self.env.setdefault("PYTHONUNBUFFERED", "1")
         self.cwd = cwd or ROOT
         log_dir.mkdir(parents=True, exist_ok=True)
