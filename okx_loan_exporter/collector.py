@@ -1,13 +1,17 @@
 """Builds fresh Prometheus metric families from one scrape's account snapshots.
 
 The collector is a pure function of the snapshots it is given: it asks nobody and knows nothing of
-HTTP. Families are rebuilt on every scrape, so a currency OKX stops reporting disappears at once
-and positions older than ``max_stale`` (which the cache already withholds) are not exported.
+HTTP. Families are rebuilt from every scrape's snapshots, so a currency OKX stops reporting
+disappears at once and positions older than ``max_stale`` (which the cache already withholds) are
+not exported. :class:`RenderCache` keeps the rendered text of the last snapshots: between two
+fetches every scrape sees the same snapshots, and rendering them is most of a cached scrape's cost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import functools
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import accumulate
 
 from prometheus_client.core import (
@@ -21,6 +25,10 @@ from prometheus_client.registry import Collector
 from okx_loan_exporter.cache import AccountSnapshot
 from okx_loan_exporter.okx import FailureReason
 from okx_loan_exporter.stats import DURATION_BUCKETS
+
+Encoder = Callable[[Collector], bytes]
+"""Renders a collector's families in one exposition format: ``generate_latest`` or a partial of
+it or of the OpenMetrics one, as ``prometheus_client.exposition.choose_encoder`` returns them."""
 
 CACHED = "Cached: refreshed from OKX at most once per cache_ttl."
 _BUCKET_BOUNDS = (*(repr(bound) for bound in DURATION_BUCKETS), "+Inf")
@@ -44,6 +52,71 @@ class LoanCollector(Collector):
         )
         build.add_metric([self._version], 1)
         yield build
+
+
+class RenderCache:
+    """The ``okx_loan_`` families of the latest snapshots, rendered once per exposition format.
+
+    :meth:`render` gives exactly ``encoder(LoanCollector(snapshots, version))``, split into the
+    families and the format's trailer (``# EOF`` for OpenMetrics, nothing for the text format), so
+    that other collectors' families can follow before the trailer. The text is rendered again when
+    any snapshot differs from the previous scrape's: a different position object (a new answer, or
+    one withheld as too old), or any other field (``up``, a request counted, a clock offset). Safe
+    to call from many threads; a scrape that finds another rendering waits and reuses its text.
+    """
+
+    def __init__(self, version: str) -> None:
+        self._version = version
+        self._lock = threading.Lock()
+        self._snapshots: tuple[AccountSnapshot, ...] = ()
+        self._rendered: dict[object, tuple[bytes, bytes] | None] = {}
+        self._trailers: dict[object, bytes] = {}
+
+    def render(
+        self, snapshots: Sequence[AccountSnapshot], encoder: Encoder
+    ) -> tuple[bytes, bytes] | None:
+        """``(families, trailer)`` with ``families + trailer == encoder(LoanCollector(...))``.
+
+        None for a format whose output does not end with its empty output (no such format in
+        prometheus_client today): the caller then renders its whole registry instead.
+        """
+        key = _encoder_key(encoder)
+        with self._lock:
+            if not _same_snapshots(self._snapshots, snapshots):
+                self._snapshots = tuple(snapshots)
+                self._rendered.clear()
+            if key not in self._rendered:
+                if key not in self._trailers:
+                    self._trailers[key] = encoder(_NoFamilies())
+                trailer = self._trailers[key]
+                text = encoder(LoanCollector(self._snapshots, self._version))
+                cut = len(text) - len(trailer)
+                self._rendered[key] = (text[:cut], trailer) if text.endswith(trailer) else None
+            return self._rendered[key]
+
+
+class _NoFamilies(Collector):
+    def collect(self) -> Iterable[Metric]:
+        return []
+
+
+def _encoder_key(encoder: Encoder) -> object:
+    """Equal for encoders that render alike (choose_encoder makes a new partial on every call)."""
+    if isinstance(encoder, functools.partial):
+        return (encoder.func, encoder.args, tuple(sorted(encoder.keywords.items())))
+    return encoder
+
+
+def _same_snapshots(old: Sequence[AccountSnapshot], new: Sequence[AccountSnapshot]) -> bool:
+    """True when rendering ``new`` gives the text of ``old``.
+
+    Positions are compared by identity: the cache hands out the same object until the next answer,
+    and two equal positions could still list their currencies in another order. The other fields
+    are compared by value; none of them can be -0.0 or NaN, where equality and text part ways.
+    """
+    return len(old) == len(new) and all(
+        a.position is b.position and a == b for a, b in zip(old, new, strict=True)
+    )
 
 
 def _position_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:

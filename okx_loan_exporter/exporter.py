@@ -1,7 +1,8 @@
 """Wires a validated configuration into a running exporter: OKX clients, caches and the registry.
 
 :class:`Exporter` owns the event loop thread on which all OKX requests and cache updates run, one
-pooled httpx client per base URL, and builds the per-scrape registry that the web layer renders.
+pooled httpx client per base URL, and renders each scrape's families: the ``okx_loan_`` ones from
+a :class:`~okx_loan_exporter.collector.RenderCache` and the process metrics fresh every time.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any, TypeVar
 
 import httpx
 from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.registry import Collector
 
 from okx_loan_exporter import __version__
 from okx_loan_exporter.cache import AccountCache, AccountSnapshot, PositionCache
-from okx_loan_exporter.collector import LoanCollector
+from okx_loan_exporter.collector import Encoder, LoanCollector, RenderCache
 from okx_loan_exporter.config import ExporterConfig
 from okx_loan_exporter.okx import Credentials, OkxClient
 from okx_loan_exporter.stats import RequestStats
@@ -56,11 +58,15 @@ class Exporter:
         *,
         clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
+        process_collector: Collector | None = None,
     ) -> None:
         self.config = config
         self._loop_thread = EventLoopThread()
         self._http_clients: dict[str, httpx.AsyncClient] = {}
-        self._process_collector = ProcessCollector(registry=None)
+        self._process_collector = (
+            ProcessCollector(registry=None) if process_collector is None else process_collector
+        )
+        self._render_cache = RenderCache(__version__)
         accounts = []
         for account in config.accounts:
             http = self._http_client(account.base_url, transport)
@@ -123,6 +129,15 @@ class Exporter:
         registry.register(LoanCollector(snapshots, __version__))
         registry.register(self._process_collector)
         return registry
+
+    def exposition(self, snapshots: list[AccountSnapshot], encoder: Encoder) -> bytes:
+        """This scrape's body: byte for byte ``encoder(self.registry(snapshots))``, but the
+        ``okx_loan_`` families are rendered again only when a snapshot changed."""
+        rendered = self._render_cache.render(snapshots, encoder)
+        if rendered is None:
+            return encoder(self.registry(snapshots))
+        families, _trailer = rendered  # the process families' rendering ends with the trailer
+        return families + encoder(self._process_collector)
 
     def snapshots(self) -> list[AccountSnapshot]:
         """The cached state without contacting OKX."""

@@ -1,20 +1,26 @@
 """The WSGI app factory: ``/metrics``, the landing page ``/``, ``/-/healthy`` and ``/-/ready``.
 
 A failed OKX call is never an HTTP error here: it is ``okx_loan_up 0`` in a 200 answer. The
-exposition itself (text or OpenMetrics by ``Accept``, gzip by ``Accept-Encoding``) is
-prometheus_client's. Access control, when configured, wraps the whole app (see ``webconfig``).
+exposition (text or OpenMetrics by ``Accept``, gzip by ``Accept-Encoding``) is prometheus_client's:
+its format negotiation and encoders, answered exactly as its ``make_wsgi_app`` does, with the
+``okx_loan_`` families' text reused while no snapshot changed (see ``Exporter.exposition``). Other
+methods and ``name[]`` filters go to ``make_wsgi_app`` itself. Access control, when configured,
+wraps the whole app (see ``webconfig``).
 """
 
 from __future__ import annotations
 
+import gzip
 import html
 import logging
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
+from urllib.parse import parse_qs
 
 from prometheus_client import make_wsgi_app
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from okx_loan_exporter import __version__
 from okx_loan_exporter.exporter import Exporter
@@ -43,7 +49,17 @@ def create_app(
         except FutureTimeout:
             log.error("the fetch loop did not answer in time; serving cached values")
             snapshots = exporter.snapshots()
-        return make_wsgi_app(exporter.registry(snapshots))(environ, start_response)
+        query = environ.get("QUERY_STRING")
+        if environ.get("REQUEST_METHOD") != "GET" or (query and "name[]" in parse_qs(query)):
+            return make_wsgi_app(exporter.registry(snapshots))(environ, start_response)
+        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT"))
+        body = exporter.exposition(snapshots, encoder)
+        headers = [("Content-Type", content_type)]
+        if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING")):
+            body = gzip.compress(body)
+            headers.append(("Content-Encoding", "gzip"))
+        start_response("200 OK", headers)
+        return [body]
 
     def landing(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         body = _landing_page(exporter, clock()).encode()

@@ -1,0 +1,312 @@
+"""The performance shortcuts change no byte of what a scrape returns.
+
+Each shortcut is checked against the straightforward way it replaced: the reused ``okx_loan_``
+text against a fresh ``encoder(registry)`` for the same snapshots, in every exposition format, and
+the ``/metrics`` answer against prometheus_client's own ``make_wsgi_app`` over the same registry.
+A fixed process collector stands in for the real one, whose CPU and memory figures move between
+two renderings.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from okx_loan_exporter import __version__
+from okx_loan_exporter.cache import AccountSnapshot
+from okx_loan_exporter.collector import LoanCollector, RenderCache
+from okx_loan_exporter.config import config_from_dict
+from okx_loan_exporter.exporter import Exporter
+from okx_loan_exporter.okx import FailureReason
+from okx_loan_exporter.position import NO_LOAN, Position, parse_loan_info
+from okx_loan_exporter.stats import RequestStats
+from okx_loan_exporter.web import create_app
+
+DOCS_EXAMPLE = json.loads(
+    (Path(__file__).parent / "data" / "loan_info_docs_example.json").read_text()
+)
+ACCEPT_HEADERS = [
+    None,
+    "*/*",
+    "text/plain",
+    "text/plain; version=0.0.4",
+    "text/plain; version=1.0.0",
+    "text/plain; version=1.0.0; escaping=allow-utf-8",
+    "text/plain; version=1.0.0; escaping=dots",
+    "text/plain; version=1.0.0; escaping=values",
+    "application/openmetrics-text",
+    "application/openmetrics-text; version=0.0.1",
+    "application/openmetrics-text; version=1.0.0",
+    "application/openmetrics-text; version=1.0.0; escaping=allow-utf-8",
+    "application/openmetrics-text; version=1.0.0; escaping=values",
+    "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+]
+
+
+class FixedProcess(Collector):
+    """Process-like families with values that do not move."""
+
+    def collect(self) -> Iterable[Metric]:
+        return [
+            GaugeMetricFamily("process_resident_memory_bytes", "Resident memory.", value=3e7),
+            CounterMetricFamily("process_cpu_seconds", "CPU time.", value=1.25),
+            GaugeMetricFamily("process_open_fds", "Open fds.", value=9),
+        ]
+
+
+def stats(requests: int = 0, failures: Iterable[FailureReason] = (), *durations: float):
+    tally = RequestStats()
+    for duration in durations or [0.03] * requests:
+        tally.observe(duration, None)
+    for reason in failures:
+        tally.observe(0.2, reason)
+    return tally.snapshot()
+
+
+def snapshot(name: str = "main", position: Position | None = NO_LOAN, **fields) -> AccountSnapshot:
+    values = {
+        "up": True,
+        "last_success": 1_700_000_000.5,
+        "last_failure": None,
+        "last_error": None,
+        "requests": stats(1),
+        "clock_offset": 0.0,
+    }
+    values.update(fields)
+    return AccountSnapshot(name=name, position=position, **values)
+
+
+def reference(snapshots: list[AccountSnapshot], encoder) -> bytes:
+    """What the exporter rendered before the render cache: a fresh registry per scrape."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(LoanCollector(snapshots, __version__))
+    registry.register(FixedProcess())
+    return encoder(registry)
+
+
+@pytest.fixture
+def exporter():
+    config = config_from_dict(
+        {
+            "base_url": "https://okx.test",
+            "cache_ttl": "1h",
+            "max_stale": "2h",
+            "accounts": [
+                {"name": name, "api_key": f"k-{name}", "secret_key": "s", "passphrase": "p"}
+                for name in ("main", "other")
+            ],
+        },
+        "test.yml",
+        {},
+    )
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=DOCS_EXAMPLE))
+    exporter = Exporter(config, transport=transport, process_collector=FixedProcess())
+    yield exporter
+    exporter.close()
+
+
+DOCS = parse_loan_info(DOCS_EXAMPLE)
+LIQUIDATION = Position(
+    active=True,
+    loan_notional_usd=13500.0,
+    collateral_notional_usd=30000.0,
+    current_ltv=0.45,
+    margin_call_ltv=0.7,
+    liquidation_ltv=0.8,
+    loans={"USDT": 13500.0},
+    collateral={"BTC": 0.5},
+    liquidation_instrument="BTC-USDT",
+    liquidation_price=33750.0,
+)
+SCENES = {
+    "docs example": [snapshot(position=DOCS)],
+    "no loan": [snapshot(position=NO_LOAN)],
+    "never answered": [snapshot(position=None, up=False, last_success=None, requests=stats())],
+    "failing, stale withheld": [
+        snapshot(
+            position=None,
+            up=False,
+            last_failure=FailureReason.AUTH,
+            requests=stats(2, [FailureReason.AUTH, FailureReason.TIMEOUT]),
+            clock_offset=-1.5,
+        )
+    ],
+    "several accounts": [
+        snapshot("a", DOCS),
+        snapshot("b", LIQUIDATION, requests=stats(0, (), 0.01, 0.4, 3.0, 12.0)),
+        snapshot("c", NO_LOAN, up=False),
+    ],
+    "labels needing escapes": [
+        snapshot('quote"back\\slash\nnewline', DOCS),
+        snapshot("ünïcødé-€", LIQUIDATION),
+    ],
+    "empty fields": [
+        snapshot(
+            position=Position(
+                active=True, loan_notional_usd=None, current_ltv=None, liquidation_ltv=0.8
+            )
+        )
+    ],
+    "no accounts": [],
+}
+
+
+@pytest.mark.parametrize("accept", ACCEPT_HEADERS)
+@pytest.mark.parametrize("scene", list(SCENES))
+def test_exposition_equals_a_fresh_registry_rendering(exporter, scene, accept):
+    encoder, _ = choose_encoder(accept)
+    snapshots = SCENES[scene]
+    expected = reference(snapshots, encoder)
+    assert exporter.exposition(snapshots, encoder) == expected
+    assert exporter.exposition(list(snapshots), encoder) == expected  # now from the cache
+
+
+def test_every_change_the_collector_would_show_renders_again():
+    cache = RenderCache(__version__)
+    encoder, _ = choose_encoder(None)
+    reordered = Position(active=True, collateral={"STX": 0.78, "COMP": 9.7e-06})
+    steps = [
+        [snapshot(position=DOCS)],
+        [snapshot(position=DOCS)],  # same position object, equal fields: reused
+        [snapshot(position=parse_loan_info(DOCS_EXAMPLE))],  # a new answer with equal values
+        [snapshot(position=Position(active=True, collateral={"COMP": 9.7e-06, "STX": 0.78}))],
+        [snapshot(position=reordered)],  # equal to the previous position, other order
+        [snapshot(position=reordered, up=False)],
+        [snapshot(position=reordered, up=False, requests=stats(2))],
+        [snapshot(position=reordered, up=False, requests=stats(2), clock_offset=0.25)],
+        [snapshot(position=None, up=False, requests=stats(2), clock_offset=0.25)],
+        [snapshot(position=None, up=False, last_success=1_700_000_100.0)],
+        [snapshot("renamed", position=None, up=False, last_success=1_700_000_100.0)],
+        [snapshot("renamed"), snapshot("added")],
+        [snapshot("renamed")],
+    ]
+    seen = []
+    for snapshots in steps:
+        rendered = cache.render(snapshots, encoder)
+        assert rendered is not None
+        families, trailer = rendered
+        assert families + trailer == encoder(LoanCollector(snapshots, __version__))
+        seen.append(families)
+    assert seen[0] == seen[1] == seen[2]
+    assert seen[3] != seen[4]  # the currency order changed, so the text did
+    assert len(set(seen[3:])) == len(seen) - 3
+
+
+amounts = st.dictionaries(
+    st.sampled_from(["BTC", "ETH", "USDT", "USDC", "SOL", "DOT"]),
+    st.floats(min_value=0, max_value=1e12, allow_nan=False),
+    max_size=4,
+)
+optional_ratio = st.one_of(st.none(), st.floats(min_value=0, max_value=5, allow_nan=False))
+positions = st.one_of(
+    st.none(),
+    st.just(NO_LOAN),
+    st.builds(
+        Position,
+        active=st.just(True),
+        loan_notional_usd=optional_ratio,
+        collateral_notional_usd=optional_ratio,
+        current_ltv=optional_ratio,
+        margin_call_ltv=optional_ratio,
+        liquidation_ltv=optional_ratio,
+        loans=amounts,
+        collateral=amounts,
+    ),
+)
+snapshots_strategy = st.lists(
+    st.builds(
+        snapshot,
+        name=st.sampled_from(["main", "alt", "x\\y", 'q"']) | st.text(min_size=1, max_size=8),
+        position=positions,
+        up=st.booleans(),
+        last_success=st.one_of(st.none(), st.floats(min_value=0, max_value=2e9)),
+        requests=st.builds(
+            stats,
+            st.integers(min_value=0, max_value=3),
+            st.lists(st.sampled_from(list(FailureReason)), max_size=3),
+        ),
+        clock_offset=st.floats(min_value=-100, max_value=100),
+    ),
+    max_size=4,
+    unique_by=lambda item: item.name,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sequence=st.lists(snapshots_strategy, min_size=1, max_size=4),
+    accept=st.sampled_from(ACCEPT_HEADERS),
+)
+def test_any_sequence_of_scrapes_renders_like_the_reference(sequence, accept):
+    cache = RenderCache(__version__)
+    encoder, _ = choose_encoder(accept)
+    for snapshots in sequence:
+        rendered = cache.render(snapshots, encoder)
+        assert rendered is not None
+        assert b"".join(rendered) == encoder(LoanCollector(snapshots, __version__))
+
+
+def call(app, method="GET", query="", **headers):
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": "/metrics",
+        "QUERY_STRING": query,
+        "SERVER_NAME": "e",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+    }
+    environ.update({f"HTTP_{name.upper()}": value for name, value in headers.items()})
+    answer = {}
+
+    def start_response(status, response_headers, exc_info=None):
+        answer["status"], answer["headers"] = status, response_headers
+
+    body = b"".join(app(environ, start_response))
+    return answer["status"], answer["headers"], body
+
+
+@pytest.mark.parametrize("accept", ACCEPT_HEADERS)
+@pytest.mark.parametrize("encoding", [None, "gzip", "gzip, deflate, br", "identity", "GZIP;q=1"])
+def test_metrics_answer_equals_prometheus_client_wsgi_app(exporter, accept, encoding):
+    app = create_app(exporter)
+    headers = {"accept": accept, "accept_encoding": encoding}
+    headers = {name: value for name, value in headers.items() if value is not None}
+    status, response_headers, body = call(app, **headers)  # fills the cache from the fake OKX
+    status, response_headers, body = call(app, **headers)
+    expected = call(make_wsgi_app(exporter.registry(exporter.snapshots())), **headers)
+    assert (status, response_headers) == expected[:2]
+    if ("Content-Encoding", "gzip") in response_headers:
+        body, expected = gzip.decompress(body), (None, None, gzip.decompress(expected[2]))
+    assert body == expected[2]
+    assert b'{account="other"} 1.0' in body  # the fake OKX answered for every account
+
+
+@pytest.mark.parametrize(
+    ("method", "query"),
+    [
+        ("OPTIONS", ""),
+        ("HEAD", ""),
+        ("POST", ""),
+        ("GET", "name[]=okx_loan_up"),
+        ("GET", "name%5B%5D=okx_loan_ltv_ratio&name[]=process_open_fds"),
+    ],
+)
+def test_other_methods_and_name_filters_answer_as_prometheus_client(exporter, method, query):
+    app = create_app(exporter)
+    call(app)
+    answer = call(app, method, query)
+    assert answer == call(make_wsgi_app(exporter.registry(exporter.snapshots())), method, query)
