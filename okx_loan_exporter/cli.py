@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("okx_loan_exporter")
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
-DEMO_CACHE_TTL = "2s"
+DEMO_CACHE_TTL = "1s"  # the simulator moves prices every second
 
 
 def build_parser() -> argparse.ArgumentParser:

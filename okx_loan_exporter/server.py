@@ -108,6 +108,9 @@ class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    # socketserver's default backlog of 5 makes bursts of concurrent scrapes wait for a retry
+    # of the TCP handshake (about 1 s); dashboards and several Prometheus servers do burst.
+    request_queue_size = 128
 
     def __init__(
         self,
