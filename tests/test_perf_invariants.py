@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
 from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -28,7 +30,7 @@ from okx_loan_exporter import __version__
 from okx_loan_exporter.cache import AccountSnapshot
 from okx_loan_exporter.collector import LoanCollector, RenderCache
 from okx_loan_exporter.config import config_from_dict
-from okx_loan_exporter.exporter import Exporter
+from okx_loan_exporter.exporter import ACCOUNTS_PER_POOL, Exporter
 from okx_loan_exporter.okx import FailureReason
 from okx_loan_exporter.position import NO_LOAN, Position, parse_loan_info
 from okx_loan_exporter.stats import RequestStats
@@ -310,3 +312,59 @@ def test_other_methods_and_name_filters_answer_as_prometheus_client(exporter, me
     call(app)
     answer = call(app, method, query)
     assert answer == call(make_wsgi_app(exporter.registry(exporter.snapshots())), method, query)
+
+
+class BarrierOkx(ThreadingHTTPServer):
+    """Answers loan-info only once ``accounts`` requests are waiting at the same time."""
+
+    daemon_threads = True
+    request_queue_size = 128  # the default 5 would drop connects and delay them by a second
+
+    def __init__(self, accounts: int) -> None:
+        self.barrier = threading.Barrier(accounts, timeout=8)
+        super().__init__(("127.0.0.1", 0), _BarrierHandler)
+
+
+class _BarrierHandler(BaseHTTPRequestHandler):
+    server: BarrierOkx
+
+    def do_GET(self) -> None:
+        try:
+            self.server.barrier.wait()
+            status, body = 200, json.dumps(DOCS_EXAMPLE).encode()
+        except threading.BrokenBarrierError:
+            status, body = 503, b"{}"
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_the_connection_pools_let_every_account_fetch_at_once():
+    accounts = 2 * ACCOUNTS_PER_POOL + 5  # three pools, one not full
+    server = BarrierOkx(accounts)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = config_from_dict(
+        {
+            "base_url": f"http://127.0.0.1:{server.server_address[1]}",
+            "timeout": "10s",
+            "accounts": [
+                {"name": f"a{i}", "api_key": f"k{i}", "secret_key": "s", "passphrase": "p"}
+                for i in range(accounts)
+            ],
+        },
+        "test.yml",
+        {},
+    )
+    exporter = Exporter(config)
+    try:
+        snapshots = exporter.scrape()
+    finally:
+        exporter.close()
+        server.shutdown()
+        server.server_close()
+    assert [snapshot.up for snapshot in snapshots] == [True] * accounts
