@@ -9,6 +9,7 @@ two renderings.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import threading
@@ -368,3 +369,152 @@ def test_the_connection_pools_let_every_account_fetch_at_once():
         server.shutdown()
         server.server_close()
     assert [snapshot.up for snapshot in snapshots] == [True] * accounts
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+OK = {"code": "0", "msg": "", "data": DOCS_EXAMPLE["data"]}
+ANSWERS = {
+    "ok": lambda: httpx.Response(200, json=OK),
+    "no loan": lambda: httpx.Response(200, json={"code": "0", "msg": "", "data": []}),
+    "auth": lambda: httpx.Response(401, json={"code": "50111", "msg": "Invalid OK-ACCESS-KEY"}),
+    "rate limited": lambda: httpx.Response(429, json={"code": "50011", "msg": "Rate limit"}),
+    "broken": lambda: httpx.Response(200, text="<html>"),
+}
+
+
+class ScriptedOkx:
+    """Answers each account's n-th request with script[n], the last one ever after."""
+
+    def __init__(self, script: list[str]) -> None:
+        self.script = script
+        self.requests: dict[str, int] = {}
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        key = request.headers["OK-ACCESS-KEY"]
+        count = self.requests.get(key, 0)
+        self.requests[key] = count + 1
+        return ANSWERS[self.script[min(count, len(self.script) - 1)]]()
+
+
+def scripted_exporter(clock: Clock, okx: ScriptedOkx, accounts: int = 2) -> Exporter:
+    config = config_from_dict(
+        {
+            "base_url": "https://okx.test",
+            "cache_ttl": "1s",
+            "max_stale": "3s",
+            "accounts": [
+                {"name": f"a{i}", "api_key": f"k{i}", "secret_key": "s", "passphrase": "p"}
+                for i in range(accounts)
+            ],
+        },
+        "test.yml",
+        {},
+    )
+    return Exporter(config, clock=clock, transport=httpx.MockTransport(okx))
+
+
+def observable(snapshots: list[AccountSnapshot]) -> list[tuple]:
+    """Everything of a snapshot but the measured request durations, which differ run to run."""
+    return [
+        (
+            s.name,
+            s.position,
+            s.up,
+            s.last_success,
+            s.last_failure,
+            s.requests.requests,
+            s.requests.failures,
+            s.clock_offset,
+        )
+        for s in snapshots
+    ]
+
+
+def test_a_scrape_skips_the_loop_only_while_nothing_is_due(monkeypatch):
+    clock, okx = Clock(), ScriptedOkx(["ok"])
+    exporter = scripted_exporter(clock, okx)
+    hops = []
+    refresh = exporter._refresh
+
+    async def counted(wait):
+        hops.append(clock.now)
+        return await refresh(wait)
+
+    monkeypatch.setattr(exporter, "_refresh", counted)
+    try:
+        first = exporter.scrape()  # fetches both accounts
+        assert exporter.scrape() == first  # from the calling thread, same snapshots
+        clock.now += 0.999
+        assert observable(exporter.scrape()) == observable(first)
+        assert len(hops) == 1 and okx.requests == {"k0": 1, "k1": 1}
+        clock.now += 0.001  # the TTL is over: the loop starts both fetches again
+        assert all(snapshot.up for snapshot in exporter.scrape())
+        assert len(hops) == 2 and okx.requests == {"k0": 2, "k1": 2}
+        exporter.scrape()
+        assert len(hops) == 2
+    finally:
+        exporter.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    script=st.lists(st.sampled_from(list(ANSWERS)), min_size=1, max_size=6),
+    steps=st.lists(
+        st.one_of(st.just("scrape"), st.floats(min_value=0.0, max_value=5.0)), max_size=25
+    ),
+)
+def test_skipping_the_loop_never_changes_a_scrape_or_the_requests_sent(script, steps):
+    clock = Clock()
+    fast_okx, slow_okx = ScriptedOkx(script), ScriptedOkx(script)
+    fast = scripted_exporter(clock, fast_okx)
+    slow = scripted_exporter(clock, slow_okx)
+    slow._nothing_due = lambda: False  # the loop every time, as before the shortcut
+    try:
+        for step in steps:
+            if step == "scrape":
+                assert observable(fast.scrape()) == observable(slow.scrape())
+                assert fast_okx.requests == slow_okx.requests
+            else:
+                clock.now += step
+    finally:
+        fast.close()
+        slow.close()
+
+
+def test_a_fetch_still_running_after_its_deadline_keeps_scrapes_on_the_loop():
+    clock, gate, requests = Clock(), threading.Event(), []
+
+    async def okx(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        while len(requests) > 1 and not gate.is_set():  # the second request hangs until released
+            await asyncio.sleep(0.01)
+        return httpx.Response(200, json=OK)
+
+    config = config_from_dict(
+        {
+            "base_url": "https://okx.test",
+            "cache_ttl": "1s",
+            "accounts": [{"name": "main", "api_key": "k", "secret_key": "s", "passphrase": "p"}],
+        },
+        "test.yml",
+        {},
+    )
+    exporter = Exporter(config, clock=clock, transport=httpx.MockTransport(okx))
+    try:
+        assert exporter.scrape()[0].up
+        clock.now += 1.0
+        assert not exporter.scrape(scrape_timeout=0.6)[0].up  # cut off at its deadline
+        assert not exporter.scrape(scrape_timeout=0.6)[0].up  # still waiting for that fetch
+        gate.set()
+        assert exporter.scrape()[0].up
+        assert len(requests) == 2
+    finally:
+        gate.set()
+        exporter.close()
