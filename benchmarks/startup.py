@@ -12,6 +12,7 @@ from benchmarks.common import (
     HOST,
     PYTHON,
     Table,
+    child_cwd,
     child_env,
     free_port,
     ms,
@@ -19,27 +20,18 @@ from benchmarks.common import (
     stop_process,
     wait_http,
 )
+from benchmarks.deps_only import exporter_argv as deps_only_argv
 
 RUNS = 5
 
 
-def _once() -> dict[str, float]:
+def _once(deps_only: bool) -> dict[str, float]:
     port = free_port()
+    args = ["--demo", "--web.listen-address", f"{HOST}:{port}", "--log.level", "error"]
+    argv = deps_only_argv(args) if deps_only else [PYTHON, "-m", "okx_loan_exporter", *args]
     started = time.monotonic()
     process = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "okx_loan_exporter",
-            "--demo",
-            "--web.listen-address",
-            f"{HOST}:{port}",
-            "--log.level",
-            "error",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=child_env(),
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env(), cwd=child_cwd()
     )
     try:
         healthy = wait_http(port, "/-/healthy", process, interval=0.002)
@@ -53,34 +45,49 @@ def _once() -> dict[str, float]:
         stop_process(process)
 
 
-def run(quick: bool = False) -> tuple[dict[str, Any], list[Table]]:
-    _once()  # not counted: fills the page cache and writes nothing else
-    runs = [_once() for _ in range(3 if quick else RUNS)]
+def _bare_python() -> float:
     started = time.monotonic()
-    subprocess.run([PYTHON, "-c", "pass"], env=child_env(), check=True)
-    bare = time.monotonic() - started
+    subprocess.run([PYTHON, "-c", "pass"], env=child_env(), cwd=child_cwd(), check=True)
+    return time.monotonic() - started
+
+
+def run(quick: bool = False) -> tuple[dict[str, Any], list[Table]]:
+    _once(False)  # not counted: fills the page cache
+    count = 3 if quick else RUNS
+    runs: dict[str, list[dict[str, float]]] = {"here": [], "deps_only": []}
+    for _ in range(count):  # interleaved, so both see the same machine
+        runs["here"].append(_once(False))
+        runs["deps_only"].append(_once(True))
     results: dict[str, Any] = {
         "runs": runs,
-        "metrics_median": statistics.median(run["metrics"] for run in runs),
-        "healthy_median": statistics.median(run["healthy"] for run in runs),
-        "bare_python": bare,
+        "bare_python": statistics.median(_bare_python() for _ in range(3)),
     }
-    table = Table(f"4. Start-up (--demo, median of {len(runs)})", ["measure", "ms", "spread ms"])
-    metrics = [run["metrics"] for run in runs]
-    healthy = [run["healthy"] for run in runs]
+    for name, side in runs.items():
+        for measure in ("metrics", "healthy", "rss_kib"):
+            results[f"{name}_{measure}_median"] = statistics.median(run[measure] for run in side)
+    table = Table(
+        f"4. Start-up (--demo, median of {count})",
+        ["measure", "as installed here", "range", "deps only", "range"],
+    )
+    for measure, label in (
+        ("metrics", "start -> first 200 on /metrics, ms"),
+        ("healthy", "start -> first 200 on /-/healthy, ms"),
+    ):
+        cells: list[str] = []
+        for name in runs:
+            values = [run[measure] for run in runs[name]]
+            cells += [
+                ms(results[f"{name}_{measure}_median"]),
+                f"{ms(min(values))}-{ms(max(values))}",
+            ]
+        table.add(label, *cells)
     table.add(
-        "start -> first 200 on /metrics",
-        ms(results["metrics_median"]),
-        f"{ms(min(metrics))}-{ms(max(metrics))}",
+        "RSS after the first scrape, MiB",
+        f"{results['here_rss_kib_median'] / 1024:.1f}",
+        "",
+        f"{results['deps_only_rss_kib_median'] / 1024:.1f}",
+        "",
     )
-    table.add(
-        "start -> first 200 on /-/healthy",
-        ms(results["healthy_median"]),
-        f"{ms(min(healthy))}-{ms(max(healthy))}",
-    )
-    table.add("bare 'python -c pass' for scale", ms(bare), "")
-    table.notes.append(
-        f"RSS right after the first scrape: "
-        f"{statistics.median(run['rss_kib'] for run in runs) / 1024:.1f} MiB"
-    )
+    table.add("bare 'python -c pass', ms", ms(results["bare_python"]), "", "", "")
+    table.notes.append("deps only: as in the Docker image, see benchmarks/deps_only.py")
     return results, [table]
