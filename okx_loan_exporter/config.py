@@ -6,6 +6,11 @@ fix, so that the CLI can print it and exit without a traceback. Secrets come inl
 (``*_file``, for Docker and Kubernetes secrets) or from an environment variable (``*_env``); they
 never appear in a message, a repr or an exception.
 
+Nor does anything that may be a secret written in the wrong place: the value of a ``*_file`` or
+``*_env`` key (a pasted secret looks like any path or variable name), PyYAML's text for errors
+that quotes the document, a mapping key that does not look like a setting name, and the query of a
+URL. Messages name the dotted key instead, which is enough to find the line.
+
 Relative ``*_file`` paths are read relative to the config file's directory (as the exporter-toolkit
 does for its own files), or to the working directory when there is no config file.
 """
@@ -68,6 +73,8 @@ _ENV_VARS = (
 )
 
 _NAME_RE = re.compile(r"[a-zA-Z0-9_-]+")
+_KEY_LIKE_RE = re.compile(r"[a-z_]{1,40}")
+"""Unknown keys shown in messages; any other key may be a secret written as a key."""
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NUMBER = r"[0-9]+(?:\.[0-9]+)?"
 _DURATION_RE = re.compile(
@@ -166,7 +173,7 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> E
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise _yaml_error(source, exc) from None
+        raise _yaml_error(source, exc, text) from None
     if data is None:
         raise ConfigError(
             source, "", "the file is empty", "add an accounts: list (see examples/config.yml)"
@@ -211,17 +218,94 @@ def _read_config_file(path: str) -> str:
         ) from None
 
 
-def _yaml_error(source: str, exc: yaml.YAMLError) -> ConfigError:
-    # str(exc) quotes the offending lines, which may hold a secret: use only the problem and mark.
-    problem = getattr(exc, "problem", None) or "cannot parse"
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return ConfigError(
-        source,
-        "",
-        f"invalid YAML{where}: {problem}",
-        "fix the YAML syntax there (indent with spaces, quote values containing ': ' or '#')",
+_YAML_FIX = (
+    "fix the YAML syntax there: indent with spaces, and quote values that start with"
+    " * & ! | > % @ ` or contain ': ' or ' #'"
+)
+_YAML_TOKEN = r"'(?:<[a-z ]+>|[-?:,\[\]{}])'"
+_YAML_PLAIN = re.compile(
+    "|".join(
+        (
+            "could not find expected ':'",
+            "(?:mapping values|sequence entries|mapping keys) are not allowed here",
+            "found unhashable key",
+            rf"expected (?:<block end>|the node content|'<document start>'),"
+            rf" but found {_YAML_TOKEN}",
+            rf"expected ',' or '[]}}]', but got {_YAML_TOKEN}",
+            "expected a mapping (?:or list of mappings )?for merging, but found [a-z]+",
+        )
     )
+)
+"""PyYAML problems made only of fixed text and token kinds (never document text): shown as is."""
+
+
+def _yaml_error(source: str, exc: yaml.YAMLError, text: str) -> ConfigError:
+    """Where the YAML breaks (line and column) and what is wrong, in words of our own.
+
+    PyYAML's messages quote the document: str(exc) shows the offending lines, and its problem
+    text names aliases, tags and characters as written, e.g. an unquoted passphrase starting with
+    '*' or '!'. Only problems made of fixed text are passed on; the others are described here.
+    """
+    problem, use_context = _yaml_problem(exc)
+    mark = getattr(exc, "problem_mark", None)
+    if use_context or mark is None:
+        mark = getattr(exc, "context_mark", None) or mark
+    if mark is not None:
+        where = f" at line {mark.line + 1}, column {mark.column + 1}"
+    elif isinstance(exc, yaml.reader.ReaderError):
+        position = exc.position
+        line = text.count("\n", 0, position) + 1
+        column = position - text.rfind("\n", 0, position)
+        where = f" at line {line}, column {column}"
+    else:
+        where = ""
+    return ConfigError(source, "", f"invalid YAML{where}: {problem}", _YAML_FIX)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> tuple[str, bool]:
+    """A description of the error without document text, and whether the context mark (where
+    the broken construct starts) is the better place to point at."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        return "a control character or other character YAML does not allow", False
+    problem = str(getattr(exc, "problem", None) or "")
+    context = str(getattr(exc, "context", None) or "")
+    if problem.startswith("found undefined alias"):
+        return "a value starts with '*', which YAML reads as an alias", False
+    if (
+        problem.startswith(("could not determine a constructor for the tag", "found undefined tag"))
+        or context.endswith(" tag")
+        or problem.startswith("expected '!', but found")
+    ):
+        return "a value starts with '!', which YAML reads as a tag", False
+    if context in ("while scanning an alias", "while scanning an anchor") or context.startswith(
+        "found duplicate anchor"
+    ):
+        return "a value starts with '*' or '&', which YAML reads as an alias or anchor", False
+    if context == "while scanning a block scalar":
+        return "a value starts with '|' or '>', which YAML reads as a block of text", False
+    if context == "while scanning a directive":
+        return "a line starts with '%', which YAML reads as a directive", False
+    if context == "while scanning a double-quoted scalar":
+        return (
+            "a double-quoted value holds a backslash that starts no valid escape"
+            " (use single quotes for values containing \\)",
+            False,
+        )
+    if context == "while scanning a quoted scalar":
+        return "a quoted value starts here and is never closed", True
+    if context == "expected a single document in the stream":
+        return "a second YAML document starts here (a line '---')", False
+    reserved = re.fullmatch(r"found character '(.*)' that cannot start any token", problem)
+    if reserved is not None:
+        char = reserved.group(1)
+        if char == "\\t":
+            return "a tab character, which YAML does not allow here (use spaces)", False
+        if char in ("@", "`"):  # a fixed set: repeating it shows nothing of the value
+            return f"a value starts with '{char}', which YAML reserves", False
+        return "a character that cannot start a value", False
+    if _YAML_PLAIN.fullmatch(problem):
+        return problem, False
+    return "the YAML cannot be parsed here", False
 
 
 def _from_mapping(
@@ -428,23 +512,33 @@ def _secret_from_env(
     secret: str,
     environ: Mapping[str, str],
 ) -> str:
+    # The name is never shown: what stands there may be the secret itself, pasted in place of a
+    # variable's name (and a secret of letters, digits and '_' is also a valid name).
     if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
-        shown = _show(name) if isinstance(name, str) else _type_name(name)
+        got = "" if isinstance(name, str) else f", got {_type_name(name)}"
         raise ConfigError(
             source,
             key,
-            f"{shown} is not an environment variable name",
-            f"give the name of the variable that holds the {what}, e.g. {_SECRET_ENV[secret]}",
+            f"not a valid environment variable name (letters, digits, _){got}",
+            f"put the variable's NAME here, not the secret, e.g. {_SECRET_ENV[secret]}"
+            f" (or use {secret}_file)",
         )
     value = environ.get(name)
     if value is None:
         raise ConfigError(
             source,
             key,
-            f"environment variable {name} is not set",
-            f"set {name} in the exporter's environment, or use {secret}_file",
+            "names an environment variable that is not set",
+            "set that variable in the exporter's environment (the key holds the variable's"
+            f" NAME, not the secret), or use {secret}_file",
         )
-    return _check_secret(value, source, key, f"set {name} to the {what}", env_name=name)
+    return _check_secret(
+        value,
+        source,
+        key,
+        f"set that variable to the {what}",
+        where=f"the environment variable named by {key}",
+    )
 
 
 # --- the environment ----------------------------------------------------------------------------
@@ -542,17 +636,28 @@ def _check_keys(
         if isinstance(raw_key, str) and raw_key in valid:
             continue
         shown = str(raw_key)
-        dotted = f"{prefix}.{shown}" if prefix else shown
         if shown in elsewhere:
             fix = elsewhere_hint
         else:
-            close = difflib.get_close_matches(shown, valid, n=1, cutoff=0.6)
+            close = difflib.get_close_matches(shown.lower(), valid, n=1, cutoff=0.6)
             fix = (
                 f"did you mean '{close[0]}'?"
                 if close
                 else f"remove it; valid keys here are {', '.join(valid)}"
             )
-        raise ConfigError(source, dotted, f"unknown key {_show(shown)}", fix)
+        if isinstance(raw_key, str) and _KEY_LIKE_RE.fullmatch(raw_key):
+            dotted = f"{prefix}.{raw_key}" if prefix else raw_key
+            raise ConfigError(source, dotted, f"unknown key '{raw_key}'", fix)
+        # Anything else may be a secret written as a key (a pasted line 'SECRET: x'): name only
+        # where it is.
+        where = "has" if prefix else "the top level has"
+        raise ConfigError(
+            source,
+            prefix,
+            f"{where} an unknown key (not shown: it does not look like a setting name, and may"
+            " be a secret)",
+            fix,
+        )
 
 
 def _durations(values: Mapping[str, tuple[object, str]], source: str) -> tuple[float, float, float]:
@@ -638,21 +743,30 @@ def _base_url(
         raise ConfigError(
             source, url_key, "must not contain user:password@", "remove the credentials from it"
         )
+    # Only scheme://host[:port] is ever shown: a query (?apikey=...) or a path may hold a token.
     if parts.scheme not in ("http", "https") or not parts.hostname:
+        origin = f"{parts.scheme}://{parts.netloc}"
+        shown = f"{_show(origin)} " if parts.scheme and parts.netloc else ""
         raise ConfigError(
-            source, url_key, f"{_show(url)} is not an http:// or https:// URL with a host", fix
+            source, url_key, f"{shown}is not an http:// or https:// URL with a host", fix
         )
     if parts.query or parts.fragment or "?" in text or "#" in text:
         raise ConfigError(
             source,
             url_key,
-            f"{_show(url)} has a query or fragment",
+            "has a query or fragment (not shown: it may hold a token)",
             "give only scheme, host and (optionally) port and path, e.g. https://www.okx.com",
         )
     return text.rstrip("/")
 
 
 def _read_secret_file(path: object, source: str, key: str, what: str, base_dir: str) -> str:
+    """The secret in the file named by ``key``.
+
+    The path is never shown: it cannot be told apart from the secret itself pasted where its
+    file's path belongs. Messages name the key instead, and for a relative path the directory it
+    is read from (the config file's, or the working directory: not the user's text).
+    """
     if not isinstance(path, str) or not path.strip():
         got = "an empty string" if isinstance(path, str) else _type_name(path)
         raise ConfigError(
@@ -661,31 +775,35 @@ def _read_secret_file(path: object, source: str, key: str, what: str, base_dir: 
             f"must be the path of a file holding the {what}, got {got}",
             "give the file's path, e.g. /run/secrets/okx_api_key",
         )
-    full = os.path.normpath(os.path.join(base_dir, os.path.expanduser(path.strip())))
+    given = os.path.expanduser(path.strip())
+    full = os.path.normpath(os.path.join(base_dir, given))
+    the_file = f"the file named by {key}"
     try:
         with open(full, "rb") as handle:
             raw = handle.read(_MAX_SECRET_FILE_BYTES + 1)
     except OSError as exc:
+        relative = "" if os.path.isabs(given) else f" (a relative path is read from {base_dir})"
         raise ConfigError(
             source,
             key,
-            f"cannot read {full}: {_os_reason(exc)}",
-            "check the path, and that the exporter's user may read the file",
+            f"cannot read {the_file}: {_os_reason(exc)}",
+            f"check the path{relative}, and that the exporter's user may read the file;"
+            f" the key holds the file's path, not the {what}",
         ) from None
     if len(raw) > _MAX_SECRET_FILE_BYTES:
         raise ConfigError(
             source,
             key,
-            f"{full} is larger than {_MAX_SECRET_FILE_BYTES // 1024} KiB",
+            f"{the_file} is larger than {_MAX_SECRET_FILE_BYTES // 1024} KiB",
             f"the file must hold only the {what}",
         )
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ConfigError(
-            source, key, f"{full} is not UTF-8 text", f"the file must hold only the {what}"
+            source, key, f"{the_file} is not UTF-8 text", f"the file must hold only the {what}"
         ) from None
-    return _check_secret(text, source, key, f"write the {what} into {full}", path=full)
+    return _check_secret(text, source, key, f"write the {what} into that file", where=the_file)
 
 
 def _check_secret(
@@ -694,11 +812,9 @@ def _check_secret(
     key: str,
     fill_fix: str,
     *,
-    path: str | None = None,
-    env_name: str | None = None,
+    where: str = "the value",
 ) -> str:
     """The secret stripped of surrounding whitespace; refused when empty or holding controls."""
-    where = path or (f"environment variable {env_name}" if env_name else "the value")
     text = value.strip()
     if not text:
         raise ConfigError(source, key, f"{where} is empty", fill_fix)

@@ -430,8 +430,8 @@ BAD_FILES = [
         "    secret_key_file: $S\n    passphrase_file: $P\n",
         {},
         "accounts[0].api_key_file",
-        "cannot read /nonexistent/okx/api_key: No such file or directory",
-        "check the path",
+        "cannot read the file named by accounts[0].api_key_file: No such file or directory",
+        "check the path, and that the exporter's user may read the file",
         id="secret-file-missing",
     ),
     pytest.param(
@@ -439,7 +439,7 @@ BAD_FILES = [
         "    secret_key_file: $S\n    passphrase_file: $P\n",
         {},
         "accounts[0].api_key_file",
-        "cannot read /: Is a directory",
+        "cannot read the file named by accounts[0].api_key_file: Is a directory",
         "may read the file",
         id="secret-file-is-directory",
     ),
@@ -457,8 +457,9 @@ BAD_FILES = [
         "    passphrase_env: OKX_PASS_VAR\n",
         {},
         "accounts[0].passphrase_env",
-        "environment variable OKX_PASS_VAR is not set",
-        "set OKX_PASS_VAR in the exporter's environment, or use passphrase_file",
+        "names an environment variable that is not set",
+        "set that variable in the exporter's environment (the key holds the variable's NAME,"
+        " not the secret), or use passphrase_file",
         id="env-unset",
     ),
     pytest.param(
@@ -466,8 +467,8 @@ BAD_FILES = [
         "    passphrase_env: OKX_PASS_VAR\n",
         {"OKX_PASS_VAR": "  \n"},
         "accounts[0].passphrase_env",
-        "environment variable OKX_PASS_VAR is empty",
-        "set OKX_PASS_VAR to the passphrase",
+        "the environment variable named by accounts[0].passphrase_env is empty",
+        "set that variable to the passphrase",
         id="env-empty",
     ),
     pytest.param(
@@ -475,8 +476,8 @@ BAD_FILES = [
         "    passphrase_env: 1-bad name\n",
         {},
         "accounts[0].passphrase_env",
-        "is not an environment variable name",
-        "e.g. OKX_PASSPHRASE",
+        "not a valid environment variable name (letters, digits, _)",
+        "put the variable's NAME here, not the secret, e.g. OKX_PASSPHRASE",
         id="env-bad-name",
     ),
     pytest.param(
@@ -785,7 +786,7 @@ def test_inline_secret_of_wrong_type_is_not_echoed(tmp_path, secrets_dir):
         pytest.param("x" * 70_000, "is larger than 64 KiB", id="huge"),
     ],
 )
-def test_bad_secret_file_contents_name_the_path_not_the_content(
+def test_bad_secret_file_contents_name_the_key_not_the_path_or_content(
     tmp_path, secrets_dir, content, problem
 ):
     secret_file = secrets_dir / "secret_key"
@@ -798,8 +799,9 @@ def test_bad_secret_file_contents_name_the_path_not_the_content(
         load_config(str(path), {})
     error = caught.value
     assert error.key == "accounts[0].secret_key_file"
+    assert error.problem.startswith("the file named by accounts[0].secret_key_file ")
     assert problem in error.problem
-    assert str(secret_file) in str(error)
+    assert str(secrets_dir) not in str(error)  # the path is not shown
     assert "xxxxxxxx" not in str(error)
     assert_well_formed(error, str(path), "accounts[0].secret_key_file")
 
@@ -821,7 +823,11 @@ def test_unreadable_secret_file_says_permission_denied(tmp_path, secrets_dir, mo
         load_config(str(path), {})
     error = caught.value
     assert error.key == "accounts[0].passphrase_file"
-    assert error.problem == f"cannot read {unreadable}: Permission denied"
+    assert (
+        error.problem
+        == "cannot read the file named by accounts[0].passphrase_file: Permission denied"
+    )
+    assert str(secrets_dir) not in str(error)
     assert_well_formed(error, str(path), "accounts[0].passphrase_file")
 
 
@@ -861,6 +867,261 @@ def test_yaml_error_gives_line_and_column_but_not_the_line(tmp_path, secrets_dir
     path.write_text("cache_ttl: 10s\naccounts:\n  - name: a\n   bad: x\n")
     with pytest.raises(ConfigError, match=r"invalid YAML at line 4, column 4: "):
         load_config(str(path), {})
+
+
+# --- what may be a secret in the wrong place is never repeated ------------------------------------
+
+# A secret of letters, digits and '_' is also a valid environment variable name.
+NAME_LIKE_SECRET = "PPfake_Zq9x_pass_4471"
+ACCOUNT_HEAD = "accounts:\n  - name: main\n    api_key_file: $K\n    secret_key_file: $S\n"
+
+
+def load_error(
+    tmp_path: Path, secrets_dir: Path, text: str, environ: dict[str, str] | None = None
+) -> ConfigError:
+    path = write_config(tmp_path, secrets_dir, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), environ or {})
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        pytest.param(PASSPHRASE, "not a valid environment variable name", id="not-a-name"),
+        pytest.param(NAME_LIKE_SECRET, "names an environment variable that is not set", id="unset"),
+    ],
+)
+def test_a_secret_given_as_env_is_not_repeated(tmp_path, secrets_dir, value, problem):
+    error = load_error(tmp_path, secrets_dir, ACCOUNT_HEAD + f"    passphrase_env: {value}\n")
+    assert error.key == "accounts[0].passphrase_env"
+    assert problem in error.problem
+    assert "NAME" in error.fix and "not the secret" in error.fix
+    assert value not in str(error) and value[:6] not in str(error)
+    assert_well_formed(error, str(tmp_path / "config.yml"), error.key)
+
+
+@pytest.mark.parametrize(
+    ("given", "fix"),
+    [
+        pytest.param(PASSPHRASE, "check the path (a relative path is read from {dir})", id="rel"),
+        pytest.param(f"/run/{PASSPHRASE}", "check the path, and that the exporter", id="abs"),
+        pytest.param(f"~/{PASSPHRASE}", "check the path, and that the exporter", id="home"),
+    ],
+)
+def test_a_secret_given_as_file_is_not_repeated(tmp_path, secrets_dir, given, fix):
+    """A missing file's path may be the secret itself: the key is named, and for a relative
+    path the directory it was looked for in (the config file's)."""
+    error = load_error(tmp_path, secrets_dir, ACCOUNT_HEAD + f"    passphrase_file: {given}\n")
+    assert error.key == "accounts[0].passphrase_file"
+    assert error.problem == (
+        "cannot read the file named by accounts[0].passphrase_file: No such file or directory"
+    )
+    assert fix.format(dir=tmp_path) in error.fix
+    assert "not the passphrase" in error.fix
+    assert PASSPHRASE[:6] not in str(error)
+    assert_well_formed(error, str(tmp_path / "config.yml"), error.key)
+
+
+def test_a_secret_given_as_an_environment_file_is_not_repeated(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {**ENV, "OKX_PASSPHRASE": "", "OKX_PASSPHRASE_FILE": ENV_PASSPHRASE})
+    error = caught.value
+    assert error.key == "OKX_PASSPHRASE_FILE"
+    assert f"a relative path is read from {tmp_path}" in error.fix
+    assert ENV_PASSPHRASE[:6] not in str(error)
+    assert_well_formed(error, "environment", "OKX_PASSPHRASE_FILE")
+
+
+BROKEN_YAML = [
+    # (the passphrase line, or the whole file when it holds no "accounts:"; the problem)
+    pytest.param(
+        f"*{PASSPHRASE}",
+        "at line 5, column 17: a value starts with '*', which YAML reads as an alias",
+        id="alias",
+    ),
+    pytest.param(
+        f"!{PASSPHRASE}",
+        "at line 5, column 17: a value starts with '!', which YAML reads as a tag",
+        id="tag",
+    ),
+    pytest.param(
+        f"!!{PASSPHRASE}",
+        "at line 5, column 17: a value starts with '!', which YAML reads as a tag",
+        id="tag-standard-handle",
+    ),
+    pytest.param(
+        f"!a!{PASSPHRASE}",
+        "at line 5, column 17: a value starts with '!', which YAML reads as a tag",
+        id="tag-undefined-handle",
+    ),
+    pytest.param(
+        f"&{PASSPHRASE} x\n    demo: &{PASSPHRASE} true",
+        "at line 6, column 11: a value starts with '*' or '&', which YAML reads as an alias",
+        id="duplicate-anchor",
+    ),
+    pytest.param(
+        f"*-{PASSPHRASE}",
+        "at line 5, column 17: a value starts with '*', which YAML reads as an alias",
+        id="alias-with-dash",
+    ),
+    pytest.param(
+        f"@{PASSPHRASE}",
+        "at line 5, column 17: a value starts with '@', which YAML reserves",
+        id="reserved-at",
+    ),
+    pytest.param(
+        f"`{PASSPHRASE}",
+        "at line 5, column 17: a value starts with '`', which YAML reserves",
+        id="reserved-backtick",
+    ),
+    pytest.param(
+        f"|{PASSPHRASE}",
+        "at line 5, column 18: a value starts with '|' or '>', which YAML reads as a block",
+        id="block-scalar",
+    ),
+    pytest.param(
+        f'"{PASSPHRASE}\\q"',
+        "at line 5, column 35: a double-quoted value holds a backslash that starts no valid"
+        " escape (use single quotes",
+        id="unknown-escape",
+    ),
+    pytest.param(
+        f'"{PASSPHRASE}\n    demo: true',
+        "at line 5, column 17: a quoted value starts here and is never closed",
+        id="unclosed-quote-points-at-its-start",
+    ),
+    pytest.param(
+        f'\t"{PASSPHRASE}"',
+        "at line 5, column 17: a tab character, which YAML does not allow here (use spaces)",
+        id="tab",
+    ),
+    pytest.param(
+        f'"{PASSPHRASE}\x07"',
+        "at line 5, column 34: a control character or other character YAML does not allow",
+        id="control-character",
+    ),
+    pytest.param(
+        f"{PASSPHRASE}: {PASSPHRASE}",
+        "at line 5, column 33: mapping values are not allowed here",
+        id="colon-space-kept-as-pyyaml-says",
+    ),
+    pytest.param(
+        f"{PASSPHRASE}\n---\n{PASSPHRASE}: 1",
+        "at line 6, column 1: a second YAML document starts here (a line '---')",
+        id="second-document",
+    ),
+    pytest.param(
+        f"%YAML 1.1\n%YAML 1.1\n---\n{PASSPHRASE}: 1\n",
+        "at line 2, column 1: the YAML cannot be parsed here",
+        id="anything-else-generic",
+    ),
+]
+
+
+@pytest.mark.parametrize(("passphrase", "problem"), BROKEN_YAML)
+def test_yaml_errors_say_where_and_what_without_quoting_the_file(
+    tmp_path, secrets_dir, passphrase, problem
+):
+    text = (
+        passphrase
+        if passphrase.startswith("%")
+        else ACCOUNT_HEAD + f"    passphrase: {passphrase}\n"
+    )
+    error = load_error(tmp_path, secrets_dir, text)
+    assert error.problem.startswith("invalid YAML at line ")
+    assert problem in error.problem
+    assert "fix the YAML syntax there" in error.fix
+    assert "quote values that start with * & ! | > % @ `" in error.fix
+    assert PASSPHRASE[:6] not in str(error)
+    assert_well_formed(error, str(tmp_path / "config.yml"), "")
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "problem", "fix"),
+    [
+        pytest.param(
+            "label: x", "accounts[0].label", "unknown key 'label'", "remove it", id="shown"
+        ),
+        pytest.param(
+            f"{PASSPHRASE}: x",
+            "accounts[0]",
+            "has an unknown key (not shown: it does not look like a setting name",
+            "remove it; valid keys here are name, api_key",
+            id="secret-as-key",
+        ),
+        pytest.param(
+            f"{PASSPHRASE.upper()}:",
+            "accounts[0]",
+            "has an unknown key (not shown",
+            "remove it",
+            id="secret-as-key-without-value",
+        ),
+        pytest.param(
+            "PASSPHRASE_FILE: /x",
+            "accounts[0]",
+            "has an unknown key (not shown",
+            "did you mean 'passphrase_file'?",
+            id="upper-case-hidden-but-still-suggested",
+        ),
+        pytest.param(
+            "a" * 41 + ": x", "accounts[0]", "has an unknown key (not shown", "remove it", id="long"
+        ),
+        pytest.param("12345: x", "accounts[0]", "has an unknown key (not shown", "", id="number"),
+    ],
+)
+def test_unknown_keys_are_shown_only_when_they_look_like_settings(
+    tmp_path, secrets_dir, line, key, problem, fix
+):
+    error = load_error(tmp_path, secrets_dir, ACCOUNTS + f"    {line}\n")
+    assert error.key == key
+    assert problem in error.problem
+    assert fix in error.fix
+    assert PASSPHRASE[:6] not in str(error) and "12345" not in str(error)
+    assert "a" * 41 not in str(error)
+    assert_well_formed(error, str(tmp_path / "config.yml"), key)
+
+
+def test_an_unknown_top_level_key_that_may_be_a_secret_is_not_shown(tmp_path, secrets_dir):
+    error = load_error(tmp_path, secrets_dir, f"{SECRET_KEY}: 1\n" + ACCOUNTS)
+    assert error.key == ""
+    assert error.problem.startswith("the top level has an unknown key (not shown")
+    assert "valid keys here are cache_ttl" in error.fix
+    assert_well_formed(error, str(tmp_path / "config.yml"), "")
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        pytest.param(
+            f"https://www.okx.com/api?token={PASSPHRASE}",
+            "has a query or fragment (not shown: it may hold a token)",
+            id="query",
+        ),
+        pytest.param(
+            f"'https://www.okx.com/#{PASSPHRASE}'",
+            "has a query or fragment (not shown",
+            id="fragment",
+        ),
+        pytest.param(
+            f"ftp://www.okx.com/{PASSPHRASE}?k={PASSPHRASE}",
+            "'ftp://www.okx.com' is not an http:// or https:// URL with a host",
+            id="bad-scheme-shows-only-scheme-and-host",
+        ),
+        pytest.param(
+            f"user:{PASSPHRASE}@www.okx.com",
+            "is not an http:// or https:// URL with a host",
+            id="credentials-without-scheme",
+        ),
+    ],
+)
+def test_base_url_errors_show_at_most_scheme_and_host(tmp_path, secrets_dir, url, problem):
+    error = load_error(tmp_path, secrets_dir, f"base_url: {url}\n" + ACCOUNTS)
+    assert error.key == "base_url"
+    assert problem in error.problem
+    assert PASSPHRASE[:6] not in str(error)
+    assert_well_formed(error, str(tmp_path / "config.yml"), "base_url")
 
 
 # --- the permission warning ----------------------------------------------------------------------
@@ -1000,7 +1261,8 @@ BAD_ENVIRONMENTS = [
     pytest.param(
         {**ENV, "OKX_PASSPHRASE": "", "OKX_PASSPHRASE_FILE": "/nonexistent/pass"},
         "OKX_PASSPHRASE_FILE",
-        "cannot read /nonexistent/pass: No such file or directory",
+        "OKX_PASSPHRASE_FILE: cannot read the file named by OKX_PASSPHRASE_FILE:"
+        " No such file or directory; check the path, and that",
         id="file-missing",
     ),
     pytest.param(

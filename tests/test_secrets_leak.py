@@ -346,7 +346,7 @@ BROKEN: dict[str, tuple[str, str]] = {
 }
 
 KNOWN_LEAKS: dict[str, tuple[str, str]] = {
-    # Realistic mistakes whose message repeats the secret (config.py; see the report).
+    # Realistic mistakes whose message used to repeat the secret (now fixed in config.py).
     "the secret given as *_env": (
         account_file(secrets=SECRET_LINES.replace("secret_key:", "secret_key_env:")),
         "secret_key_env",
@@ -397,21 +397,7 @@ def test_config_errors_carry_no_secret(text: str, names: str, tmp_path: Path):
     assert_no_leak([str(error), repr(error), repr(error.args), error.key, error.problem])
 
 
-@pytest.mark.parametrize(
-    ("text", "names"),
-    [
-        pytest.param(
-            *case,
-            id=name,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="config.py repeats what the user wrote where a secret was expected",
-            ),
-        )
-        for name, case in KNOWN_LEAKS.items()
-    ],
-)
+@pytest.mark.parametrize(("text", "names"), KNOWN_LEAKS.values(), ids=KNOWN_LEAKS.keys())
 def test_config_errors_of_likely_mistakes_carry_no_secret(text: str, names: str, tmp_path: Path):
     path = tmp_path / "config.yml"
     path.write_text(text)
