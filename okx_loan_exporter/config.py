@@ -174,6 +174,18 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> E
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise _yaml_error(source, exc, text) from None
+    except ValueError:
+        # PyYAML reads unquoted 2024-13-45 as a date and lets datetime's ValueError through.
+        raise ConfigError(
+            source,
+            "",
+            "invalid YAML: a value written like a date or time is impossible (e.g. 2024-13-45)",
+            'put values that only look like dates in quotes ("...")',
+        ) from None
+    except RecursionError:
+        raise ConfigError(
+            source, "", "invalid YAML: lists or mappings nest too deeply", _YAML_FIX
+        ) from None
     if data is None:
         raise ConfigError(
             source, "", "the file is empty", "add an accounts: list (see examples/config.yml)"

@@ -1039,6 +1039,40 @@ def test_yaml_errors_say_where_and_what_without_quoting_the_file(
 
 
 @pytest.mark.parametrize(
+    ("text", "problem", "fix"),
+    [
+        pytest.param(
+            ACCOUNT_HEAD + "    passphrase: 2024-13-45\n",
+            "invalid YAML: a value written like a date or time is impossible",
+            'in quotes ("...")',
+            id="impossible-date",
+        ),
+        pytest.param(
+            ACCOUNT_HEAD + "    passphrase: 2024-02-30 12:00:00\n",
+            "invalid YAML: a value written like a date or time is impossible",
+            "in quotes",
+            id="impossible-timestamp",
+        ),
+        pytest.param(
+            "cache_ttl: " + "[" * 3000 + "]" * 3000 + "\n" + ACCOUNTS,
+            "invalid YAML: lists or mappings nest too deeply",
+            "fix the YAML syntax",
+            id="deep-nesting",
+        ),
+    ],
+)
+def test_yaml_that_pyyaml_cannot_construct_is_a_config_error(
+    tmp_path, secrets_dir, text, problem, fix
+):
+    """Not a traceback: PyYAML lets datetime's ValueError and RecursionError through."""
+    error = load_error(tmp_path, secrets_dir, text)
+    assert error.problem == problem + (" (e.g. 2024-13-45)" if "date" in problem else "")
+    assert fix in error.fix
+    assert "2024-02-30" not in str(error)
+    assert_well_formed(error, str(tmp_path / "config.yml"), "")
+
+
+@pytest.mark.parametrize(
     ("line", "key", "problem", "fix"),
     [
         pytest.param(
