@@ -27,6 +27,8 @@ from okx_loan_exporter.position import InvalidResponse, Position, parse_loan_inf
 
 LOAN_INFO_PATH = "/api/v5/finance/flexible-loan/loan-info"
 PUBLIC_TIME_PATH = "/api/v5/public/time"
+MAX_CLOCK_OFFSET = 86_400.0
+"""A clock difference to OKX beyond a day is taken for a broken answer, not corrected for."""
 MAX_BODY_BYTES = 1_000_000
 """Answers larger than this are refused; a real loan-info answer is a few kilobytes."""
 
@@ -187,7 +189,12 @@ class OkxClient:
         sent = self._clock()
         okx_ms = await self._request(PUBLIC_TIME_PATH, {}, _parse_public_time)
         received = self._clock()
-        self.clock_offset = okx_ms / 1000 - (sent + received) / 2
+        offset = okx_ms / 1000 - (sent + received) / 2
+        if abs(offset) > MAX_CLOCK_OFFSET:
+            raise OkxError(FailureReason.INVALID_RESPONSE, f"OKX public/time is {offset:+.0f} s "
+                           "from the local clock, too far to be believed",
+                           "check the machine's clock (NTP) and that base_url points at OKX")
+        self.clock_offset = offset
 
     async def _request(self, path: str, headers: dict[str, str],
                        parse: Callable[[dict[str, object]], T]) -> T:
@@ -290,7 +297,11 @@ class OkxClient:
 def _parse_public_time(body: dict[str, object]) -> int:
     """OKX's clock in milliseconds from a public/time answer."""
     try:
-        return int(body["data"][0]["ts"])  # type: ignore[index]
+        text = body["data"][0]["ts"]  # type: ignore[index]
+        if not isinstance(text, str) or not text.isascii() or not text.isdigit() \
+                or len(text) > 15:
+            raise ValueError(text)
+        return int(text)
     except (KeyError, IndexError, TypeError, ValueError):
         raise OkxError(FailureReason.INVALID_RESPONSE, "malformed public/time answer",
                        "cannot correct the clock; fix the machine's clock (NTP)") from None

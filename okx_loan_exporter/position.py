@@ -48,15 +48,16 @@ def parse_decimal(value: object, where: str) -> float | None:
     """Convert one OKX decimal string to a float; ``""`` is ``None`` (absent).
 
     Refuses what is not a plain non-negative finite decimal string: ``null``, numbers sent as JSON
-    numbers, ``"abc"``, ``"NaN"``, ``"1e400"`` (overflows to infinity) and negative values, since no
-    amount, notional or ratio in loan-info can be negative. ``"-0"`` is read as 0.
+    numbers, ``"abc"``, ``"NaN"``, ``"1e400"`` (overflows to infinity), surrounding white space and
+    negative values, since no amount, notional or ratio in loan-info can be negative. ``"-0"`` is
+    read as 0.
     """
     if not isinstance(value, str):
         raise InvalidResponse(f"{where}: expected a decimal string, got {type(value).__name__}")
     if value == "":
         return None
-    text = value.strip()
-    if not text or len(text) > 64 or not _looks_decimal(text):
+    text = value
+    if len(text) > 64 or not _looks_decimal(text):
         raise InvalidResponse(f"{where}: {_quote(value)} is not a decimal number")
     number = float(text)
     if not math.isfinite(number):
@@ -128,6 +129,10 @@ def _require(mapping: Mapping[str, Any], key: str, where: str) -> Any:
 def _string(value: object, where: str) -> str:
     if not isinstance(value, str):
         raise InvalidResponse(f"{where}: expected a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape: no exposition can carry it
+        raise InvalidResponse(f"{where}: not valid Unicode text") from None
     return value
 
 

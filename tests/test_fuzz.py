@@ -9,7 +9,7 @@ the text and the OpenMetrics formats, both parse back with prometheus_client's p
 currency code and instrument comes back exactly as OKX sent it.
 
 More than 10,000 answers in all; the module prints its example count and time. The tests at the end
-pin the bugs the fuzzing found (strict xfail until okx_loan_exporter is fixed).
+keep the bugs the fuzzing found fixed.
 """
 
 from __future__ import annotations
@@ -845,7 +845,7 @@ def test_bytes_that_are_not_json_are_an_okx_error(harness: ClientHarness) -> Non
     run()
 
 
-# --- bugs found by fuzzing (strict xfail: they flip to failures once fixed) ----------------------
+# --- bugs found by fuzzing, fixed; these keep them fixed -----------------------------------------
 
 LONE_SURROGATE_ANSWER = (
     b'{"code":"0","msg":"","data":[{"loanNotionalUsd":"1","collateralNotionalUsd":"2",'
@@ -855,22 +855,11 @@ LONE_SURROGATE_ANSWER = (
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG position.py _currency_amounts/_string: a currency "
-    "code with a lone surrogate (JSON '\\ud800') is accepted, but no exposition "
-    "format can encode it; expected InvalidResponse",
-)
 def test_lone_surrogate_currency_is_refused() -> None:
     with pytest.raises(InvalidResponse):
         parse_loan_info(json.loads(LONE_SURROGATE_ANSWER))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG position.py: riskWarningData.instId with a lone "
-    "surrogate is accepted and becomes an unencodable instrument label",
-)
 def test_lone_surrogate_instrument_is_refused() -> None:
     body = json.loads(LONE_SURROGATE_ANSWER.replace(b"BTC\\ud800", b"BTC"))
     body["data"][0]["riskWarningData"] = {"instId": "BTC-\ud800", "liqPx": "1.5"}
@@ -878,13 +867,6 @@ def test_lone_surrogate_instrument_is_refused() -> None:
         parse_loan_info(body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG position.py + web.py: one account's answer with a "
-    "lone-surrogate currency makes generate_latest raise UnicodeEncodeError, so "
-    "/metrics fails for every account (HTTP 500 in the real server) until "
-    "max_stale; expected: that account counted as invalid_response, others served",
-)
 def test_lone_surrogate_in_one_account_does_not_break_every_scrape() -> None:
     good = json.dumps({"code": "0", "msg": "", "data": []}).encode()
 
@@ -939,14 +921,6 @@ def _clock_skew_then(time_answer: bytes) -> Callable[[httpx.Request], httpx.Resp
         pytest.param(b"1e300", id="ts-1e300"),
         pytest.param(b'"99999999999999999"', id="ts-year-3-million"),
     ],
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG okx.py _parse_public_time/_measure_clock_offset/"
-    "okx_timestamp: an absurd public/time 'ts' after a 50102 escapes loan_info() "
-    "as OverflowError/ValueError instead of OkxError(invalid_response); with a "
-    "finite absurd ts the offset is kept and every later loan_info() fails before "
-    "sending a request, for good",
 )
 def test_absurd_public_time_answer_is_an_okx_error(ts: bytes) -> None:
     sent: list[str] = []

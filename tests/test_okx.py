@@ -195,7 +195,7 @@ def test_clock_skew_corrects_from_public_time_and_retries_once():
 def test_clock_skew_twice_gives_up_with_hint():
     respx.get(BASE + LOAN_INFO_PATH).mock(return_value=okx_error("50102", 401))
     respx.get(BASE + PUBLIC_TIME_PATH).respond(
-        200, json={"code": "0", "data": [{"ts": "0"}], "msg": ""})
+        200, json={"code": "0", "data": [{"ts": str(int((FIXED_TIME + 60) * 1000))}], "msg": ""})
     with pytest.raises(OkxError) as caught:
         fetch()
     assert caught.value.reason is FailureReason.AUTH
@@ -211,3 +211,15 @@ def test_okx_message_echoing_a_secret_is_withheld():
         fetch()
     assert "7Hq2Lm" not in str(caught.value)
     assert "withheld" in str(caught.value)
+
+
+@pytest.mark.parametrize("ts", ["0", "99999999999999999", "1e400", "-5", " 1", 1607418597715])
+@respx.mock
+def test_implausible_public_time_is_refused_not_applied(ts):
+    respx.get(BASE + LOAN_INFO_PATH).mock(return_value=okx_error("50102", 401))
+    respx.get(BASE + PUBLIC_TIME_PATH).respond(
+        200, json={"code": "0", "data": [{"ts": ts}], "msg": ""})
+    with pytest.raises(OkxError) as caught:
+        fetch()
+    assert caught.value.reason is FailureReason.INVALID_RESPONSE
+    assert len(respx.calls) == 2  # no retry signed with a broken clock
