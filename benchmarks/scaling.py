@@ -131,7 +131,7 @@ def run(quick: bool = False) -> tuple[dict[str, Any], list[Table]]:
         table.add(
             label,
             ms(row["cold_median"]),
-            f"{row['cold_median'] / sizes['1']['cold_median']:.2f}x",
+            f"{row['cold_median'] / sizes['1']['cold_median']:.2f}x" if label.isdigit() else "",
             f"{row['up']}/{size}",
             f"{row['parallelism']:.1f}",
             ms(row["warm_median"]),
