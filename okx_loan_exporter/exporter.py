@@ -17,12 +17,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import httpx
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
 from okx_loan_exporter import __version__
 from okx_loan_exporter.cache import AccountCache, AccountSnapshot, PositionCache
-from okx_loan_exporter.collector import Encoder, LoanCollector, RenderCache
+from okx_loan_exporter.collector import Encoder, LoanCollector, ProcessMetrics, RenderCache
 from okx_loan_exporter.config import ExporterConfig
 from okx_loan_exporter.okx import Credentials, OkxClient
 from okx_loan_exporter.position import Position
@@ -104,7 +104,7 @@ class Exporter:
         self._http_clients: list[httpx.AsyncClient] = []
         self._ssl_context: ssl.SSLContext | None = None
         self._process_collector = (
-            ProcessCollector(registry=None) if process_collector is None else process_collector
+            ProcessMetrics() if process_collector is None else process_collector
         )
         self._render_cache = RenderCache(__version__)
         self._clock = clock

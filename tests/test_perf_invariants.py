@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import resource
 import threading
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +22,7 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import make_wsgi_app
+from prometheus_client import ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
@@ -29,7 +30,7 @@ from prometheus_client.registry import Collector
 
 from okx_loan_exporter import __version__
 from okx_loan_exporter.cache import AccountSnapshot
-from okx_loan_exporter.collector import LoanCollector, RenderCache
+from okx_loan_exporter.collector import LoanCollector, ProcessMetrics, RenderCache
 from okx_loan_exporter.config import config_from_dict
 from okx_loan_exporter.exporter import ACCOUNTS_PER_POOL, Exporter
 from okx_loan_exporter.okx import FailureReason
@@ -518,3 +519,123 @@ def test_a_fetch_still_running_after_its_deadline_keeps_scrapes_on_the_loop():
     finally:
         gate.set()
         exporter.close()
+
+
+def fake_proc(root: Path, stat_fields: list[str], open_fds: int) -> Path:
+    """A /proc with what both process collectors read: stat (btime), self/stat, self/fd, and
+    self/limits with this process' real open-file limit, which ProcessMetrics gets from
+    getrlimit."""
+    (root / "self" / "fd").mkdir(parents=True)
+    (root / "stat").write_text("cpu  1 2 3\nbtime 1700000000\nprocesses 9\n")
+    (root / "self" / "stat").write_text("4242 (py (thon) x) " + " ".join(stat_fields) + "\n")
+    for fd in range(open_fds):
+        (root / "self" / "fd" / str(fd)).write_text("")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    (root / "self" / "limits").write_text(
+        "Limit                     Soft Limit           Hard Limit           Units\n"
+        "Max cpu time              unlimited            unlimited            seconds\n"
+        f"Max open files            {soft}                 {hard}               files\n"
+    )
+    return root
+
+
+STAT_FIELDS = [
+    # state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime ...
+    [
+        "S",
+        "1",
+        "1",
+        "1",
+        "0",
+        "-1",
+        "4194304",
+        "900",
+        "0",
+        "1",
+        "0",
+        "1234",
+        "567",
+        "0",
+        "0",
+        "20",
+        "0",
+        "9",
+        "0",
+        "98765",
+        "123456789",
+        "4321",
+    ],
+    [
+        "R",
+        "1",
+        "1",
+        "1",
+        "0",
+        "-1",
+        "0",
+        "0",
+        "0",
+        "0",
+        "0",
+        "0",
+        "0",
+        "0",
+        "0",
+        "20",
+        "0",
+        "1",
+        "0",
+        "0",
+        "0",
+        "0",
+    ],
+    [
+        "S",
+        "1",
+        "1",
+        "1",
+        "0",
+        "-1",
+        "0",
+        "0",
+        "0",
+        "0",
+        "0",
+        "98765432109",
+        "3",
+        "0",
+        "0",
+        "20",
+        "0",
+        "500",
+        "0",
+        "17179869184",
+        "281474976710656",
+        "68719476736",
+    ],
+]
+
+
+@pytest.mark.parametrize("fields", STAT_FIELDS)
+@pytest.mark.parametrize("accept", ACCEPT_HEADERS[:2] + ACCEPT_HEADERS[8:11])
+def test_process_metrics_equal_prometheus_client_process_collector(tmp_path, fields, accept):
+    proc = str(fake_proc(tmp_path, fields, open_fds=len(fields) % 7))
+    encoder, _ = choose_encoder(accept)
+    reference = ProcessCollector(proc=proc, pid=lambda: "self", registry=None)
+    assert encoder(ProcessMetrics(proc=proc)) == encoder(reference)
+
+
+def test_process_metrics_of_this_process_match_prometheus_client():
+    ours = {family.name: family for family in ProcessMetrics().collect()}
+    theirs = {family.name: family for family in ProcessCollector(registry=None).collect()}
+    assert [(f.name, f.type, f.documentation) for f in ours.values()] == [
+        (f.name, f.type, f.documentation) for f in theirs.values()
+    ]
+    for name in ("process_start_time_seconds", "process_max_fds"):
+        assert ours[name].samples == theirs[name].samples
+
+
+def test_without_proc_there_are_no_process_metrics(tmp_path):
+    missing = str(tmp_path / "no-proc")
+    assert list(ProcessMetrics(proc=missing).collect()) == []
+    assert list(ProcessCollector(proc=missing, registry=None).collect()) == []
