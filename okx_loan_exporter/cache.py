@@ -90,6 +90,15 @@ class AccountCache:
         self._task = asyncio.get_running_loop().create_task(self._fetch())
         return self._task
 
+    def idle(self) -> bool:
+        """True when no fetch is under way and none is due, so a scrape need not wait for one.
+
+        Safe to call from any thread: it only reads two attributes that the loop replaces whole,
+        and a fetch is started only once the clock has passed ``_next_attempt``.
+        """
+        task = self._task
+        return (task is None or task.done()) and self._clock() < self._next_attempt
+
     def snapshot(self, *, pending: bool = False) -> AccountSnapshot:
         outcome = self._outcome
         fresh = (outcome.last_success is not None
@@ -185,6 +194,10 @@ class PositionCache:
         return [account.snapshot(pending=account.name in tasks and not tasks[account.name].done())
                 for account in self.accounts]
 
+    def idle(self) -> bool:
+        """True when :meth:`refresh_async` would neither start nor wait for a fetch."""
+        return all(account.idle() for account in self.accounts)
+
     def snapshots(self) -> list[AccountSnapshot]:
-        """The current state without asking OKX (for the landing page)."""
+        """The current state without asking OKX (for the landing page, and idle scrapes)."""
         return [account.snapshot() for account in self.accounts]

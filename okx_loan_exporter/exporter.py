@@ -25,7 +25,6 @@ from okx_loan_exporter.cache import AccountCache, AccountSnapshot, PositionCache
 from okx_loan_exporter.collector import Encoder, LoanCollector, ProcessMetrics, RenderCache
 from okx_loan_exporter.config import ExporterConfig
 from okx_loan_exporter.okx import Credentials, OkxClient
-from okx_loan_exporter.position import Position
 from okx_loan_exporter.stats import RequestStats
 
 T = TypeVar("T")
@@ -37,38 +36,6 @@ ACCOUNTS_PER_POOL = 10
 """Accounts sharing one pooled httpx client (per base URL). httpcore looks at every connection of a
 pool whenever a request starts or ends, so one pool for hundreds of accounts made a cold scrape
 quadratic in the accounts (11 s for 500); small pools keep it linear."""
-
-
-class _WatchedSource:
-    """An account's OKX client as its cache sees it, noting what a scrape needs to know to skip the
-    event loop: whether a fetch is under way, and a time no later than the latest fetch's start.
-
-    ``busy`` is set when a fetch begins and cleared by its task's done callback, which runs after
-    the cache has recorded the outcome. ``started`` is the exporter's clock reading at the start of
-    the loop step that ran the latest refresh: that step ran before the fetch's task did, so the
-    cache read its own start time later and its next attempt is no earlier than ``started + ttl``.
-    """
-
-    def __init__(self, client: OkxClient, refresh_began: Callable[[], float]) -> None:
-        self._client = client
-        self._refresh_began = refresh_began
-        self.busy = False
-        self.started = float("-inf")
-
-    @property
-    def clock_offset(self) -> float:
-        return self._client.clock_offset
-
-    async def loan_info(self) -> Position:
-        task = asyncio.current_task()
-        if task is not None:  # without a task busy stays set and every scrape takes the loop
-            task.add_done_callback(self._done)
-        self.busy = True
-        self.started = self._refresh_began()
-        return await self._client.loan_info()
-
-    def _done(self, task: object) -> None:
-        self.busy = False
 
 
 class EventLoopThread:
@@ -107,9 +74,6 @@ class Exporter:
             ProcessMetrics() if process_collector is None else process_collector
         )
         self._render_cache = RenderCache(__version__)
-        self._clock = clock
-        self._refresh_began = float("-inf")  # written only on the loop thread
-        self._sources: list[_WatchedSource] = []
         accounts = []
         clients: dict[str, httpx.AsyncClient] = {}  # base URL -> the client being filled
         members: dict[str, int] = {}  # base URL -> accounts so far
@@ -129,12 +93,10 @@ class Exporter:
                 clock=clock,
                 on_request=stats.observe,
             )
-            source = _WatchedSource(client, lambda: self._refresh_began)
-            self._sources.append(source)
             accounts.append(
                 AccountCache(
                     account.name,
-                    source,
+                    client,
                     ttl=config.cache_ttl,
                     max_stale=config.max_stale,
                     stats=stats,
@@ -175,20 +137,10 @@ class Exporter:
         While no fetch is due or under way, the snapshots are taken on the calling thread, as the
         landing page does: the loop would return the same, after two thread switches.
         """
-        if self._nothing_due():
+        if self.cache.idle():
             return self.cache.snapshots()
         wait = self.scrape_wait(scrape_timeout)
-        return self._loop_thread.run(self._refresh(wait), timeout=wait + 5)
-
-    async def _refresh(self, wait: float) -> list[AccountSnapshot]:
-        self._refresh_began = self._clock()
-        return await self.cache.refresh_async(wait)
-
-    def _nothing_due(self) -> bool:
-        """True when :meth:`PositionCache.refresh_async` would neither start nor await a fetch."""
-        ttl = self.config.cache_ttl
-        now = self._clock()
-        return all(not source.busy and now < source.started + ttl for source in self._sources)
+        return self._loop_thread.run(self.cache.refresh_async(wait), timeout=wait + 5)
 
     def registry(self, snapshots: list[AccountSnapshot]) -> CollectorRegistry:
         """A registry holding this scrape's families and the process metrics."""

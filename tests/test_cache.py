@@ -264,3 +264,26 @@ def test_zero_wait_does_not_block(wait):
 
     snapshot = only(asyncio.run(scenario()))
     assert not snapshot.up and snapshot.position is None
+
+
+def test_idle_only_while_nothing_is_due_or_in_flight():
+    cache, source, clock = make(position(0.5), ttl=10)
+    assert not cache.idle()  # never fetched: due at once
+    refresh(cache)
+    assert cache.idle()
+    clock.now += 9.9
+    assert cache.idle()
+    clock.now += 0.1
+    assert not cache.idle()
+
+    async def in_flight():
+        source.gate = asyncio.Event()
+        await cache.refresh_async(0)
+        busy = cache.idle()
+        clock.now += 100  # the fetch is still running: not idle whatever the clock says
+        still_busy = cache.idle()
+        source.gate.set()
+        await asyncio.sleep(0.01)
+        return busy, still_busy
+
+    assert asyncio.run(in_flight()) == (False, False)

@@ -442,13 +442,13 @@ def test_a_scrape_skips_the_loop_only_while_nothing_is_due(monkeypatch):
     clock, okx = Clock(), ScriptedOkx(["ok"])
     exporter = scripted_exporter(clock, okx)
     hops = []
-    refresh = exporter._refresh
+    refresh = exporter.cache.refresh_async
 
     async def counted(wait):
         hops.append(clock.now)
         return await refresh(wait)
 
-    monkeypatch.setattr(exporter, "_refresh", counted)
+    monkeypatch.setattr(exporter.cache, "refresh_async", counted)
     try:
         first = exporter.scrape()  # fetches both accounts
         assert exporter.scrape() == first  # from the calling thread, same snapshots
@@ -476,7 +476,7 @@ def test_skipping_the_loop_never_changes_a_scrape_or_the_requests_sent(script, s
     fast_okx, slow_okx = ScriptedOkx(script), ScriptedOkx(script)
     fast = scripted_exporter(clock, fast_okx)
     slow = scripted_exporter(clock, slow_okx)
-    slow._nothing_due = lambda: False  # the loop every time, as before the shortcut
+    slow.cache.idle = lambda: False  # the loop every time, as before the shortcut
     try:
         for step in steps:
             if step == "scrape":
