@@ -15,6 +15,7 @@ install-test-deps:
 
 lint:
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 
 bench:  ## print the performance figures (not part of the test suite)
 	$(PYTHON) -m benchmarks

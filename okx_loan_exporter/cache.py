@@ -65,9 +65,16 @@ class _Outcome:
 class AccountCache:
     """One account's cached position and the rules for when to ask OKX again."""
 
-    def __init__(self, name: str, source: PositionSource, *, ttl: float, max_stale: float,
-                 stats: RequestStats | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        name: str,
+        source: PositionSource,
+        *,
+        ttl: float,
+        max_stale: float,
+        stats: RequestStats | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.name = name
         self.stats = stats if stats is not None else RequestStats()
         self._source = source
@@ -101,8 +108,10 @@ class AccountCache:
 
     def snapshot(self, *, pending: bool = False) -> AccountSnapshot:
         outcome = self._outcome
-        fresh = (outcome.last_success is not None
-                 and self._clock() - outcome.last_success <= self._max_stale)
+        fresh = (
+            outcome.last_success is not None
+            and self._clock() - outcome.last_success <= self._max_stale
+        )
         return AccountSnapshot(
             name=self.name,
             position=outcome.position if fresh else None,
@@ -126,8 +135,12 @@ class AccountCache:
             raise
         except Exception:  # a bug must not kill the cache: count it and keep serving
             log.exception("account %s: unexpected error while fetching loan-info", self.name)
-            self._record_failure(started, FailureReason.INVALID_RESPONSE,
-                                 "unexpected error while reading the answer", None)
+            self._record_failure(
+                started,
+                FailureReason.INVALID_RESPONSE,
+                "unexpected error while reading the answer",
+                None,
+            )
         else:
             self._record_success(position)
         finally:
@@ -141,42 +154,75 @@ class AccountCache:
             return
         extra = {"account": self.name, "clock_offset": round(after, 3)}
         if abs(after) < CLOCK_NOTICE_SECONDS:
-            log.info("account %s: the local clock agrees with OKX's again; requests are signed "
-                     "with the local time", self.name, extra=extra)
+            log.info(
+                "account %s: the local clock agrees with OKX's again; requests are signed "
+                "with the local time",
+                self.name,
+                extra=extra,
+            )
             return
-        log.warning("account %s: the local clock is %.1f s %s OKX's (OKX code 50102); requests "
-                    "are now signed with OKX's time: fix the machine's clock (NTP)", self.name,
-                    abs(after), "behind" if after > 0 else "ahead of", extra=extra)
+        log.warning(
+            "account %s: the local clock is %.1f s %s OKX's (OKX code 50102); requests "
+            "are now signed with OKX's time: fix the machine's clock (NTP)",
+            self.name,
+            abs(after),
+            "behind" if after > 0 else "ahead of",
+            extra=extra,
+        )
 
     def _record_success(self, position: Position) -> None:
         previous = self._outcome
         if previous.failure is not None:
-            log.info("account %s: OKX answers again after %s", self.name, previous.failure.value,
-                     extra={"account": self.name})
+            log.info(
+                "account %s: OKX answers again after %s",
+                self.name,
+                previous.failure.value,
+                extra={"account": self.name},
+            )
         elif previous.last_success is None:
-            log.info("account %s: first answer from OKX (loan %s)", self.name,
-                     "active" if position.active else "none", extra={"account": self.name})
+            log.info(
+                "account %s: first answer from OKX (loan %s)",
+                self.name,
+                "active" if position.active else "none",
+                extra={"account": self.name},
+            )
         if position.ignored_entries and not self._warned_extra_entries:
             self._warned_extra_entries = True
-            log.warning("account %s: OKX returned %d loan-info entries; using the first",
-                        self.name, position.ignored_entries + 1, extra={"account": self.name})
+            log.warning(
+                "account %s: OKX returned %d loan-info entries; using the first",
+                self.name,
+                position.ignored_entries + 1,
+                extra={"account": self.name},
+            )
         self._auth_failures = 0
         self._outcome = _Outcome(position=position, last_success=self._clock())
 
-    def _record_failure(self, started: float, reason: FailureReason, error: str,
-                        code: str | None) -> None:
+    def _record_failure(
+        self, started: float, reason: FailureReason, error: str, code: str | None
+    ) -> None:
         previous = self._outcome
         retry_in = self._ttl
         if reason is FailureReason.AUTH:
             self._auth_failures += 1
-            retry_in = max(self._ttl, min(self._ttl * 2 ** self._auth_failures, MAX_AUTH_BACKOFF))
+            retry_in = max(self._ttl, min(self._ttl * 2**self._auth_failures, MAX_AUTH_BACKOFF))
             self._next_attempt = started + retry_in
         changed = (previous.failure, previous.code) != (reason, code)
         level = logging.WARNING if changed else logging.DEBUG
-        log.log(level, "account %s: OKX request failed: %s; next try in %gs", self.name, error,
-                retry_in, extra={"account": self.name, "reason": reason.value})
-        self._outcome = _Outcome(position=previous.position, last_success=previous.last_success,
-                                 failure=reason, error=error, code=code)
+        log.log(
+            level,
+            "account %s: OKX request failed: %s; next try in %gs",
+            self.name,
+            error,
+            retry_in,
+            extra={"account": self.name, "reason": reason.value},
+        )
+        self._outcome = _Outcome(
+            position=previous.position,
+            last_success=previous.last_success,
+            failure=reason,
+            error=error,
+            code=code,
+        )
 
 
 class PositionCache:
@@ -187,12 +233,17 @@ class PositionCache:
 
     async def refresh_async(self, wait: float) -> list[AccountSnapshot]:
         """Start due fetches, wait up to ``wait`` seconds for those in flight, snapshot all."""
-        tasks = {account.name: task for account in self.accounts
-                 if (task := account.fetch_if_due()) is not None}
+        tasks = {
+            account.name: task
+            for account in self.accounts
+            if (task := account.fetch_if_due()) is not None
+        }
         if tasks and wait > 0:
             await asyncio.wait(tasks.values(), timeout=wait)
-        return [account.snapshot(pending=account.name in tasks and not tasks[account.name].done())
-                for account in self.accounts]
+        return [
+            account.snapshot(pending=account.name in tasks and not tasks[account.name].done())
+            for account in self.accounts
+        ]
 
     def idle(self) -> bool:
         """True when :meth:`refresh_async` would neither start nor wait for a fetch."""

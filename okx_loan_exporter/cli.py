@@ -37,24 +37,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="okx-loan-exporter",
         description="Prometheus exporter for OKX Flexible Loan positions. "
-        "Run 'okx-loan-exporter simulate --help' for the built-in OKX simulator.")
-    parser.add_argument("--config.file", dest="config_file", metavar="PATH",
-                        help="YAML configuration; without it one account 'default' is read from "
-                        "OKX_API_KEY, OKX_SECRET_KEY, OKX_PASSPHRASE (or their *_FILE forms)")
-    parser.add_argument("--web.listen-address", dest="listen_address", default=":9855",
-                        metavar="[HOST]:PORT", help="address to serve on (default :9855)")
-    parser.add_argument("--web.config.file", dest="web_config_file", metavar="PATH",
-                        help="exporter-toolkit web config: TLS and basic auth")
-    parser.add_argument("--log.level", dest="log_level", default="info",
-                        choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log.format", dest="log_format", default="logfmt",
-                        choices=["logfmt", "json"])
-    parser.add_argument("--check-config", action="store_true",
-                        help="validate the configuration and exit (0 good, 2 bad); OKX is not "
-                        "contacted")
-    parser.add_argument("--demo", action="store_true",
-                        help="serve demo accounts from a built-in OKX simulator; no OKX account "
-                        "needed")
+        "Run 'okx-loan-exporter simulate --help' for the built-in OKX simulator.",
+    )
+    parser.add_argument(
+        "--config.file",
+        dest="config_file",
+        metavar="PATH",
+        help="YAML configuration; without it one account 'default' is read from "
+        "OKX_API_KEY, OKX_SECRET_KEY, OKX_PASSPHRASE (or their *_FILE forms)",
+    )
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=":9855",
+        metavar="[HOST]:PORT",
+        help="address to serve on (default :9855)",
+    )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="PATH",
+        help="exporter-toolkit web config: TLS and basic auth",
+    )
+    parser.add_argument(
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+    )
+    parser.add_argument(
+        "--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"]
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the configuration and exit (0 good, 2 bad); OKX is not contacted",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve demo accounts from a built-in OKX simulator; no OKX account needed",
+    )
     parser.add_argument("--version", action="version", version=f"okx-loan-exporter {__version__}")
     return parser
 
@@ -98,8 +121,9 @@ def _refuse(message: str) -> int:
     return EXIT_CONFIG
 
 
-def _serve(args: argparse.Namespace, config: ExporterConfig | None,
-           watcher: WebConfigWatcher) -> int:
+def _serve(
+    args: argparse.Namespace, config: ExporterConfig | None, watcher: WebConfigWatcher
+) -> int:
     from okx_loan_exporter.exporter import Exporter
     from okx_loan_exporter.web import create_app
 
@@ -112,16 +136,23 @@ def _serve(args: argparse.Namespace, config: ExporterConfig | None,
     except OSError as error:
         exporter.close()
         reason = error.strerror or str(error)
-        print(f"okx-loan-exporter: cannot listen on {args.listen_address}: {reason}; "
-              "pick another --web.listen-address", file=sys.stderr)
+        print(
+            f"okx-loan-exporter: cannot listen on {args.listen_address}: {reason}; "
+            "pick another --web.listen-address",
+            file=sys.stderr,
+        )
         return EXIT_RUNTIME
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     server.start_background()
-    log.info("serving %d account(s) on %s/metrics", len(config.accounts), server.url,
-             extra={"version": __version__})
+    log.info(
+        "serving %d account(s) on %s/metrics",
+        len(config.accounts),
+        server.url,
+        extra={"version": __version__},
+    )
     stop.wait()
     log.info("shutting down")
     server.shutdown()
@@ -139,6 +170,7 @@ def _start_demo() -> tuple[Simulator, ExporterConfig]:
     base_url = simulator.start()
     text = exporter_config_yaml(base_url, accounts, cache_ttl=DEMO_CACHE_TTL)
     config = config_from_dict(yaml.safe_load(text), "demo", os.environ)
-    log.info("demo mode: %d simulated accounts at %s; no OKX account is used", len(accounts),
-             base_url)
+    log.info(
+        "demo mode: %d simulated accounts at %s; no OKX account is used", len(accounts), base_url
+    )
     return simulator, config

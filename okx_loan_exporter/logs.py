@@ -7,7 +7,10 @@ import logging
 import time
 
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "taskName"}
+    "message",
+    "asctime",
+    "taskName",
+}
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -16,10 +19,19 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
-    fields: dict[str, object] = {"ts": _timestamp(record), "level": record.levelname.lower(),
-                                 "logger": record.name, "msg": record.getMessage()}
-    fields.update({key: value for key, value in vars(record).items()
-                   if key not in _STANDARD_ATTRIBUTES and not key.startswith("_")})
+    fields: dict[str, object] = {
+        "ts": _timestamp(record),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    fields.update(
+        {
+            key: value
+            for key, value in vars(record).items()
+            if key not in _STANDARD_ATTRIBUTES and not key.startswith("_")
+        }
+    )
     if record.exc_info:
         fields["exception"] = logging.Formatter().formatException(record.exc_info)
     return fields

@@ -85,8 +85,9 @@ HINTS: dict[str, str] = {
 class OkxError(Exception):
     """A failed loan-info attempt: the reason label, OKX's code if any, and what to do about it."""
 
-    def __init__(self, reason: FailureReason, detail: str, hint: str = "",
-                 code: str | None = None) -> None:
+    def __init__(
+        self, reason: FailureReason, detail: str, hint: str = "", code: str | None = None
+    ) -> None:
         super().__init__(f"{reason.value}: {detail}" + (f" ({hint})" if hint else ""))
         self.reason = reason
         self.detail = detail
@@ -108,7 +109,7 @@ class Credentials:
         for secret in (self.api_key, self.secret_key, self.passphrase):
             if len(secret) <= length:
                 found.add(secret)
-            found.update(secret[i:i + length] for i in range(len(secret) - length + 1))
+            found.update(secret[i : i + length] for i in range(len(secret) - length + 1))
         return frozenset(found)
 
 
@@ -132,10 +133,18 @@ class OkxClient:
     whole attempt, including a clock correction and its retry, is bounded by ``timeout``.
     """
 
-    def __init__(self, http: httpx.AsyncClient, base_url: str, credentials: Credentials, *,
-                 demo: bool = False, timeout: float = 5.0, clock: Callable[[], float] = time.time,
-                 on_request: RequestObserver | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        credentials: Credentials,
+        *,
+        demo: bool = False,
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        on_request: RequestObserver | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
         self._http = http
         self._base_url = base_url.rstrip("/")
         self._credentials = credentials
@@ -160,9 +169,11 @@ class OkxClient:
                 await self._measure_clock_offset()
                 return await self._signed_loan_info()
         except TimeoutError:
-            raise OkxError(FailureReason.TIMEOUT, f"no answer from {self._base_url} within "
-                           f"{self._timeout:g}s", "check the network path to OKX, or raise "
-                           "timeout") from None
+            raise OkxError(
+                FailureReason.TIMEOUT,
+                f"no answer from {self._base_url} within {self._timeout:g}s",
+                "check the network path to OKX, or raise timeout",
+            ) from None
 
     async def _signed_loan_info(self) -> Position:
         timestamp = okx_timestamp(self._clock() + self.clock_offset)
@@ -181,9 +192,11 @@ class OkxClient:
         try:
             return parse_loan_info(body)
         except InvalidResponse as error:
-            raise OkxError(FailureReason.INVALID_RESPONSE, f"malformed loan-info answer: "
-                           f"{self._redact(str(error))}", "OKX changed its answer or a proxy "
-                           "rewrote it; the last good values are kept") from None
+            raise OkxError(
+                FailureReason.INVALID_RESPONSE,
+                f"malformed loan-info answer: {self._redact(str(error))}",
+                "OKX changed its answer or a proxy rewrote it; the last good values are kept",
+            ) from None
 
     async def _measure_clock_offset(self) -> None:
         sent = self._clock()
@@ -191,13 +204,16 @@ class OkxClient:
         received = self._clock()
         offset = okx_ms / 1000 - (sent + received) / 2
         if abs(offset) > MAX_CLOCK_OFFSET:
-            raise OkxError(FailureReason.INVALID_RESPONSE, f"OKX public/time is {offset:+.0f} s "
-                           "from the local clock, too far to be believed",
-                           "check the machine's clock (NTP) and that base_url points at OKX")
+            raise OkxError(
+                FailureReason.INVALID_RESPONSE,
+                f"OKX public/time is {offset:+.0f} s from the local clock, too far to be believed",
+                "check the machine's clock (NTP) and that base_url points at OKX",
+            )
         self.clock_offset = offset
 
-    async def _request(self, path: str, headers: dict[str, str],
-                       parse: Callable[[dict[str, object]], T]) -> T:
+    async def _request(
+        self, path: str, headers: dict[str, str], parse: Callable[[dict[str, object]], T]
+    ) -> T:
         """Send one GET, parse its ``code "0"`` answer, and report the request's outcome."""
         started = time.perf_counter()
         reason: FailureReason | None = FailureReason.NETWORK
@@ -225,9 +241,11 @@ class OkxClient:
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if size > self._max_body_bytes:
-                        raise OkxError(FailureReason.INVALID_RESPONSE,
-                                       f"answer larger than {self._max_body_bytes} bytes",
-                                       "check base_url points at OKX")
+                        raise OkxError(
+                            FailureReason.INVALID_RESPONSE,
+                            f"answer larger than {self._max_body_bytes} bytes",
+                            "check base_url points at OKX",
+                        )
                     chunks.append(chunk)
                 return response.status_code, b"".join(chunks)
         except httpx.TimeoutException:
@@ -235,20 +253,29 @@ class OkxClient:
         except httpx.ConnectError as error:
             raise self._connect_error(error) from None
         except httpx.HTTPError as error:
-            raise OkxError(FailureReason.NETWORK, f"connection to {self._base_url} failed: "
-                           f"{type(error).__name__}", "check the network path to OKX") from None
+            raise OkxError(
+                FailureReason.NETWORK,
+                f"connection to {self._base_url} failed: {type(error).__name__}",
+                "check the network path to OKX",
+            ) from None
 
     def _connect_error(self, error: httpx.ConnectError) -> OkxError:
         cause: BaseException | None = error
         seen: set[int] = set()
         while cause is not None and id(cause) not in seen:
             if isinstance(cause, socket.gaierror):
-                return OkxError(FailureReason.NETWORK, f"cannot resolve the host of "
-                                f"{self._base_url}", "check base_url or region, and DNS")
+                return OkxError(
+                    FailureReason.NETWORK,
+                    f"cannot resolve the host of {self._base_url}",
+                    "check base_url or region, and DNS",
+                )
             seen.add(id(cause))
             cause = cause.__cause__ or cause.__context__
-        return OkxError(FailureReason.NETWORK, f"cannot connect to {self._base_url}",
-                        "check base_url, the network and any proxy or firewall")
+        return OkxError(
+            FailureReason.NETWORK,
+            f"cannot connect to {self._base_url}",
+            "check base_url, the network and any proxy or firewall",
+        )
 
     def _decode(self, status: int, raw: bytes) -> dict[str, object]:
         try:
@@ -257,21 +284,32 @@ class OkxClient:
             body = None
         if not isinstance(body, dict) or "code" not in body:
             if status == 429:
-                raise OkxError(FailureReason.RATE_LIMITED, "HTTP 429 without an OKX answer",
-                               HINTS["50011"])
+                raise OkxError(
+                    FailureReason.RATE_LIMITED, "HTTP 429 without an OKX answer", HINTS["50011"]
+                )
             if status >= 400:
-                raise OkxError(FailureReason.HTTP_ERROR, f"HTTP {status} without an OKX answer",
-                               "OKX or a proxy failed; retried after cache_ttl" if status >= 500
-                               else "check base_url points at OKX's REST API")
+                raise OkxError(
+                    FailureReason.HTTP_ERROR,
+                    f"HTTP {status} without an OKX answer",
+                    "OKX or a proxy failed; retried after cache_ttl"
+                    if status >= 500
+                    else "check base_url points at OKX's REST API",
+                )
             what = "not JSON" if body is None else "JSON without 'code'"
-            raise OkxError(FailureReason.INVALID_RESPONSE, f"HTTP {status} answer is {what}",
-                           "check base_url points at OKX's REST API")
+            raise OkxError(
+                FailureReason.INVALID_RESPONSE,
+                f"HTTP {status} answer is {what}",
+                "check base_url points at OKX's REST API",
+            )
         code = str(body["code"])
         if code != "0":
             raise self._api_error(code, body.get("msg"), status)
         if not 200 <= status < 300:
-            raise OkxError(FailureReason.HTTP_ERROR, f"HTTP {status} with code 0",
-                           "OKX or a proxy failed; retried after cache_ttl")
+            raise OkxError(
+                FailureReason.HTTP_ERROR,
+                f"HTTP {status} with code 0",
+                "OKX or a proxy failed; retried after cache_ttl",
+            )
         return body
 
     def _api_error(self, code: str, message: object, status: int) -> OkxError:
@@ -298,10 +336,12 @@ def _parse_public_time(body: dict[str, object]) -> int:
     """OKX's clock in milliseconds from a public/time answer."""
     try:
         text = body["data"][0]["ts"]  # type: ignore[index]
-        if not isinstance(text, str) or not text.isascii() or not text.isdigit() \
-                or len(text) > 15:
+        if not isinstance(text, str) or not text.isascii() or not text.isdigit() or len(text) > 15:
             raise ValueError(text)
         return int(text)
     except (KeyError, IndexError, TypeError, ValueError):
-        raise OkxError(FailureReason.INVALID_RESPONSE, "malformed public/time answer",
-                       "cannot correct the clock; fix the machine's clock (NTP)") from None
+        raise OkxError(
+            FailureReason.INVALID_RESPONSE,
+            "malformed public/time answer",
+            "cannot correct the clock; fix the machine's clock (NTP)",
+        ) from None

@@ -84,10 +84,12 @@ def parse_loan_info(body: object) -> Position:
     risk = _require(entry, "riskWarningData", "data[0]")
     if not isinstance(risk, Mapping):
         raise InvalidResponse("data[0].riskWarningData is not an object")
-    instrument = _string(_require(risk, "instId", "data[0].riskWarningData"),
-                         "data[0].riskWarningData.instId")
-    liquidation_price = parse_decimal(_require(risk, "liqPx", "data[0].riskWarningData"),
-                                      "data[0].riskWarningData.liqPx")
+    instrument = _string(
+        _require(risk, "instId", "data[0].riskWarningData"), "data[0].riskWarningData.instId"
+    )
+    liquidation_price = parse_decimal(
+        _require(risk, "liqPx", "data[0].riskWarningData"), "data[0].riskWarningData.liqPx"
+    )
     has_liquidation_price = bool(instrument) and liquidation_price is not None
 
     return Position(

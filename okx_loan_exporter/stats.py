@@ -49,5 +49,6 @@ class RequestStats:
 
     def snapshot(self) -> RequestStatsSnapshot:
         with self._lock:
-            return RequestStatsSnapshot(self._requests, dict(self._failures),
-                                        tuple(self._buckets), self._duration_sum)
+            return RequestStatsSnapshot(
+                self._requests, dict(self._failures), tuple(self._buckets), self._duration_sum
+            )

@@ -38,9 +38,16 @@ class FakeSource:
 
 
 def position(ltv):
-    return Position(active=True, loan_notional_usd=100.0, collateral_notional_usd=100 / ltv,
-                    current_ltv=ltv, margin_call_ltv=0.7, liquidation_ltv=0.8,
-                    loans={"USDT": 100.0}, collateral={"BTC": 0.01})
+    return Position(
+        active=True,
+        loan_notional_usd=100.0,
+        collateral_notional_usd=100 / ltv,
+        current_ltv=ltv,
+        margin_call_ltv=0.7,
+        liquidation_ltv=0.8,
+        loans={"USDT": 100.0},
+        collateral={"BTC": 0.01},
+    )
 
 
 def failure(reason=FailureReason.API_ERROR, code="50013"):
@@ -131,8 +138,9 @@ def test_single_flight_concurrent_scrapes_share_one_request():
 
     results = asyncio.run(scenario())
     assert source.calls == 1
-    assert all(only(snapshots).up and only(snapshots).position.current_ltv == 0.5
-               for snapshots in results)
+    assert all(
+        only(snapshots).up and only(snapshots).position.current_ltv == 0.5 for snapshots in results
+    )
 
 
 def test_deadline_returns_cached_with_up_zero_and_fetch_completes_later():
@@ -164,8 +172,10 @@ def test_accounts_are_fetched_concurrently():
             await asyncio.sleep(0.2)
             return await super().loan_info()
 
-    accounts = [AccountCache(f"a{i}", Slow(position(0.5)), ttl=10, max_stale=60, clock=clock)
-                for i in range(20)]
+    accounts = [
+        AccountCache(f"a{i}", Slow(position(0.5)), ttl=10, max_stale=60, clock=clock)
+        for i in range(20)
+    ]
     cache = PositionCache(accounts)
 
     async def scenario():
@@ -182,16 +192,20 @@ def test_accounts_are_fetched_concurrently():
 def test_one_failing_account_does_not_affect_others():
     clock = Clock()
     good = AccountCache("good", FakeSource(position(0.5)), ttl=10, max_stale=60, clock=clock)
-    bad = AccountCache("bad", FakeSource(failure(FailureReason.AUTH, "50113")), ttl=10,
-                       max_stale=60, clock=clock)
+    bad = AccountCache(
+        "bad", FakeSource(failure(FailureReason.AUTH, "50113")), ttl=10, max_stale=60, clock=clock
+    )
     snapshots = {s.name: s for s in refresh(PositionCache([good, bad]))}
     assert snapshots["good"].up and snapshots["good"].position is not None
     assert not snapshots["bad"].up and snapshots["bad"].last_failure is FailureReason.AUTH
 
 
 def test_auth_failures_back_off_up_to_five_minutes_and_reset_on_success():
-    results = [failure(FailureReason.AUTH, "50113")] * 7 + [position(0.5)] + [
-        failure(FailureReason.AUTH, "50113"), position(0.5)]
+    results = (
+        [failure(FailureReason.AUTH, "50113")] * 7
+        + [position(0.5)]
+        + [failure(FailureReason.AUTH, "50113"), position(0.5)]
+    )
     cache, source, clock = make(*results, ttl=10)
     intervals = []
     for _ in range(9):
@@ -203,8 +217,16 @@ def test_auth_failures_back_off_up_to_five_minutes_and_reset_on_success():
             refresh(cache)
         intervals.append(clock.now - start)
     # first fetch at once; then 20, 40, 80, 160, 300, 300, 300 s; after success back to TTL
-    assert intervals[:8] == [0, 20, 40, 80, 160, MAX_AUTH_BACKOFF, MAX_AUTH_BACKOFF,
-                             MAX_AUTH_BACKOFF]
+    assert intervals[:8] == [
+        0,
+        20,
+        40,
+        80,
+        160,
+        MAX_AUTH_BACKOFF,
+        MAX_AUTH_BACKOFF,
+        MAX_AUTH_BACKOFF,
+    ]
     assert intervals[8] == 10  # success reset the backoff: the next failure waits one TTL...
     calls = source.calls
     clock.now += 20
@@ -221,8 +243,13 @@ def test_non_auth_failures_retry_every_ttl():
 
 
 def test_logs_once_per_change_of_state(caplog):
-    cache, _, clock = make(position(0.5), failure(code="50013"), failure(code="50013"),
-                           failure(FailureReason.AUTH, "50105"), position(0.6))
+    cache, _, clock = make(
+        position(0.5),
+        failure(code="50013"),
+        failure(code="50013"),
+        failure(FailureReason.AUTH, "50105"),
+        position(0.6),
+    )
     with caplog.at_level(logging.INFO, logger="okx_loan_exporter.cache"):
         for _ in range(5):
             refresh(cache)

@@ -34,18 +34,27 @@ def test_bad_config_is_refused_with_exit_2_and_one_line(tmp_path, capsys):
 
 
 def test_missing_environment_credentials(monkeypatch, capsys):
-    for var in ("OKX_API_KEY", "OKX_API_KEY_FILE", "OKX_SECRET_KEY", "OKX_SECRET_KEY_FILE",
-                "OKX_PASSPHRASE", "OKX_PASSPHRASE_FILE"):
+    for var in (
+        "OKX_API_KEY",
+        "OKX_API_KEY_FILE",
+        "OKX_SECRET_KEY",
+        "OKX_SECRET_KEY_FILE",
+        "OKX_PASSPHRASE",
+        "OKX_PASSPHRASE_FILE",
+    ):
         monkeypatch.delenv(var, raising=False)
     assert main(["--check-config"]) == 2
     assert "environment: OKX_API_KEY" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--web.listen-address", "nonsense", "--check-config", "--demo"], "--web.listen-address"),
-    (["--demo", "--config.file", "x.yml"], "exclude each other"),
-    (["--web.config.file", "/nonexistent/web.yml", "--demo", "--check-config"], "web.yml"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--web.listen-address", "nonsense", "--check-config", "--demo"], "--web.listen-address"),
+        (["--demo", "--config.file", "x.yml"], "exclude each other"),
+        (["--web.config.file", "/nonexistent/web.yml", "--demo", "--check-config"], "web.yml"),
+    ],
+)
 def test_bad_flags_are_refused(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
@@ -67,8 +76,10 @@ def test_version(capsys):
 
 def test_inline_secrets_in_readable_file_warn_at_start(tmp_path, capsys):
     config = tmp_path / "inline.yml"
-    config.write_text("accounts:\n  - name: a\n    api_key: k-9f8e7d\n    secret_key: s-1a2b3c\n"
-                      "    passphrase: p-4d5e6f\n")
+    config.write_text(
+        "accounts:\n  - name: a\n    api_key: k-9f8e7d\n    secret_key: s-1a2b3c\n"
+        "    passphrase: p-4d5e6f\n"
+    )
     config.chmod(0o644)
     assert main(["--config.file", str(config), "--check-config"]) == 0
     err = capsys.readouterr().err

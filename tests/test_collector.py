@@ -12,16 +12,30 @@ from okx_loan_exporter.okx import FailureReason
 from okx_loan_exporter.position import NO_LOAN, Position, parse_loan_info
 from okx_loan_exporter.stats import RequestStats
 
-DOCS_EXAMPLE = json.loads((Path(__file__).parent / "data" / "loan_info_docs_example.json")
-                          .read_text())
+DOCS_EXAMPLE = json.loads(
+    (Path(__file__).parent / "data" / "loan_info_docs_example.json").read_text()
+)
 
 
-def snapshot(name="main", position=None, up=True, last_success=1700000000.5, stats=None,
-             clock_offset=0.0, failure=None):
-    return AccountSnapshot(name=name, position=position, up=up, last_success=last_success,
-                           last_failure=failure, last_error=None,
-                           requests=(stats or RequestStats()).snapshot(),
-                           clock_offset=clock_offset)
+def snapshot(
+    name="main",
+    position=None,
+    up=True,
+    last_success=1700000000.5,
+    stats=None,
+    clock_offset=0.0,
+    failure=None,
+):
+    return AccountSnapshot(
+        name=name,
+        position=position,
+        up=up,
+        last_success=last_success,
+        last_failure=failure,
+        last_error=None,
+        requests=(stats or RequestStats()).snapshot(),
+        clock_offset=clock_offset,
+    )
 
 
 def render(*snapshots):
@@ -38,44 +52,65 @@ def test_docs_example_exposes_exact_values():
     assert value("okx_loan_ltv_ratio", {"account": "main"}) == 0.5742
     assert value("okx_loan_margin_call_ltv_ratio", {"account": "main"}) == 0.7374
     assert value("okx_loan_liquidation_ltv_ratio", {"account": "main"}) == 0.8374
-    assert value("okx_loan_borrowed_amount", {"account": "main", "currency": "USDC"}) \
-        == 0.86590608
-    for currency, amount in {"COMP": 9.7e-06, "STX": 0.78, "DOT": 0.001,
-                             "LUNA": 0.05357864}.items():
-        assert value("okx_loan_collateral_amount",
-                     {"account": "main", "currency": currency}) == amount
+    assert value("okx_loan_borrowed_amount", {"account": "main", "currency": "USDC"}) == 0.86590608
+    for currency, amount in {
+        "COMP": 9.7e-06,
+        "STX": 0.78,
+        "DOT": 0.001,
+        "LUNA": 0.05357864,
+    }.items():
+        assert (
+            value("okx_loan_collateral_amount", {"account": "main", "currency": currency}) == amount
+        )
     assert value("okx_loan_active", {"account": "main"}) == 1
     assert value("okx_loan_up", {"account": "main"}) == 1
-    assert value("okx_loan_last_success_timestamp_seconds", {"account": "main"}) \
-        == 1700000000.5
+    assert value("okx_loan_last_success_timestamp_seconds", {"account": "main"}) == 1700000000.5
     assert value("okx_loan_exporter_build_info", {"version": "1.2.3"}) == 1
     assert 'okx_loan_collateral_amount{account="main",currency="COMP"} 9.7e-06' in text
     assert "okx_loan_liquidation_price{" not in text  # OKX sent "" for both
 
 
 def test_liquidation_price_with_instrument_label():
-    position = Position(active=True, current_ltv=0.5, loans={"USDT": 1.0},
-                        collateral={"BTC": 1.0}, liquidation_instrument="BTC-USDT",
-                        liquidation_price=48123.5)
+    position = Position(
+        active=True,
+        current_ltv=0.5,
+        loans={"USDT": 1.0},
+        collateral={"BTC": 1.0},
+        liquidation_instrument="BTC-USDT",
+        liquidation_price=48123.5,
+    )
     registry, _ = render(snapshot(position=position))
-    assert registry.get_sample_value("okx_loan_liquidation_price",
-                                     {"account": "main", "instrument": "BTC-USDT"}) == 48123.5
+    assert (
+        registry.get_sample_value(
+            "okx_loan_liquidation_price", {"account": "main", "instrument": "BTC-USDT"}
+        )
+        == 48123.5
+    )
 
 
 def test_no_loan_exposes_zero_notionals_and_no_ltv():
     registry, text = render(snapshot(position=NO_LOAN))
     assert registry.get_sample_value("okx_loan_active", {"account": "main"}) == 0
     assert registry.get_sample_value("okx_loan_borrowed_notional_usd", {"account": "main"}) == 0
-    assert registry.get_sample_value("okx_loan_collateral_notional_usd",
-                                     {"account": "main"}) == 0
-    for absent in ("okx_loan_ltv_ratio{", "okx_loan_margin_call_ltv_ratio{",
-                   "okx_loan_borrowed_amount{", "okx_loan_collateral_amount{"):
+    assert registry.get_sample_value("okx_loan_collateral_notional_usd", {"account": "main"}) == 0
+    for absent in (
+        "okx_loan_ltv_ratio{",
+        "okx_loan_margin_call_ltv_ratio{",
+        "okx_loan_borrowed_amount{",
+        "okx_loan_collateral_amount{",
+    ):
         assert absent not in text
 
 
 def test_empty_string_fields_are_absent_not_zero():
-    position = Position(active=True, loan_notional_usd=None, collateral_notional_usd=2.0,
-                        current_ltv=None, margin_call_ltv=0.7, liquidation_ltv=None)
+    position = Position(
+        active=True,
+        loan_notional_usd=None,
+        collateral_notional_usd=2.0,
+        current_ltv=None,
+        margin_call_ltv=0.7,
+        liquidation_ltv=None,
+    )
     _, text = render(snapshot(position=position))
     assert "okx_loan_ltv_ratio{" not in text
     assert "okx_loan_borrowed_notional_usd{" not in text
@@ -96,41 +131,61 @@ def test_down_account_without_position_keeps_health_series_only():
     stats = RequestStats()
     stats.observe(0.2, FailureReason.AUTH)
     stats.observe(0.04, None)
-    registry, text = render(snapshot(position=None, up=False, last_success=None, stats=stats,
-                                     failure=FailureReason.AUTH))
+    registry, text = render(
+        snapshot(
+            position=None, up=False, last_success=None, stats=stats, failure=FailureReason.AUTH
+        )
+    )
     value = registry.get_sample_value
     assert value("okx_loan_up", {"account": "main"}) == 0
     assert "okx_loan_last_success_timestamp_seconds{" not in text
     assert "okx_loan_active{" not in text and "okx_loan_ltv_ratio{" not in text
     assert value("okx_loan_api_requests_total", {"account": "main"}) == 2
-    assert value("okx_loan_api_request_failures_total",
-                 {"account": "main", "reason": "auth"}) == 1
+    assert value("okx_loan_api_request_failures_total", {"account": "main", "reason": "auth"}) == 1
     assert value("okx_loan_api_request_duration_seconds_count", {"account": "main"}) == 2
-    assert value("okx_loan_api_request_duration_seconds_bucket",
-                 {"account": "main", "le": "0.05"}) == 1
-    assert value("okx_loan_api_request_duration_seconds_bucket",
-                 {"account": "main", "le": "+Inf"}) == 2
-    assert abs(value("okx_loan_api_request_duration_seconds_sum", {"account": "main"})
-               - 0.24) < 1e-9
+    assert (
+        value("okx_loan_api_request_duration_seconds_bucket", {"account": "main", "le": "0.05"})
+        == 1
+    )
+    assert (
+        value("okx_loan_api_request_duration_seconds_bucket", {"account": "main", "le": "+Inf"})
+        == 2
+    )
+    assert (
+        abs(value("okx_loan_api_request_duration_seconds_sum", {"account": "main"}) - 0.24) < 1e-9
+    )
 
 
 def test_every_failure_reason_exported_from_the_start():
     registry, _ = render(snapshot(position=None, up=False, last_success=None))
-    for reason in ("rate_limited", "auth", "api_error", "http_error", "timeout", "network",
-                   "invalid_response"):
-        assert registry.get_sample_value("okx_loan_api_request_failures_total",
-                                         {"account": "main", "reason": reason}) == 0
+    for reason in (
+        "rate_limited",
+        "auth",
+        "api_error",
+        "http_error",
+        "timeout",
+        "network",
+        "invalid_response",
+    ):
+        assert (
+            registry.get_sample_value(
+                "okx_loan_api_request_failures_total", {"account": "main", "reason": reason}
+            )
+            == 0
+        )
 
 
 def test_clock_offset_exported():
     registry, _ = render(snapshot(position=NO_LOAN, clock_offset=-120.25))
-    assert registry.get_sample_value("okx_loan_clock_offset_seconds",
-                                     {"account": "main"}) == -120.25
+    assert (
+        registry.get_sample_value("okx_loan_clock_offset_seconds", {"account": "main"}) == -120.25
+    )
 
 
 def test_types_help_and_parse_back():
-    _, text = render(snapshot(position=parse_loan_info(DOCS_EXAMPLE)),
-                     snapshot(name="second", position=NO_LOAN))
+    _, text = render(
+        snapshot(position=parse_loan_info(DOCS_EXAMPLE)), snapshot(name="second", position=NO_LOAN)
+    )
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert families["okx_loan_api_requests"].type == "counter"
     assert families["okx_loan_api_request_failures"].type == "counter"

@@ -20,8 +20,9 @@ from okx_loan_exporter.okx import (
 )
 
 BASE = "https://okx.test"
-DOCS_EXAMPLE = json.loads((Path(__file__).parent / "data" / "loan_info_docs_example.json")
-                          .read_text())
+DOCS_EXAMPLE = json.loads(
+    (Path(__file__).parent / "data" / "loan_info_docs_example.json").read_text()
+)
 CREDENTIALS = Credentials("key-7Hq2Lm", "secret-Zp4Rt9Wx", "pass-Yv8Kd3")
 FIXED_TIME = 1607418537.715  # 2020-12-08T09:08:57.715Z
 
@@ -35,10 +36,12 @@ def test_signature_matches_independent_vector():
     # printf '%s' '2020-12-08T09:08:57.715ZGET/api/v5/finance/flexible-loan/loan-info' \
     #   | openssl dgst -sha256 -hmac 'test-secret-key-2E5F' -binary | base64
     expected = "ob9bo4VWlmMbzGllWy5xhXeld/ekD8GWFp+TiC2bMGY="
-    assert sign("test-secret-key-2E5F", "2020-12-08T09:08:57.715Z", "GET", LOAN_INFO_PATH) \
-        == expected
-    assert sign("test-secret-key-2E5F", "2020-12-08T09:08:57.715Z", "get", LOAN_INFO_PATH) \
-        == expected
+    assert (
+        sign("test-secret-key-2E5F", "2020-12-08T09:08:57.715Z", "GET", LOAN_INFO_PATH) == expected
+    )
+    assert (
+        sign("test-secret-key-2E5F", "2020-12-08T09:08:57.715Z", "get", LOAN_INFO_PATH) == expected
+    )
 
 
 def test_credentials_repr_hides_secrets():
@@ -50,10 +53,18 @@ def fetch(*, demo=False, clock=lambda: FIXED_TIME, timeout=5.0, observed=None, m
     async def run():
         async with httpx.AsyncClient() as http:
             kwargs = {"max_body_bytes": max_body} if max_body else {}
-            client = OkxClient(http, BASE, CREDENTIALS, demo=demo, timeout=timeout, clock=clock,
-                               on_request=(lambda d, r: observed.append(r))
-                               if observed is not None else None, **kwargs)
+            client = OkxClient(
+                http,
+                BASE,
+                CREDENTIALS,
+                demo=demo,
+                timeout=timeout,
+                clock=clock,
+                on_request=(lambda d, r: observed.append(r)) if observed is not None else None,
+                **kwargs,
+            )
             return await client.loan_info(), client
+
     return asyncio.run(run())
 
 
@@ -67,7 +78,8 @@ def test_signed_headers_and_parsed_answer():
     assert request.headers["OK-ACCESS-PASSPHRASE"] == "pass-Yv8Kd3"
     assert request.headers["OK-ACCESS-TIMESTAMP"] == "2020-12-08T09:08:57.715Z"
     assert request.headers["OK-ACCESS-SIGN"] == sign(
-        "secret-Zp4Rt9Wx", "2020-12-08T09:08:57.715Z", "GET", LOAN_INFO_PATH)
+        "secret-Zp4Rt9Wx", "2020-12-08T09:08:57.715Z", "GET", LOAN_INFO_PATH
+    )
     assert "x-simulated-trading" not in request.headers
     assert position.current_ltv == 0.5742
     assert observed == [None]
@@ -84,25 +96,28 @@ def okx_error(code, status, msg="error"):
     return httpx.Response(status, json={"code": code, "msg": msg, "data": []})
 
 
-@pytest.mark.parametrize(("response", "reason", "hint"), [
-    (okx_error("50011", 429, "Too Many Requests"), FailureReason.RATE_LIMITED, "cache_ttl"),
-    (httpx.Response(429, text="slow down"), FailureReason.RATE_LIMITED, "cache_ttl"),
-    (okx_error("50001", 503), FailureReason.API_ERROR, "retried"),
-    (okx_error("50013", 200), FailureReason.API_ERROR, "retried"),
-    (okx_error("50101", 401), FailureReason.AUTH, "demo: true"),
-    (okx_error("50105", 401), FailureReason.AUTH, "passphrase"),
-    (okx_error("50110", 401), FailureReason.AUTH, "whitelist"),
-    (okx_error("50111", 401), FailureReason.AUTH, "region"),
-    (okx_error("50113", 401), FailureReason.AUTH, "secret key is wrong"),
-    (okx_error("50120", 401), FailureReason.AUTH, "Read permission"),
-    (httpx.Response(500, html="<html>oops</html>"), FailureReason.HTTP_ERROR, ""),
-    (httpx.Response(404, text="not here"), FailureReason.HTTP_ERROR, "base_url"),
-    (httpx.Response(200, html="<html>login</html>"), FailureReason.INVALID_RESPONSE, ""),
-    (httpx.Response(200, text='{"code": "0", "data": ['), FailureReason.INVALID_RESPONSE, ""),
-    (httpx.Response(200, json={"code": "0"}), FailureReason.INVALID_RESPONSE, "no 'data'"),
-    (httpx.Response(200, json={"data": []}), FailureReason.INVALID_RESPONSE, ""),
-    (httpx.Response(502, json={"code": "0", "data": []}), FailureReason.HTTP_ERROR, ""),
-])
+@pytest.mark.parametrize(
+    ("response", "reason", "hint"),
+    [
+        (okx_error("50011", 429, "Too Many Requests"), FailureReason.RATE_LIMITED, "cache_ttl"),
+        (httpx.Response(429, text="slow down"), FailureReason.RATE_LIMITED, "cache_ttl"),
+        (okx_error("50001", 503), FailureReason.API_ERROR, "retried"),
+        (okx_error("50013", 200), FailureReason.API_ERROR, "retried"),
+        (okx_error("50101", 401), FailureReason.AUTH, "demo: true"),
+        (okx_error("50105", 401), FailureReason.AUTH, "passphrase"),
+        (okx_error("50110", 401), FailureReason.AUTH, "whitelist"),
+        (okx_error("50111", 401), FailureReason.AUTH, "region"),
+        (okx_error("50113", 401), FailureReason.AUTH, "secret key is wrong"),
+        (okx_error("50120", 401), FailureReason.AUTH, "Read permission"),
+        (httpx.Response(500, html="<html>oops</html>"), FailureReason.HTTP_ERROR, ""),
+        (httpx.Response(404, text="not here"), FailureReason.HTTP_ERROR, "base_url"),
+        (httpx.Response(200, html="<html>login</html>"), FailureReason.INVALID_RESPONSE, ""),
+        (httpx.Response(200, text='{"code": "0", "data": ['), FailureReason.INVALID_RESPONSE, ""),
+        (httpx.Response(200, json={"code": "0"}), FailureReason.INVALID_RESPONSE, "no 'data'"),
+        (httpx.Response(200, json={"data": []}), FailureReason.INVALID_RESPONSE, ""),
+        (httpx.Response(502, json={"code": "0", "data": []}), FailureReason.HTTP_ERROR, ""),
+    ],
+)
 @respx.mock
 def test_failures_are_classified(response, reason, hint):
     respx.get(BASE + LOAN_INFO_PATH).mock(return_value=response)
@@ -118,6 +133,7 @@ def fetch_from(base_url):
     async def run():
         async with httpx.AsyncClient() as http:
             return await OkxClient(http, base_url, CREDENTIALS, timeout=3).loan_info()
+
     return asyncio.run(run())
 
 
@@ -175,18 +191,22 @@ def test_body_over_cap_is_refused():
 @respx.mock
 def test_clock_skew_corrects_from_public_time_and_retries_once():
     okx_now_ms = int((FIXED_TIME + 120) * 1000)
-    loan = respx.get(BASE + LOAN_INFO_PATH).mock(side_effect=[
-        okx_error("50102", 401, "Timestamp request expired"),
-        httpx.Response(200, json=DOCS_EXAMPLE),
-    ])
+    loan = respx.get(BASE + LOAN_INFO_PATH).mock(
+        side_effect=[
+            okx_error("50102", 401, "Timestamp request expired"),
+            httpx.Response(200, json=DOCS_EXAMPLE),
+        ]
+    )
     respx.get(BASE + PUBLIC_TIME_PATH).respond(
-        200, json={"code": "0", "data": [{"ts": str(okx_now_ms)}], "msg": ""})
+        200, json={"code": "0", "data": [{"ts": str(okx_now_ms)}], "msg": ""}
+    )
     observed = []
     position, client = fetch(observed=observed)
     assert position.current_ltv == 0.5742
     assert client.clock_offset == pytest.approx(120, abs=0.01)
     assert loan.calls[1].request.headers["OK-ACCESS-TIMESTAMP"] == okx_timestamp(
-        FIXED_TIME + client.clock_offset)
+        FIXED_TIME + client.clock_offset
+    )
     assert "OK-ACCESS-KEY" not in respx.calls[1].request.headers  # public/time is unsigned
     assert observed == [FailureReason.AUTH, None, None]
 
@@ -195,7 +215,8 @@ def test_clock_skew_corrects_from_public_time_and_retries_once():
 def test_clock_skew_twice_gives_up_with_hint():
     respx.get(BASE + LOAN_INFO_PATH).mock(return_value=okx_error("50102", 401))
     respx.get(BASE + PUBLIC_TIME_PATH).respond(
-        200, json={"code": "0", "data": [{"ts": str(int((FIXED_TIME + 60) * 1000))}], "msg": ""})
+        200, json={"code": "0", "data": [{"ts": str(int((FIXED_TIME + 60) * 1000))}], "msg": ""}
+    )
     with pytest.raises(OkxError) as caught:
         fetch()
     assert caught.value.reason is FailureReason.AUTH
@@ -206,7 +227,8 @@ def test_clock_skew_twice_gives_up_with_hint():
 @respx.mock
 def test_okx_message_echoing_a_secret_is_withheld():
     respx.get(BASE + LOAN_INFO_PATH).mock(
-        return_value=okx_error("50111", 401, "API key key-7Hq2Lm doesn't exist"))
+        return_value=okx_error("50111", 401, "API key key-7Hq2Lm doesn't exist")
+    )
     with pytest.raises(OkxError) as caught:
         fetch()
     assert "7Hq2Lm" not in str(caught.value)
@@ -218,7 +240,8 @@ def test_okx_message_echoing_a_secret_is_withheld():
 def test_implausible_public_time_is_refused_not_applied(ts):
     respx.get(BASE + LOAN_INFO_PATH).mock(return_value=okx_error("50102", 401))
     respx.get(BASE + PUBLIC_TIME_PATH).respond(
-        200, json={"code": "0", "data": [{"ts": ts}], "msg": ""})
+        200, json={"code": "0", "data": [{"ts": ts}], "msg": ""}
+    )
     with pytest.raises(OkxError) as caught:
         fetch()
     assert caught.value.reason is FailureReason.INVALID_RESPONSE

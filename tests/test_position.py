@@ -8,8 +8,9 @@ import pytest
 
 from okx_loan_exporter.position import NO_LOAN, InvalidResponse, parse_loan_info
 
-DOCS_EXAMPLE = json.loads((Path(__file__).parent / "data" / "loan_info_docs_example.json")
-                          .read_text())
+DOCS_EXAMPLE = json.loads(
+    (Path(__file__).parent / "data" / "loan_info_docs_example.json").read_text()
+)
 
 
 def entry(**changes):
@@ -26,8 +27,12 @@ def test_docs_example_every_value():
     assert position.current_ltv == 0.5742
     assert position.margin_call_ltv == 0.7374
     assert position.liquidation_ltv == 0.8374
-    assert dict(position.collateral) == {"COMP": 9.7e-06, "STX": 0.78, "DOT": 0.001,
-                                         "LUNA": 0.05357864}
+    assert dict(position.collateral) == {
+        "COMP": 9.7e-06,
+        "STX": 0.78,
+        "DOT": 0.001,
+        "LUNA": 0.05357864,
+    }
     assert dict(position.loans) == {"USDC": 0.86590608}
     assert position.liquidation_instrument is None
     assert position.liquidation_price is None
@@ -54,8 +59,9 @@ def test_empty_strings_are_absent_not_zero():
 
 
 def test_currency_with_empty_amount_is_left_out():
-    position = parse_loan_info(entry(loanData=[{"ccy": "USDC", "amt": ""},
-                                               {"ccy": "USDT", "amt": "5"}]))
+    position = parse_loan_info(
+        entry(loanData=[{"ccy": "USDC", "amt": ""}, {"ccy": "USDT", "amt": "5"}])
+    )
     assert dict(position.loans) == {"USDT": 5.0}
 
 
@@ -84,29 +90,34 @@ def test_more_than_one_entry_uses_first():
     assert position.ignored_entries == 1
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ([], "not an object"),
-    ({"code": "0"}, "no 'data'"),
-    ({"data": {}}, "not a list"),
-    ({"data": ["x"]}, "data[0] is a str"),
-    (entry(curLTV=None), "data[0].curLTV: expected a decimal string, got NoneType"),
-    (entry(curLTV=0.5), "expected a decimal string, got float"),
-    (entry(curLTV="abc"), "'abc' is not a decimal number"),
-    (entry(curLTV="NaN"), "'NaN' is not a decimal number"),
-    (entry(curLTV="inf"), "is not a decimal number"),
-    (entry(curLTV="1e400"), "'1e400' is out of range"),
-    (entry(curLTV="1_0"), "is not a decimal number"),
-    (entry(curLTV="١٢"), "is not a decimal number"),
-    (entry(curLTV={"v": "1"}), "got dict"),
-    (entry(loanNotionalUsd="-5"), "is negative"),
-    (entry(collateralData=[{"ccy": "BTC", "amt": "-1"}]), "collateralData[0].amt"),
-    (entry(collateralData=[{"ccy": "BTC"}]), "collateralData[0] has no 'amt'"),
-    (entry(collateralData=[{"ccy": 5, "amt": "1"}]), "collateralData[0].ccy"),
-    (entry(collateralData="BTC"), "collateralData is a str"),
-    (entry(loanData=[{"ccy": "USDT", "amt": "1"}, {"ccy": "USDT", "amt": "2"}]),
-     "appears twice"),
-    (entry(riskWarningData=None), "riskWarningData is not an object"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ([], "not an object"),
+        ({"code": "0"}, "no 'data'"),
+        ({"data": {}}, "not a list"),
+        ({"data": ["x"]}, "data[0] is a str"),
+        (entry(curLTV=None), "data[0].curLTV: expected a decimal string, got NoneType"),
+        (entry(curLTV=0.5), "expected a decimal string, got float"),
+        (entry(curLTV="abc"), "'abc' is not a decimal number"),
+        (entry(curLTV="NaN"), "'NaN' is not a decimal number"),
+        (entry(curLTV="inf"), "is not a decimal number"),
+        (entry(curLTV="1e400"), "'1e400' is out of range"),
+        (entry(curLTV="1_0"), "is not a decimal number"),
+        (entry(curLTV="١٢"), "is not a decimal number"),
+        (entry(curLTV={"v": "1"}), "got dict"),
+        (entry(loanNotionalUsd="-5"), "is negative"),
+        (entry(collateralData=[{"ccy": "BTC", "amt": "-1"}]), "collateralData[0].amt"),
+        (entry(collateralData=[{"ccy": "BTC"}]), "collateralData[0] has no 'amt'"),
+        (entry(collateralData=[{"ccy": 5, "amt": "1"}]), "collateralData[0].ccy"),
+        (entry(collateralData="BTC"), "collateralData is a str"),
+        (
+            entry(loanData=[{"ccy": "USDT", "amt": "1"}, {"ccy": "USDT", "amt": "2"}]),
+            "appears twice",
+        ),
+        (entry(riskWarningData=None), "riskWarningData is not an object"),
+    ],
+)
 def test_refuses_malformed(body, message):
     with pytest.raises(InvalidResponse) as caught:
         parse_loan_info(body)

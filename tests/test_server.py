@@ -203,8 +203,7 @@ def test_request_lines_go_to_debug_log_not_stderr(
 
     def logged() -> bool:
         return any(
-            "GET /metrics" in r.getMessage() and r.levelno == logging.DEBUG
-            for r in caplog.records
+            "GET /metrics" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records
         )
 
     with caplog.at_level(logging.DEBUG, logger="okx_loan_exporter.server"):

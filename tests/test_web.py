@@ -15,10 +15,14 @@ from okx_loan_exporter.exporter import Exporter
 from okx_loan_exporter.web import create_app
 from okx_loan_exporter.webconfig import WebConfigWatcher
 
-DOCS_EXAMPLE = json.loads((Path(__file__).parent / "data" / "loan_info_docs_example.json")
-                          .read_text())
-SECRETS = {"api_key": "webtest-key-Q1", "secret_key": "webtest-secret-Q2",
-           "passphrase": "webtest-pass-Q3"}
+DOCS_EXAMPLE = json.loads(
+    (Path(__file__).parent / "data" / "loan_info_docs_example.json").read_text()
+)
+SECRETS = {
+    "api_key": "webtest-key-Q1",
+    "secret_key": "webtest-secret-Q2",
+    "passphrase": "webtest-pass-Q3",
+}
 
 
 class FakeOkx:
@@ -35,11 +39,18 @@ class FakeOkx:
 
 
 def make_exporter(fake, names=("main",), **settings):
-    accounts = [{"name": name, "api_key": f"{SECRETS['api_key']}-{name}",
-                 "secret_key": SECRETS["secret_key"], "passphrase": SECRETS["passphrase"]}
-                for name in names]
-    config = config_from_dict({"base_url": "https://okx.test", "accounts": accounts, **settings},
-                              "test.yml", {})
+    accounts = [
+        {
+            "name": name,
+            "api_key": f"{SECRETS['api_key']}-{name}",
+            "secret_key": SECRETS["secret_key"],
+            "passphrase": SECRETS["passphrase"],
+        }
+        for name in names
+    ]
+    config = config_from_dict(
+        {"base_url": "https://okx.test", "accounts": accounts, **settings}, "test.yml", {}
+    )
     return Exporter(config, transport=httpx.MockTransport(fake))
 
 
@@ -51,8 +62,9 @@ def fake():
 @pytest.fixture
 def client(fake):
     exporter = make_exporter(fake, names=("main", "other"))
-    with httpx.Client(transport=httpx.WSGITransport(app=create_app(exporter)),
-                      base_url="http://exporter") as http:
+    with httpx.Client(
+        transport=httpx.WSGITransport(app=create_app(exporter)), base_url="http://exporter"
+    ) as http:
         yield http
     exporter.close()
 
@@ -86,8 +98,9 @@ def test_metrics_serves_every_account(client, fake):
 
 
 def test_openmetrics_negotiation_and_gzip(client):
-    response = client.get("/metrics", headers={
-        "Accept": "application/openmetrics-text; version=1.0.0"})
+    response = client.get(
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
     assert response.headers["content-type"].startswith("application/openmetrics-text")
     assert response.text.rstrip().endswith("# EOF")
     raw = client.get("/metrics", headers={"Accept-Encoding": "gzip"})
@@ -100,7 +113,8 @@ def test_openmetrics_negotiation_and_gzip(client):
 
 def test_failed_okx_call_is_up_zero_not_http_error(fake):
     fake.answers[f"{SECRETS['api_key']}-main"] = httpx.Response(
-        401, json={"code": "50113", "msg": "Invalid Sign", "data": []})
+        401, json={"code": "50113", "msg": "Invalid Sign", "data": []}
+    )
     exporter = make_exporter(fake, names=("main", "other"))
     app = create_app(exporter)
     with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://e") as http:
@@ -109,8 +123,10 @@ def test_failed_okx_call_is_up_zero_not_http_error(fake):
     assert response.status_code == 200
     assert sample(response.text, "okx_loan_up", account="main") == 0
     assert sample(response.text, "okx_loan_up", account="other") == 1
-    assert sample(response.text, "okx_loan_api_request_failures_total", account="main",
-                  reason="auth") == 1
+    assert (
+        sample(response.text, "okx_loan_api_request_failures_total", account="main", reason="auth")
+        == 1
+    )
     assert sample(response.text, "okx_loan_ltv_ratio", account="main") is None
 
 
@@ -140,14 +156,17 @@ def test_health_ready_and_unknown(client):
 
 def test_account_name_is_escaped_on_landing_page(fake):
     exporter = make_exporter(fake, names=("a-b_c",))
-    with httpx.Client(transport=httpx.WSGITransport(app=create_app(exporter)),
-                      base_url="http://e") as http:
+    with httpx.Client(
+        transport=httpx.WSGITransport(app=create_app(exporter)), base_url="http://e"
+    ) as http:
         assert "<td>a-b_c</td>" in http.get("/").text
     exporter.close()
 
 
-@pytest.mark.parametrize(("header", "expected"), [
-    (None, 5.1), ("10", 5.1), ("3", 2.5), ("0.6", 0.3), ("abc", 5.1), ("-1", 5.1)])
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [(None, 5.1), ("10", 5.1), ("3", 2.5), ("0.6", 0.3), ("abc", 5.1), ("-1", 5.1)],
+)
 def test_scrape_wait_respects_prometheus_timeout(fake, header, expected):
     from okx_loan_exporter.web import _float_or_none
 
@@ -162,6 +181,7 @@ def test_vanished_currency_disappears_on_next_fresh_answer(fake):
     body = copy.deepcopy(DOCS_EXAMPLE)
     body["data"][0]["collateralData"] = body["data"][0]["collateralData"][:1]
     import time
+
     with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://e") as http:
         first = http.get("/metrics").text
         fake.answers[f"{SECRETS['api_key']}-main"] = httpx.Response(200, json=body)
