@@ -34,7 +34,7 @@ DASHBOARD_PATH = ROOT / "grafana" / "okx-loan-dashboard.json"
 RULES_FILES = [ROOT / "examples" / "prometheus" / "rules.yml"]
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
-#: The metric contract (docs/HELPERS.md); the histogram by the series a query uses.
+#: The metric contract (the README's metric table); the histogram by the series a query uses.
 CONTRACT = {
     "okx_loan_borrowed_notional_usd",
     "okx_loan_collateral_notional_usd",
