@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from okx_loan_exporter import yamlload
+
 REGIONS: dict[str, str] = {
     "global": "https://www.okx.com",
     "aws": "https://aws.okx.com",
@@ -171,7 +173,7 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> E
     source = path
     text = _read_config_file(path)
     try:
-        data = yaml.safe_load(text)
+        data = yamlload.load(text)
     except yaml.YAMLError as exc:
         raise _yaml_error(source, exc, text) from None
     except ValueError:
@@ -281,6 +283,11 @@ def _yaml_problem(exc: yaml.YAMLError) -> tuple[str, bool]:
         return "a control character or other character YAML does not allow", False
     problem = str(getattr(exc, "problem", None) or "")
     context = str(getattr(exc, "context", None) or "")
+    duplicate = re.fullmatch(yamlload.DUPLICATE_KEY + r" '([a-z_]{1,40})'", problem)
+    if duplicate is not None:  # only a key that looks like a setting, never a pasted secret
+        return f"the key '{duplicate.group(1)}' appears twice in one mapping; keep one", False
+    if problem.startswith(yamlload.DUPLICATE_KEY):
+        return "a key appears twice in one mapping (not shown: it may be a secret); keep one", False
     if problem.startswith("found undefined alias"):
         return "a value starts with '*', which YAML reads as an alias", False
     if (

@@ -61,6 +61,8 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 import bcrypt
 import yaml
 
+from okx_loan_exporter import yamlload
+
 logger = logging.getLogger(__name__)
 
 WSGIApp = WSGIApplication
@@ -133,26 +135,6 @@ class WebConfig:
 # --- loading --------------------------------------------------------------------------------
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (a second ``alice:`` must not silently win)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[str] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if isinstance(key, str):
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
@@ -177,13 +159,13 @@ def _read_yaml(path: str) -> Any:
             f"web config file {path}: cannot read it ({reason}); check --web.config.file"
         ) from None
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+        return yamlload.load(text)
     except yaml.MarkedYAMLError as exc:
         # Only the problem and its position: the snippet PyYAML adds may show a hash.
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = _one_line(exc.problem or exc.context or "syntax error")
-        if problem.startswith("duplicate key"):
+        if problem.startswith(yamlload.DUPLICATE_KEY):
             raise WebConfigError(
                 f"web config file {path}: {where}{problem}; keep only one of them"
             ) from None

@@ -1416,3 +1416,29 @@ def test_reprs_never_show_secrets():
     for text in (repr(account), str(account), repr(config), str(config)):
         assert_no_secret(text)
         assert "main" in text
+
+
+def test_duplicate_key_is_refused_not_silently_replaced(tmp_path):
+    config = tmp_path / "dup.yml"
+    config.write_text(
+        "accounts:\n"
+        "  - name: main\n"
+        "    api_key: k-1a2b3c4d\n"
+        "    api_key: k-9z8y7x6w\n"
+        "    secret_key: s-1a2b3c4d\n"
+        "    passphrase: p-1a2b3c4d\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(config))
+    message = str(caught.value)
+    assert str(config) in message and "line 4" in message
+    assert "'api_key' appears twice" in message
+    assert "1a2b3c4d" not in message and "9z8y7x6w" not in message
+
+
+def test_duplicate_key_that_may_be_a_secret_is_not_shown(tmp_path):
+    config = tmp_path / "dup.yml"
+    config.write_text("accounts:\n  - name: main\n    Sx-SECRET-42: 1\n    Sx-SECRET-42: 2\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(config))
+    assert "appears twice" in str(caught.value) and "SECRET-42" not in str(caught.value)
