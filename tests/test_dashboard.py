@@ -23,11 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-
-try:  # tests/ is not a package: pytest puts it on sys.path
-    from tooling import require_binary
-except ImportError:  # pragma: no cover - if tests/ ever becomes a package
-    from tests.tooling import require_binary
+from tooling import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_PATH = ROOT / "grafana" / "okx-loan-dashboard.json"

@@ -23,11 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-try:  # tests/ is not a package: pytest puts it on sys.path
-    from tooling import require_binary
-except ImportError:  # pragma: no cover - if tests/ ever becomes a package
-    from tests.tooling import require_binary
+from tooling import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"

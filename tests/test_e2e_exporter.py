@@ -22,43 +22,24 @@ from typing import Any, NamedTuple
 import httpx
 import pytest
 import yaml
+from e2e_support import (
+    LOOPBACK,
+    Process,
+    ProcessGroup,
+    SimulatorControl,
+    by_account,
+    edit_config,
+    exporter_argv,
+    managed_processes,
+    parse_samples,
+    scrape,
+    start_simulator,
+    value,
+    wait_for,
+)
+from tooling import in_ci
 
 from okx_loan_exporter import __version__
-
-try:  # tests/ is not a package: pytest puts it on sys.path
-    from e2e_support import (
-        LOOPBACK,
-        Process,
-        ProcessGroup,
-        SimulatorControl,
-        by_account,
-        edit_config,
-        exporter_argv,
-        managed_processes,
-        parse_samples,
-        scrape,
-        start_simulator,
-        value,
-        wait_for,
-    )
-    from tooling import in_ci
-except ImportError:  # pragma: no cover - if tests/ ever becomes a package
-    from tests.e2e_support import (
-        LOOPBACK,
-        Process,
-        ProcessGroup,
-        SimulatorControl,
-        by_account,
-        edit_config,
-        exporter_argv,
-        managed_processes,
-        parse_samples,
-        scrape,
-        start_simulator,
-        value,
-        wait_for,
-    )
-    from tests.tooling import in_ci
 
 pytestmark = pytest.mark.e2e
 

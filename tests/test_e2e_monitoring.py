@@ -29,31 +29,17 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import yaml
-
-try:  # tests/ is not a package: pytest puts it on sys.path
-    from e2e_support import (
-        LOOPBACK,
-        ProcessGroup,
-        SimulatorControl,
-        edit_config,
-        exporter_argv,
-        managed_processes,
-        start_simulator,
-        wait_for,
-    )
-    from tooling import require_binary
-except ImportError:  # pragma: no cover - if tests/ ever becomes a package
-    from tests.e2e_support import (
-        LOOPBACK,
-        ProcessGroup,
-        SimulatorControl,
-        edit_config,
-        exporter_argv,
-        managed_processes,
-        start_simulator,
-        wait_for,
-    )
-    from tests.tooling import require_binary
+from e2e_support import (
+    LOOPBACK,
+    ProcessGroup,
+    SimulatorControl,
+    edit_config,
+    exporter_argv,
+    managed_processes,
+    start_simulator,
+    wait_for,
+)
+from tooling import require_binary
 
 pytestmark = pytest.mark.e2e
 

@@ -12,22 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_webconfig import ALICE_2Y, BOB_2B, BOB_PASSWORD, PASSWORD, Pki, make_pki, write
 
 from okx_loan_exporter.server import ExporterHTTPServer, parse_listen_address
 from okx_loan_exporter.webconfig import WebConfigWatcher, auth_middleware
-
-try:  # tests/ is not a package: pytest puts it on sys.path
-    from test_webconfig import ALICE_2Y, BOB_2B, BOB_PASSWORD, PASSWORD, Pki, make_pki, write
-except ImportError:  # pragma: no cover - if tests/ ever becomes a package
-    from tests.test_webconfig import (
-        ALICE_2Y,
-        BOB_2B,
-        BOB_PASSWORD,
-        PASSWORD,
-        Pki,
-        make_pki,
-        write,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,7 @@ from pathlib import Path
 import bcrypt
 import httpx
 import pytest
-
-try:  # tests/ is not a package: pytest puts it on sys.path
-    from test_webconfig import Pki, make_pki
-except ImportError:  # pragma: no cover - if tests/ ever becomes a package
-    from tests.test_webconfig import Pki, make_pki
+from test_webconfig import Pki, make_pki
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
