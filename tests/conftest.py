@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from e2e_support import stop_process
 from prometheus_client.parser import text_string_to_metric_families
 
 if TYPE_CHECKING:
@@ -338,13 +338,7 @@ class ExporterProcess:
 
     def stop(self) -> int:
         """SIGTERM (SIGKILL after 5 s); read what it wrote; return its exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.stdout = self._stdout_path.read_text(errors="replace")
         self.stderr = self._stderr_path.read_text(errors="replace")
         return self.process.returncode

@@ -52,6 +52,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process(popen: subprocess.Popen[Any], timeout: float = 5.0) -> int:
+    """SIGTERM, then SIGKILL if it still runs after ``timeout`` seconds; its exit code.
+
+    Only this process is signalled; one that already exited is left as it is.
+    """
+    if popen.poll() is not None:
+        return popen.returncode
+    with contextlib.suppress(ProcessLookupError):
+        popen.send_signal(signal.SIGTERM)
+    try:
+        return popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            popen.kill()
+        return popen.wait(5.0)
+
+
 class ProcessFailed(AssertionError):
     """A program exited, or did not become ready, when the test needed it running."""
 
@@ -168,14 +185,7 @@ class Process:
         if self.popen.poll() is not None:
             return self.popen.returncode
         sent = time.monotonic()
-        with contextlib.suppress(ProcessLookupError):
-            self.popen.send_signal(signal.SIGTERM)
-        try:
-            code = self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.kill()
-            code = self.popen.wait(5.0)
+        code = stop_process(self.popen, timeout)
         self.stop_seconds = time.monotonic() - sent
         return code
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from e2e_support import stop_process
 from prometheus_client.parser import text_string_to_metric_families
 from tooling import require_binary
 
@@ -548,12 +549,7 @@ def exposed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposed]:
                 labels.setdefault(sample.name, set()).update(sample.labels)
         yield Exposed(names, labels)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=10)
 
 
 @pytest.mark.e2e

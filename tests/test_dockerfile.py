@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from e2e_support import stop_process
 from tooling import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -281,12 +282,7 @@ def running(installed: Installed) -> Iterator[str]:
             time.sleep(0.1)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=10)
 
 
 @pytest.mark.e2e

@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from e2e_support import stop_process
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -85,13 +86,7 @@ def wait_for_line(started: Started, path: Path, pattern: str) -> re.Match[str]:
 
 def stop(started: Started) -> None:
     """SIGTERM, then SIGKILL if it has not stopped within 5 s; only this process."""
-    if started.process.poll() is None:
-        started.process.terminate()
-        try:
-            started.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            started.process.kill()
-            started.process.wait(timeout=5)
+    stop_process(started.process)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from pathlib import Path
 import bcrypt
 import httpx
 import pytest
+from e2e_support import stop_process
 from test_webconfig import Pki, make_pki
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
@@ -113,13 +114,7 @@ def wait_until_serving(exporter: Exporter) -> str:
 
 def stop(exporter: Exporter) -> None:
     """SIGTERM (SIGKILL after 5 s) this exporter only, then check what it printed."""
-    if exporter.process.poll() is None:
-        exporter.process.terminate()
-        try:
-            exporter.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            exporter.process.kill()
-            exporter.process.wait(timeout=5)
+    stop_process(exporter.process)
     assert_no_secrets(exporter)
 
 
