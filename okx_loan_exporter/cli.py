@@ -102,17 +102,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = None if args.demo else load_config(args.config_file)
     except (ConfigError, WebConfigError) as error:
         return _refuse(str(error))
+    for warning in config.warnings if config else ():
+        log.warning(warning)
     if args.check_config:
-        for warning in config.warnings if config else ():
-            print(f"okx-loan-exporter: warning: {warning}", file=sys.stderr)
         if config is None:
             print("configuration OK: demo mode")
         else:
             names = ", ".join(account.name for account in config.accounts)
             print(f"configuration OK: {config.source}: {len(config.accounts)} account(s): {names}")
         return EXIT_OK
-    for warning in config.warnings if config else ():
-        log.warning(warning)
     return _serve(args, config, watcher)
 
 
