@@ -85,7 +85,6 @@ class AccountCache:
         self._attempted = False
         self._next_attempt = float("-inf")
         self._auth_failures = 0
-        self._warned_extra_entries = False
         self._task: asyncio.Task[None] | None = None
 
     def fetch_if_due(self) -> asyncio.Task[None] | None:
@@ -181,19 +180,14 @@ class AccountCache:
             )
         elif previous.last_success is None:
             log.info(
-                "account %s: first answer from OKX (loan %s)",
+                "account %s: first answer from OKX (%d loan order%s)",
                 self.name,
-                "active" if position.active else "none",
+                len(position.orders),
+                "" if len(position.orders) == 1 else "s",
                 extra={"account": self.name},
             )
-        if position.ignored_entries and not self._warned_extra_entries:
-            self._warned_extra_entries = True
-            log.warning(
-                "account %s: OKX returned %d loan-info entries; using the first",
-                self.name,
-                position.ignored_entries + 1,
-                extra={"account": self.name},
-            )
+        if previous.position is not None:
+            _log_order_changes(self.name, previous.position, position)
         self._auth_failures = 0
         self._outcome = _Outcome(position=position, last_success=self._clock())
 
@@ -222,6 +216,23 @@ class AccountCache:
             failure=reason,
             error=error,
             code=code,
+        )
+
+
+def _log_order_changes(account: str, before: Position, after: Position) -> None:
+    """Say which loan orders OKX started or stopped reporting (opened, repaid or closed)."""
+    old_ids = [order.order_id for order in before.orders]
+    new_ids = [order.order_id for order in after.orders]
+    opened = [order_id for order_id in new_ids if order_id not in old_ids]
+    gone = [order_id for order_id in old_ids if order_id not in new_ids]
+    if opened or gone:
+        log.info(
+            "account %s: loan orders changed: %d now (new: %s; gone: %s)",
+            account,
+            len(new_ids),
+            ", ".join(opened) or "none",
+            ", ".join(gone) or "none",
+            extra={"account": account},
         )
 
 

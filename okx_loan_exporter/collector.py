@@ -203,45 +203,61 @@ class ProcessMetrics(Collector):
 
 
 def _position_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
-    def gauge(name: str, text: str, labels: Sequence[str] = ("account",)) -> GaugeMetricFamily:
-        return GaugeMetricFamily(name, f"{text} {CACHED}", labels=list(labels))
+    def gauge(name: str, text: str, *labels: str) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, f"{text} {CACHED}", labels=["account", *labels])
 
     borrowed_usd = gauge(
         "okx_loan_borrowed_notional_usd",
-        "Value of the borrowed currencies in USD (OKX loanNotionalUsd).",
+        "Value of the order's borrowed currencies in USD (OKX loanNotionalUsd).",
+        "order",
     )
     collateral_usd = gauge(
         "okx_loan_collateral_notional_usd",
-        "Value of the collateral in USD (OKX collateralNotionalUsd).",
+        "Value of the order's collateral in USD after OKX's haircuts (OKX collateralNotionalUsd).",
+        "order",
     )
     borrowed = gauge(
         "okx_loan_borrowed_amount",
-        "Amount borrowed per currency (OKX loanData[].amt by ccy).",
-        ("account", "currency"),
+        "Amount borrowed per order and currency (OKX loanData[].amt by ccy).",
+        "order",
+        "currency",
     )
     collateral = gauge(
         "okx_loan_collateral_amount",
-        "Amount pledged as collateral per currency (OKX collateralData[].amt by ccy).",
-        ("account", "currency"),
+        "Amount pledged as collateral per order and currency (OKX collateralData[].amt by ccy).",
+        "order",
+        "currency",
     )
-    ltv = gauge("okx_loan_ltv_ratio", "Current loan-to-value ratio, 0.5742 = 57.42 % (OKX curLTV).")
+    ltv = gauge(
+        "okx_loan_ltv_ratio",
+        "The order's current loan-to-value ratio, 0.5742 = 57.42 % (OKX curLTV).",
+        "order",
+    )
     margin_call = gauge(
         "okx_loan_margin_call_ltv_ratio",
-        "LTV at which OKX issues a margin call (OKX marginCallLTV).",
+        "LTV at which OKX issues a margin call for the order (OKX marginCallLTV).",
+        "order",
     )
     liquidation = gauge(
-        "okx_loan_liquidation_ltv_ratio", "LTV at which OKX liquidates the collateral (OKX liqLTV)."
+        "okx_loan_liquidation_ltv_ratio",
+        "LTV at which OKX liquidates the order's collateral (OKX liqLTV).",
+        "order",
     )
     liquidation_price = gauge(
         "okx_loan_liquidation_price",
-        "Collateral price, in the instrument's quote currency, at which "
-        "the loan is liquidated (OKX riskWarningData.liqPx; only with one "
-        "collateral and one borrowed currency).",
-        ("account", "instrument"),
+        "Collateral price, in the instrument's quote currency, at which the order is "
+        "liquidated (OKX riskWarningData.liqPx; only with one collateral and one borrowed "
+        "currency).",
+        "order",
+        "instrument",
+    )
+    orders = gauge(
+        "okx_loan_orders",
+        "Number of loan orders OKX reports for the account (OKX loan-info data entries).",
     )
     active = gauge(
         "okx_loan_active",
-        "1 when OKX reports a flexible loan for the account, 0 when it reports none "
+        "1 when OKX reports at least one flexible loan order for the account, 0 when none "
         "(OKX loan-info data).",
     )
 
@@ -249,21 +265,24 @@ def _position_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]
         position = snapshot.position
         if position is None:
             continue
-        account = [snapshot.name]
-        active.add_metric(account, 1 if position.active else 0)
-        _add_present(borrowed_usd, account, position.loan_notional_usd)
-        _add_present(collateral_usd, account, position.collateral_notional_usd)
-        _add_present(ltv, account, position.current_ltv)
-        _add_present(margin_call, account, position.margin_call_ltv)
-        _add_present(liquidation, account, position.liquidation_ltv)
-        for currency, amount in position.loans.items():
-            borrowed.add_metric([snapshot.name, currency], amount)
-        for currency, amount in position.collateral.items():
-            collateral.add_metric([snapshot.name, currency], amount)
-        if position.liquidation_instrument and position.liquidation_price is not None:
-            liquidation_price.add_metric(
-                [snapshot.name, position.liquidation_instrument], position.liquidation_price
-            )
+        account = snapshot.name
+        orders.add_metric([account], len(position.orders))
+        active.add_metric([account], 1 if position.active else 0)
+        for order in position.orders:
+            labels = [account, order.order_id]
+            _add_present(borrowed_usd, labels, order.loan_notional_usd)
+            _add_present(collateral_usd, labels, order.collateral_notional_usd)
+            _add_present(ltv, labels, order.current_ltv)
+            _add_present(margin_call, labels, order.margin_call_ltv)
+            _add_present(liquidation, labels, order.liquidation_ltv)
+            for currency, amount in order.loans.items():
+                borrowed.add_metric([*labels, currency], amount)
+            for currency, amount in order.collateral.items():
+                collateral.add_metric([*labels, currency], amount)
+            if order.liquidation_instrument and order.liquidation_price is not None:
+                liquidation_price.add_metric(
+                    [*labels, order.liquidation_instrument], order.liquidation_price
+                )
     yield from (
         borrowed_usd,
         collateral_usd,
@@ -273,6 +292,7 @@ def _position_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]
         margin_call,
         liquidation,
         liquidation_price,
+        orders,
         active,
     )
 

@@ -20,16 +20,16 @@ class InvalidResponse(ValueError):
 
 
 @dataclass(frozen=True)
-class Position:
-    """One account's Flexible Loan position as OKX reported it.
+class Order:
+    """One loan order as OKX reported it (an account may hold several since 2026).
 
-    ``active`` is False when OKX answered with an empty ``data`` list (no loan): then the notionals
-    are 0 and every other field is empty. Ratios are fractions (0.5742 means 57.42 %).
+    ``order_id`` is OKX's ``ordId``, or ``""`` for an answer from before orders existed. Ratios are
+    fractions (0.5742 means 57.42 %); ``None`` is a value OKX sent as ``""`` (absent, never 0).
     """
 
-    active: bool
-    loan_notional_usd: float | None = 0.0
-    collateral_notional_usd: float | None = 0.0
+    order_id: str
+    loan_notional_usd: float | None = None
+    collateral_notional_usd: float | None = None
     current_ltv: float | None = None
     margin_call_ltv: float | None = None
     liquidation_ltv: float | None = None
@@ -37,11 +37,21 @@ class Position:
     collateral: Mapping[str, float] = field(default_factory=dict)
     liquidation_instrument: str | None = None
     liquidation_price: float | None = None
-    ignored_entries: int = 0
-    """How many entries after the first OKX sent (it documents one; the first is used)."""
 
 
-NO_LOAN = Position(active=False)
+@dataclass(frozen=True)
+class Position:
+    """One account's Flexible Loan orders, in OKX's order; none when OKX reports no loan."""
+
+    orders: tuple[Order, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        """True when the account holds at least one loan order."""
+        return bool(self.orders)
+
+
+NO_LOAN = Position()
 
 
 def parse_decimal(value: object, where: str) -> float | None:
@@ -68,7 +78,12 @@ def parse_decimal(value: object, where: str) -> float | None:
 
 
 def parse_loan_info(body: object) -> Position:
-    """Build a :class:`Position` from a decoded loan-info answer whose ``code`` was ``"0"``."""
+    """Build a :class:`Position` from a decoded loan-info answer whose ``code`` was ``"0"``.
+
+    Every entry of ``data`` is an order. An entry without ``ordId`` (answers from before orders
+    existed) is the order ``""`` when it is the only entry; beside other entries it cannot be told
+    apart from them, and neither can two entries with the same ``ordId``: the answer is invalid.
+    """
     if not isinstance(body, Mapping):
         raise InvalidResponse(f"answer is a JSON {type(body).__name__}, not an object")
     if "data" not in body:
@@ -76,34 +91,52 @@ def parse_loan_info(body: object) -> Position:
     data = body["data"]
     if not isinstance(data, list):
         raise InvalidResponse(f"'data' is a {type(data).__name__}, not a list")
-    if not data:
-        return NO_LOAN
-    entry = data[0]
+    orders = tuple(_order(entry, f"data[{index}]") for index, entry in enumerate(data))
+    seen: dict[str, int] = {}
+    for index, order in enumerate(orders):
+        if not order.order_id and len(orders) > 1:
+            raise InvalidResponse(
+                f"data[{index}] has no ordId, but the answer holds {len(orders)} orders: "
+                "they cannot be told apart"
+            )
+        if order.order_id in seen:
+            raise InvalidResponse(
+                f"data[{index}].ordId: {_quote(order.order_id)} appears twice "
+                f"(also data[{seen[order.order_id]}])"
+            )
+        seen[order.order_id] = index
+    return Position(orders) if orders else NO_LOAN
+
+
+def _order(entry: object, where: str) -> Order:
     if not isinstance(entry, Mapping):
-        raise InvalidResponse(f"data[0] is a {type(entry).__name__}, not an object")
-    risk = _require(entry, "riskWarningData", "data[0]")
+        raise InvalidResponse(f"{where} is a {type(entry).__name__}, not an object")
+    order_id = _string(entry["ordId"], f"{where}.ordId") if "ordId" in entry else ""
+    risk = _require(entry, "riskWarningData", where)
     if not isinstance(risk, Mapping):
-        raise InvalidResponse("data[0].riskWarningData is not an object")
+        raise InvalidResponse(f"{where}.riskWarningData is not an object")
     instrument = _string(
-        _require(risk, "instId", "data[0].riskWarningData"), "data[0].riskWarningData.instId"
+        _require(risk, "instId", f"{where}.riskWarningData"), f"{where}.riskWarningData.instId"
     )
     liquidation_price = parse_decimal(
-        _require(risk, "liqPx", "data[0].riskWarningData"), "data[0].riskWarningData.liqPx"
+        _require(risk, "liqPx", f"{where}.riskWarningData"), f"{where}.riskWarningData.liqPx"
     )
     has_liquidation_price = bool(instrument) and liquidation_price is not None
 
-    return Position(
-        active=True,
-        loan_notional_usd=_decimal_field(entry, "loanNotionalUsd"),
-        collateral_notional_usd=_decimal_field(entry, "collateralNotionalUsd"),
-        current_ltv=_decimal_field(entry, "curLTV"),
-        margin_call_ltv=_decimal_field(entry, "marginCallLTV"),
-        liquidation_ltv=_decimal_field(entry, "liqLTV"),
-        loans=_currency_amounts(entry, "loanData"),
-        collateral=_currency_amounts(entry, "collateralData"),
+    def decimal(key: str) -> float | None:
+        return parse_decimal(_require(entry, key, where), f"{where}.{key}")
+
+    return Order(
+        order_id=order_id,
+        loan_notional_usd=decimal("loanNotionalUsd"),
+        collateral_notional_usd=decimal("collateralNotionalUsd"),
+        current_ltv=decimal("curLTV"),
+        margin_call_ltv=decimal("marginCallLTV"),
+        liquidation_ltv=decimal("liqLTV"),
+        loans=_currency_amounts(entry, "loanData", where),
+        collateral=_currency_amounts(entry, "collateralData", where),
         liquidation_instrument=instrument if has_liquidation_price else None,
         liquidation_price=liquidation_price if has_liquidation_price else None,
-        ignored_entries=len(data) - 1,
     )
 
 
@@ -138,17 +171,13 @@ def _string(value: object, where: str) -> str:
     return value
 
 
-def _decimal_field(entry: Mapping[str, Any], key: str) -> float | None:
-    return parse_decimal(_require(entry, key, "data[0]"), f"data[0].{key}")
-
-
-def _currency_amounts(entry: Mapping[str, Any], key: str) -> dict[str, float]:
-    items = _require(entry, key, "data[0]")
+def _currency_amounts(entry: Mapping[str, Any], key: str, entry_where: str) -> dict[str, float]:
+    items = _require(entry, key, entry_where)
     if not isinstance(items, list):
-        raise InvalidResponse(f"data[0].{key} is a {type(items).__name__}, not a list")
+        raise InvalidResponse(f"{entry_where}.{key} is a {type(items).__name__}, not a list")
     amounts: dict[str, float] = {}
     for index, item in enumerate(items):
-        where = f"data[0].{key}[{index}]"
+        where = f"{entry_where}.{key}[{index}]"
         if not isinstance(item, Mapping):
             raise InvalidResponse(f"{where} is a {type(item).__name__}, not an object")
         currency = _string(_require(item, "ccy", where), f"{where}.ccy")

@@ -7,7 +7,7 @@ import pytest
 
 from okx_loan_exporter.cache import MAX_AUTH_BACKOFF, AccountCache, PositionCache
 from okx_loan_exporter.okx import FailureReason, OkxError
-from okx_loan_exporter.position import Position
+from okx_loan_exporter.position import Order, Position
 
 
 class Clock:
@@ -37,9 +37,13 @@ class FakeSource:
         return result
 
 
-def position(ltv):
-    return Position(
-        active=True,
+def position(ltv, order_ids=("1",)):
+    return Position(tuple(order(order_id, ltv) for order_id in order_ids))
+
+
+def order(order_id, ltv):
+    return Order(
+        order_id,
         loan_notional_usd=100.0,
         collateral_notional_usd=100 / ltv,
         current_ltv=ltv,
@@ -74,7 +78,7 @@ def test_first_scrape_fetches_and_serves():
     cache, source, clock = make(position(0.5))
     snapshot = only(refresh(cache))
     assert snapshot.up is True
-    assert snapshot.position.current_ltv == 0.5
+    assert snapshot.position.orders[0].current_ltv == 0.5
     assert snapshot.last_success == clock.now
     assert source.calls == 1
 
@@ -83,10 +87,10 @@ def test_within_ttl_serves_cache_then_refetches_after_ttl():
     cache, source, clock = make(position(0.5), position(0.6))
     refresh(cache)
     clock.now += 9.9
-    assert only(refresh(cache)).position.current_ltv == 0.5
+    assert only(refresh(cache)).position.orders[0].current_ltv == 0.5
     assert source.calls == 1
     clock.now += 0.1
-    assert only(refresh(cache)).position.current_ltv == 0.6
+    assert only(refresh(cache)).position.orders[0].current_ltv == 0.6
     assert source.calls == 2
 
 
@@ -97,13 +101,13 @@ def test_failure_keeps_last_good_values_with_up_zero_and_is_not_retried_within_t
     snapshot = only(refresh(cache))
     assert snapshot.up is False
     assert snapshot.last_failure is FailureReason.API_ERROR
-    assert snapshot.position.current_ltv == 0.5
+    assert snapshot.position.orders[0].current_ltv == 0.5
     clock.now += 5
     refresh(cache)
     assert source.calls == 2
     clock.now += 5
     recovered = only(refresh(cache))
-    assert recovered.up is True and recovered.position.current_ltv == 0.7
+    assert recovered.up is True and recovered.position.orders[0].current_ltv == 0.7
     assert recovered.last_failure is None
 
 
@@ -139,7 +143,8 @@ def test_single_flight_concurrent_scrapes_share_one_request():
     results = asyncio.run(scenario())
     assert source.calls == 1
     assert all(
-        only(snapshots).up and only(snapshots).position.current_ltv == 0.5 for snapshots in results
+        only(snapshots).up and only(snapshots).position.orders[0].current_ltv == 0.5
+        for snapshots in results
     )
 
 
@@ -159,8 +164,8 @@ def test_deadline_returns_cached_with_up_zero_and_fetch_completes_later():
     first, cut_off, after = asyncio.run(scenario())
     assert only(first).up
     assert not only(cut_off).up
-    assert only(cut_off).position.current_ltv == 0.5  # whatever is cached
-    assert only(after).up and only(after).position.current_ltv == 0.6
+    assert only(cut_off).position.orders[0].current_ltv == 0.5  # whatever is cached
+    assert only(after).up and only(after).position.orders[0].current_ltv == 0.6
     assert source.calls == 2
 
 
@@ -262,14 +267,24 @@ def test_logs_once_per_change_of_state(caplog):
     assert "answers again" in lines[3]
 
 
-def test_more_than_one_entry_warns_once(caplog):
-    extra = Position(active=True, current_ltv=0.5, ignored_entries=1)
-    cache, _, clock = make(extra)
-    with caplog.at_level(logging.WARNING, logger="okx_loan_exporter.cache"):
-        for _ in range(3):
+def test_orders_opened_and_closed_are_logged_once(caplog):
+    cache, _, clock = make(
+        position(0.5, ("1",)),
+        position(0.5, ("1", "2")),
+        position(0.5, ("1", "2")),
+        position(0.5, ("2",)),
+    )
+    with caplog.at_level(logging.INFO, logger="okx_loan_exporter.cache"):
+        for _ in range(4):
             refresh(cache)
             clock.now += 10
-    assert sum("using the first" in r.getMessage() for r in caplog.records) == 1
+    lines = [r.getMessage() for r in caplog.records]
+    assert "first answer from OKX (1 loan order)" in lines[0]
+    changes = [line for line in lines if "loan orders changed" in line]
+    assert changes == [
+        "account main: loan orders changed: 2 now (new: 2; gone: none)",
+        "account main: loan orders changed: 1 now (new: none; gone: 1)",
+    ]
 
 
 def test_unexpected_exception_is_contained():

@@ -9,12 +9,18 @@ from prometheus_client.parser import text_string_to_metric_families
 from okx_loan_exporter.cache import AccountSnapshot
 from okx_loan_exporter.collector import LoanCollector
 from okx_loan_exporter.okx import FailureReason
-from okx_loan_exporter.position import NO_LOAN, Position, parse_loan_info
+from okx_loan_exporter.position import NO_LOAN, Order, Position, parse_loan_info
 from okx_loan_exporter.stats import RequestStats
 
-DOCS_EXAMPLE = json.loads(
-    (Path(__file__).parent / "data" / "loan_info_docs_example.json").read_text()
-)
+DATA = Path(__file__).parent / "data"
+DOCS_EXAMPLE = json.loads((DATA / "loan_info_docs_example.json").read_text())
+TWO_ORDERS = json.loads((DATA / "loan_info_two_orders.json").read_text())
+OLD = {"account": "main", "order": ""}
+"""The labels of the docs example's one order: it predates orders, so its order label is empty."""
+
+
+def one_order(**fields) -> Position:
+    return Position((Order("", **fields),))
 
 
 def snapshot(
@@ -47,32 +53,60 @@ def render(*snapshots):
 def test_docs_example_exposes_exact_values():
     registry, text = render(snapshot(position=parse_loan_info(DOCS_EXAMPLE)))
     value = registry.get_sample_value
-    assert value("okx_loan_borrowed_notional_usd", {"account": "main"}) == 0.8661285
-    assert value("okx_loan_collateral_notional_usd", {"account": "main"}) == 1.5078763
-    assert value("okx_loan_ltv_ratio", {"account": "main"}) == 0.5742
-    assert value("okx_loan_margin_call_ltv_ratio", {"account": "main"}) == 0.7374
-    assert value("okx_loan_liquidation_ltv_ratio", {"account": "main"}) == 0.8374
-    assert value("okx_loan_borrowed_amount", {"account": "main", "currency": "USDC"}) == 0.86590608
+    assert value("okx_loan_borrowed_notional_usd", OLD) == 0.8661285
+    assert value("okx_loan_collateral_notional_usd", OLD) == 1.5078763
+    assert value("okx_loan_ltv_ratio", OLD) == 0.5742
+    assert value("okx_loan_margin_call_ltv_ratio", OLD) == 0.7374
+    assert value("okx_loan_liquidation_ltv_ratio", OLD) == 0.8374
+    assert value("okx_loan_borrowed_amount", {**OLD, "currency": "USDC"}) == 0.86590608
     for currency, amount in {
         "COMP": 9.7e-06,
         "STX": 0.78,
         "DOT": 0.001,
         "LUNA": 0.05357864,
     }.items():
-        assert (
-            value("okx_loan_collateral_amount", {"account": "main", "currency": currency}) == amount
-        )
+        assert value("okx_loan_collateral_amount", {**OLD, "currency": currency}) == amount
+    assert value("okx_loan_orders", {"account": "main"}) == 1
     assert value("okx_loan_active", {"account": "main"}) == 1
     assert value("okx_loan_up", {"account": "main"}) == 1
     assert value("okx_loan_last_success_timestamp_seconds", {"account": "main"}) == 1700000000.5
     assert value("okx_loan_exporter_build_info", {"version": "1.2.3"}) == 1
-    assert 'okx_loan_collateral_amount{account="main",currency="COMP"} 9.7e-06' in text
+    assert 'okx_loan_collateral_amount{account="main",currency="COMP",order=""} 9.7e-06' in text
     assert "okx_loan_liquidation_price{" not in text  # OKX sent "" for both
 
 
+def test_two_orders_expose_both_orders_exactly():
+    registry, text = render(snapshot(position=parse_loan_info(TWO_ORDERS)))
+    value = registry.get_sample_value
+    first = {"account": "main", "order": "1001"}
+    second = {"account": "main", "order": "1002"}
+    assert value("okx_loan_orders", {"account": "main"}) == 2
+    assert value("okx_loan_active", {"account": "main"}) == 1
+    assert value("okx_loan_ltv_ratio", first) == 0.5742
+    assert value("okx_loan_ltv_ratio", second) == 0.4
+    assert value("okx_loan_margin_call_ltv_ratio", first) == 0.7374
+    assert value("okx_loan_margin_call_ltv_ratio", second) == 0.75
+    assert value("okx_loan_liquidation_ltv_ratio", first) == 0.8374
+    assert value("okx_loan_liquidation_ltv_ratio", second) == 0.85
+    assert value("okx_loan_borrowed_notional_usd", first) == 0.8661285
+    assert value("okx_loan_borrowed_notional_usd", second) == 12000.2
+    assert value("okx_loan_collateral_notional_usd", first) == 1.5078763
+    assert value("okx_loan_collateral_notional_usd", second) == 30000.5
+    assert value("okx_loan_borrowed_amount", {**first, "currency": "USDC"}) == 0.86590608
+    assert value("okx_loan_borrowed_amount", {**second, "currency": "USDT"}) == 12000.2
+    assert value("okx_loan_collateral_amount", {**first, "currency": "COMP"}) == 9.7e-06
+    assert value("okx_loan_collateral_amount", {**second, "currency": "BTC"}) == 0.5
+    assert value("okx_loan_collateral_amount", {**first, "currency": "BTC"}) is None
+    assert (
+        value("okx_loan_liquidation_price", {**second, "instrument": "BTC-USDT"}) == 28235.76470588
+    )
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert len(families["okx_loan_liquidation_price"].samples) == 1
+    assert {s.labels["order"] for s in families["okx_loan_ltv_ratio"].samples} == {"1001", "1002"}
+
+
 def test_liquidation_price_with_instrument_label():
-    position = Position(
-        active=True,
+    position = one_order(
         current_ltv=0.5,
         loans={"USDT": 1.0},
         collateral={"BTC": 1.0},
@@ -81,19 +115,18 @@ def test_liquidation_price_with_instrument_label():
     )
     registry, _ = render(snapshot(position=position))
     assert (
-        registry.get_sample_value(
-            "okx_loan_liquidation_price", {"account": "main", "instrument": "BTC-USDT"}
-        )
+        registry.get_sample_value("okx_loan_liquidation_price", {**OLD, "instrument": "BTC-USDT"})
         == 48123.5
     )
 
 
-def test_no_loan_exposes_zero_notionals_and_no_ltv():
+def test_no_loan_exposes_zero_orders_and_no_order_series():
     registry, text = render(snapshot(position=NO_LOAN))
     assert registry.get_sample_value("okx_loan_active", {"account": "main"}) == 0
-    assert registry.get_sample_value("okx_loan_borrowed_notional_usd", {"account": "main"}) == 0
-    assert registry.get_sample_value("okx_loan_collateral_notional_usd", {"account": "main"}) == 0
+    assert registry.get_sample_value("okx_loan_orders", {"account": "main"}) == 0
     for absent in (
+        "okx_loan_borrowed_notional_usd{",
+        "okx_loan_collateral_notional_usd{",
         "okx_loan_ltv_ratio{",
         "okx_loan_margin_call_ltv_ratio{",
         "okx_loan_borrowed_amount{",
@@ -103,28 +136,37 @@ def test_no_loan_exposes_zero_notionals_and_no_ltv():
 
 
 def test_empty_string_fields_are_absent_not_zero():
-    position = Position(
-        active=True,
+    position = one_order(
         loan_notional_usd=None,
         collateral_notional_usd=2.0,
         current_ltv=None,
         margin_call_ltv=0.7,
         liquidation_ltv=None,
     )
-    _, text = render(snapshot(position=position))
+    registry, text = render(snapshot(position=position))
     assert "okx_loan_ltv_ratio{" not in text
     assert "okx_loan_borrowed_notional_usd{" not in text
     assert "okx_loan_liquidation_ltv_ratio{" not in text
-    assert 'okx_loan_margin_call_ltv_ratio{account="main"} 0.7' in text
+    assert registry.get_sample_value("okx_loan_margin_call_ltv_ratio", OLD) == 0.7
 
 
 def test_vanished_currency_disappears():
-    before = Position(active=True, loans={"USDT": 1.0, "USDC": 2.0}, collateral={"BTC": 1.0})
-    after = Position(active=True, loans={"USDT": 1.0}, collateral={"BTC": 1.0})
+    before = one_order(loans={"USDT": 1.0, "USDC": 2.0}, collateral={"BTC": 1.0})
+    after = one_order(loans={"USDT": 1.0}, collateral={"BTC": 1.0})
     _, first = render(snapshot(position=before))
     _, second = render(snapshot(position=after))
     assert 'currency="USDC"' in first
     assert 'currency="USDC"' not in second
+
+
+def test_vanished_order_disappears_with_its_currencies():
+    both = parse_loan_info(TWO_ORDERS)
+    only_first = Position(both.orders[:1])
+    registry, text = render(snapshot(position=only_first))
+    assert 'order="1002"' not in text
+    assert 'currency="BTC"' not in text and "okx_loan_liquidation_price{" not in text
+    assert registry.get_sample_value("okx_loan_orders", {"account": "main"}) == 1
+    assert registry.get_sample_value("okx_loan_ltv_ratio", {"account": "main", "order": "1001"})
 
 
 def test_down_account_without_position_keeps_health_series_only():
@@ -199,7 +241,7 @@ def test_types_help_and_parse_back():
 
 
 def test_label_values_are_escaped():
-    position = Position(active=True, loans={'US"D\\T\n': 1.0}, collateral={"ビット": 2.0})
+    position = one_order(loans={'US"D\\T\n': 1.0}, collateral={"ビット": 2.0})
     _, text = render(snapshot(position=position))
     families = {f.name: f for f in text_string_to_metric_families(text)}
     currencies = {s.labels["currency"] for s in families["okx_loan_borrowed_amount"].samples}
