@@ -1,19 +1,14 @@
-"""Builds fresh Prometheus metric families from one scrape's account snapshots.
+"""Builds fresh ``okx_loan_`` metric families from one scrape's account snapshots.
 
 The collector is a pure function of the snapshots it is given: it asks nobody and knows nothing of
-HTTP. Families are rebuilt from every scrape's snapshots, so a currency OKX stops reporting
-disappears at once and positions older than ``max_stale`` (which the cache already withholds) are
-not exported. :class:`RenderCache` keeps the rendered text of the last snapshots: between two
-fetches every scrape sees the same snapshots, and rendering them is most of a cached scrape's cost.
-:class:`ProcessMetrics` gives prometheus_client's ``process_`` families with fewer reads of /proc.
+HTTP. Families are rebuilt from every scrape's snapshots, so an order or currency OKX stops
+reporting disappears at once and positions older than ``max_stale`` (which the cache already
+withholds) are not exported.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import accumulate
 
 from prometheus_client.core import (
@@ -27,10 +22,6 @@ from prometheus_client.registry import Collector
 from okx_loan_exporter.cache import AccountSnapshot
 from okx_loan_exporter.okx import FailureReason
 from okx_loan_exporter.stats import DURATION_BUCKETS
-
-Encoder = Callable[[Collector], bytes]
-"""Renders a collector's families in one exposition format: ``generate_latest`` or a partial of
-it or of the OpenMetrics one, as ``prometheus_client.exposition.choose_encoder`` returns them."""
 
 CACHED = "Cached: refreshed from OKX at most once per cache_ttl."
 _BUCKET_BOUNDS = (*(repr(bound) for bound in DURATION_BUCKETS), "+Inf")
@@ -54,152 +45,6 @@ class LoanCollector(Collector):
         )
         build.add_metric([self._version], 1)
         yield build
-
-
-class RenderCache:
-    """The ``okx_loan_`` families of the latest snapshots, rendered once per exposition format.
-
-    :meth:`render` gives exactly ``encoder(LoanCollector(snapshots, version))``, split into the
-    families and the format's trailer (``# EOF`` for OpenMetrics, nothing for the text format), so
-    that other collectors' families can follow before the trailer. The text is rendered again when
-    any snapshot differs from the previous scrape's: a different position object (a new answer, or
-    one withheld as too old), or any other field (``up``, a request counted, a clock offset). Safe
-    to call from many threads; a scrape that finds another rendering waits and reuses its text.
-    """
-
-    def __init__(self, version: str) -> None:
-        self._version = version
-        self._lock = threading.Lock()
-        self._snapshots: tuple[AccountSnapshot, ...] = ()
-        self._rendered: dict[object, tuple[bytes, bytes] | None] = {}
-        self._trailers: dict[object, bytes] = {}
-
-    def render(
-        self, snapshots: Sequence[AccountSnapshot], encoder: Encoder
-    ) -> tuple[bytes, bytes] | None:
-        """``(families, trailer)`` with ``families + trailer == encoder(LoanCollector(...))``.
-
-        None for a format whose output does not end with its empty output (no such format in
-        prometheus_client today): the caller then renders its whole registry instead.
-        """
-        key = _encoder_key(encoder)
-        with self._lock:
-            if not _same_snapshots(self._snapshots, snapshots):
-                self._snapshots = tuple(snapshots)
-                self._rendered.clear()
-            if key not in self._rendered:
-                if key not in self._trailers:
-                    self._trailers[key] = encoder(_NoFamilies())
-                trailer = self._trailers[key]
-                text = encoder(LoanCollector(self._snapshots, self._version))
-                cut = len(text) - len(trailer)
-                self._rendered[key] = (text[:cut], trailer) if text.endswith(trailer) else None
-            return self._rendered[key]
-
-
-class _NoFamilies(Collector):
-    def collect(self) -> Iterable[Metric]:
-        return []
-
-
-def _encoder_key(encoder: Encoder) -> object:
-    """Equal for encoders that render alike (choose_encoder makes a new partial on every call)."""
-    if isinstance(encoder, functools.partial):
-        return (encoder.func, encoder.args, tuple(sorted(encoder.keywords.items())))
-    return encoder
-
-
-def _same_snapshots(old: Sequence[AccountSnapshot], new: Sequence[AccountSnapshot]) -> bool:
-    """True when rendering ``new`` gives the text of ``old``.
-
-    Positions are compared by identity: the cache hands out the same object until the next answer,
-    and two equal positions could still list their currencies in another order. The other fields
-    are compared by value; none of them can be -0.0 or NaN, where equality and text part ways.
-    """
-    return len(old) == len(new) and all(
-        a.position is b.position and a == b for a, b in zip(old, new, strict=True)
-    )
-
-
-class ProcessMetrics(Collector):
-    """The families of prometheus_client's ``ProcessCollector``, same names, help and values.
-
-    Under concurrent scrapes its reads of /proc were the largest cost of a cached scrape. This one
-    reads ``/proc/self/stat`` with one ``read`` instead of through a buffered file, takes the open
-    file limit from ``getrlimit`` (what ``/proc/self/limits`` shows) instead of parsing that file,
-    and still lists ``/proc/self/fd``: everything is read fresh at every scrape. Without /proc (not
-    Linux) it yields nothing, as ``ProcessCollector`` does.
-    """
-
-    def __init__(self, proc: str = "/proc") -> None:
-        self._proc = proc
-        self._stat = os.path.join(proc, "self", "stat")
-        self._fd_dir = os.path.join(proc, "self", "fd")
-        self._btime = 0.0
-        try:
-            with open(os.path.join(proc, "stat"), "rb") as stat:
-                for line in stat:
-                    if line.startswith(b"btime "):
-                        self._btime = float(line.split()[1])
-                        break
-        except OSError:
-            return
-        import resource  # Unix only, like /proc
-
-        self._ticks: float = os.sysconf("SC_CLK_TCK")
-        self._pagesize = resource.getpagesize()
-        self._getrlimit = functools.partial(resource.getrlimit, resource.RLIMIT_NOFILE)
-
-    def collect(self) -> Iterable[Metric]:
-        if not self._btime:
-            return []
-        result: list[Metric] = []
-        try:
-            fd = os.open(self._stat, os.O_RDONLY)
-            try:
-                text = os.read(fd, 65536)
-            finally:
-                os.close(fd)
-            parts = text.split(b")")[-1].split()
-            utime = float(parts[11]) / self._ticks
-            stime = float(parts[12]) / self._ticks
-            result += [
-                GaugeMetricFamily(
-                    "process_virtual_memory_bytes",
-                    "Virtual memory size in bytes.",
-                    value=float(parts[20]),
-                ),
-                GaugeMetricFamily(
-                    "process_resident_memory_bytes",
-                    "Resident memory size in bytes.",
-                    value=float(parts[21]) * self._pagesize,
-                ),
-                GaugeMetricFamily(
-                    "process_start_time_seconds",
-                    "Start time of the process since unix epoch in seconds.",
-                    value=float(parts[19]) / self._ticks + self._btime,
-                ),
-                CounterMetricFamily(
-                    "process_cpu_seconds",
-                    "Total user and system CPU time spent in seconds.",
-                    value=utime + stime,
-                ),
-            ]
-        except OSError:
-            pass
-        try:
-            open_fds = len(os.listdir(self._fd_dir))
-        except OSError:
-            return result
-        result += [
-            GaugeMetricFamily("process_open_fds", "Number of open file descriptors.", open_fds),
-            GaugeMetricFamily(
-                "process_max_fds",
-                "Maximum number of open file descriptors.",
-                value=float(self._getrlimit()[0]),
-            ),
-        ]
-        return result
 
 
 def _position_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:

@@ -1,9 +1,8 @@
-"""Wires a validated configuration into a running exporter: OKX clients, caches and the registry.
+"""Wires a validated configuration into a running exporter: OKX clients and per-account caches.
 
-:class:`Exporter` owns the event loop thread on which all OKX requests and cache updates run, the
-pooled httpx clients (one per ``ACCOUNTS_PER_POOL`` accounts of a base URL), and renders each
-scrape's families: the ``okx_loan_`` ones from a :class:`~okx_loan_exporter.collector.RenderCache`,
-the process metrics fresh every time.
+:class:`Exporter` owns the event loop thread on which all OKX requests and cache updates run, and
+the pooled httpx clients (one per ``ACCOUNTS_PER_POOL`` accounts of a base URL). It hands each
+scrape the accounts' snapshots; turning them into text is :mod:`okx_loan_exporter.exposition`'s job.
 """
 
 from __future__ import annotations
@@ -17,12 +16,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import httpx
-from prometheus_client import CollectorRegistry
-from prometheus_client.registry import Collector
 
 from okx_loan_exporter import __version__
 from okx_loan_exporter.cache import AccountCache, AccountSnapshot, PositionCache
-from okx_loan_exporter.collector import Encoder, LoanCollector, ProcessMetrics, RenderCache
 from okx_loan_exporter.config import ExporterConfig
 from okx_loan_exporter.okx import Credentials, OkxClient
 from okx_loan_exporter.stats import RequestStats
@@ -64,16 +60,11 @@ class Exporter:
         *,
         clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
-        process_collector: Collector | None = None,
     ) -> None:
         self.config = config
         self._loop_thread = EventLoopThread()
         self._http_clients: list[httpx.AsyncClient] = []
         self._ssl_context: ssl.SSLContext | None = None
-        self._process_collector = (
-            ProcessMetrics() if process_collector is None else process_collector
-        )
-        self._render_cache = RenderCache(__version__)
         accounts = []
         clients: dict[str, httpx.AsyncClient] = {}  # base URL -> the client being filled
         members: dict[str, int] = {}  # base URL -> accounts so far
@@ -141,22 +132,6 @@ class Exporter:
             return self.cache.snapshots()
         wait = self.scrape_wait(scrape_timeout)
         return self._loop_thread.run(self.cache.refresh_async(wait), timeout=wait + 5)
-
-    def registry(self, snapshots: list[AccountSnapshot]) -> CollectorRegistry:
-        """A registry holding this scrape's families and the process metrics."""
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(LoanCollector(snapshots, __version__))
-        registry.register(self._process_collector)
-        return registry
-
-    def exposition(self, snapshots: list[AccountSnapshot], encoder: Encoder) -> bytes:
-        """This scrape's body: byte for byte ``encoder(self.registry(snapshots))``, but the
-        ``okx_loan_`` families are rendered again only when a snapshot changed."""
-        rendered = self._render_cache.render(snapshots, encoder)
-        if rendered is None:
-            return encoder(self.registry(snapshots))
-        families, _trailer = rendered  # the process families' rendering ends with the trailer
-        return families + encoder(self._process_collector)
 
     def snapshots(self) -> list[AccountSnapshot]:
         """The cached state without contacting OKX."""

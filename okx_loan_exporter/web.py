@@ -1,16 +1,13 @@
 """The WSGI app factory: ``/metrics``, the landing page ``/``, ``/-/healthy`` and ``/-/ready``.
 
-A failed OKX call is never an HTTP error here: it is ``okx_loan_up 0`` in a 200 answer. The
-exposition (text or OpenMetrics by ``Accept``, gzip by ``Accept-Encoding``) is prometheus_client's:
-its format negotiation and encoders, answered exactly as its ``make_wsgi_app`` does, with the
-``okx_loan_`` families' text reused while no snapshot changed (see ``Exporter.exposition``). Other
-methods and ``name[]`` filters go to ``make_wsgi_app`` itself. Access control, when configured,
-wraps the whole app (see ``webconfig``).
+A failed OKX call is never an HTTP error here: it is ``okx_loan_up 0`` in a 200 answer. A GET of
+``/metrics`` is answered from :class:`~okx_loan_exporter.exposition.Exposition`, exactly as
+prometheus_client's ``make_wsgi_app`` would; other methods and ``name[]`` filters go to
+``make_wsgi_app`` itself. Access control, when configured, wraps the whole app (see ``webconfig``).
 """
 
 from __future__ import annotations
 
-import gzip
 import html
 import logging
 import time
@@ -20,10 +17,10 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from prometheus_client import make_wsgi_app
-from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from okx_loan_exporter import __version__
 from okx_loan_exporter.exporter import Exporter
+from okx_loan_exporter.exposition import Exposition
 from okx_loan_exporter.webconfig import WebConfigWatcher, auth_middleware
 
 log = logging.getLogger(__name__)
@@ -38,9 +35,11 @@ def create_app(
     exporter: Exporter,
     watcher: WebConfigWatcher | None = None,
     *,
+    exposition: Exposition | None = None,
     clock: Callable[[], float] = time.time,
 ) -> WSGIApp:
     """Build the exporter's WSGI app; with ``watcher``, TLS/basic-auth settings apply to it."""
+    render = exposition if exposition is not None else Exposition(__version__)
 
     def metrics(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         scrape_timeout = _float_or_none(environ.get(SCRAPE_TIMEOUT_HEADER))
@@ -51,13 +50,10 @@ def create_app(
             snapshots = exporter.snapshots()
         query = environ.get("QUERY_STRING")
         if environ.get("REQUEST_METHOD") != "GET" or (query and "name[]" in parse_qs(query)):
-            return make_wsgi_app(exporter.registry(snapshots))(environ, start_response)
-        encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT"))
-        body = exporter.exposition(snapshots, encoder)
-        headers = [("Content-Type", content_type)]
-        if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING")):
-            body = gzip.compress(body)
-            headers.append(("Content-Encoding", "gzip"))
+            return make_wsgi_app(render.registry(snapshots))(environ, start_response)
+        body, headers = render.answer(
+            snapshots, environ.get("HTTP_ACCEPT"), environ.get("HTTP_ACCEPT_ENCODING")
+        )
         start_response("200 OK", headers)
         return [body]
 

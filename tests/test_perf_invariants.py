@@ -30,11 +30,12 @@ from prometheus_client.registry import Collector
 
 from okx_loan_exporter import __version__
 from okx_loan_exporter.cache import AccountSnapshot
-from okx_loan_exporter.collector import LoanCollector, ProcessMetrics, RenderCache
+from okx_loan_exporter.collector import LoanCollector
 from okx_loan_exporter.config import config_from_dict
 from okx_loan_exporter.exporter import ACCOUNTS_PER_POOL, Exporter
+from okx_loan_exporter.exposition import Exposition, ProcessMetrics, RenderCache
 from okx_loan_exporter.okx import FailureReason
-from okx_loan_exporter.position import NO_LOAN, Position, parse_loan_info
+from okx_loan_exporter.position import NO_LOAN, Order, Position, parse_loan_info
 from okx_loan_exporter.stats import RequestStats
 from okx_loan_exporter.web import create_app
 
@@ -118,14 +119,28 @@ def exporter():
         {},
     )
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json=DOCS_EXAMPLE))
-    exporter = Exporter(config, transport=transport, process_collector=FixedProcess())
+    exporter = Exporter(config, transport=transport)
     yield exporter
     exporter.close()
 
 
+@pytest.fixture
+def exposition():
+    return Exposition(__version__, FixedProcess())
+
+
 DOCS = parse_loan_info(DOCS_EXAMPLE)
-LIQUIDATION = Position(
-    active=True,
+TWO_ORDERS = parse_loan_info(
+    json.loads((Path(__file__).parent / "data" / "loan_info_two_orders.json").read_text())
+)
+
+
+def one_order(order_id: str = "", **fields) -> Position:
+    return Position((Order(order_id, **fields),))
+
+
+LIQUIDATION = one_order(
+    "1001",
     loan_notional_usd=13500.0,
     collateral_notional_usd=30000.0,
     current_ltv=0.45,
@@ -138,6 +153,7 @@ LIQUIDATION = Position(
 )
 SCENES = {
     "docs example": [snapshot(position=DOCS)],
+    "two orders": [snapshot(position=TWO_ORDERS)],
     "no loan": [snapshot(position=NO_LOAN)],
     "never answered": [snapshot(position=None, up=False, last_success=None, requests=stats())],
     "failing, stale withheld": [
@@ -159,11 +175,7 @@ SCENES = {
         snapshot("ünïcødé-€", LIQUIDATION),
     ],
     "empty fields": [
-        snapshot(
-            position=Position(
-                active=True, loan_notional_usd=None, current_ltv=None, liquidation_ltv=0.8
-            )
-        )
+        snapshot(position=one_order(loan_notional_usd=None, current_ltv=None, liquidation_ltv=0.8))
     ],
     "no accounts": [],
 }
@@ -171,23 +183,35 @@ SCENES = {
 
 @pytest.mark.parametrize("accept", ACCEPT_HEADERS)
 @pytest.mark.parametrize("scene", list(SCENES))
-def test_exposition_equals_a_fresh_registry_rendering(exporter, scene, accept):
-    encoder, _ = choose_encoder(accept)
+def test_exposition_equals_a_fresh_registry_rendering(exposition, scene, accept):
+    encoder, content_type = choose_encoder(accept)
     snapshots = SCENES[scene]
     expected = reference(snapshots, encoder)
-    assert exporter.exposition(snapshots, encoder) == expected
-    assert exporter.exposition(list(snapshots), encoder) == expected  # now from the cache
+    assert exposition.body(snapshots, accept) == (expected, content_type)
+    assert exposition.body(list(snapshots), accept) == (expected, content_type)  # now cached
+
+
+def test_content_type_names_the_whole_format():
+    """The render cache is keyed by the content type choose_encoder returns with its encoder:
+    Accept headers that give one content type must give encoders that render alike."""
+    collector = LoanCollector(SCENES["several accounts"], __version__)
+    by_type: dict[str, set[bytes]] = {}
+    for accept in [*ACCEPT_HEADERS, "text/plain;version=0.0.4", "application/openmetrics-text"]:
+        encoder, content_type = choose_encoder(accept)
+        by_type.setdefault(content_type, set()).add(encoder(collector))
+    assert len(by_type) >= 3  # text 0.0.4, OpenMetrics, and text with escaping at least
+    assert all(len(outputs) == 1 for outputs in by_type.values()), by_type.keys()
 
 
 def test_every_change_the_collector_would_show_renders_again():
     cache = RenderCache(__version__)
-    encoder, _ = choose_encoder(None)
-    reordered = Position(active=True, collateral={"STX": 0.78, "COMP": 9.7e-06})
+    encoder, content_type = choose_encoder(None)
+    reordered = one_order(collateral={"STX": 0.78, "COMP": 9.7e-06})
     steps = [
         [snapshot(position=DOCS)],
         [snapshot(position=DOCS)],  # same position object, equal fields: reused
         [snapshot(position=parse_loan_info(DOCS_EXAMPLE))],  # a new answer with equal values
-        [snapshot(position=Position(active=True, collateral={"COMP": 9.7e-06, "STX": 0.78}))],
+        [snapshot(position=one_order(collateral={"COMP": 9.7e-06, "STX": 0.78}))],
         [snapshot(position=reordered)],  # equal to the previous position, other order
         [snapshot(position=reordered, up=False)],
         [snapshot(position=reordered, up=False, requests=stats(2))],
@@ -200,7 +224,7 @@ def test_every_change_the_collector_would_show_renders_again():
     ]
     seen = []
     for snapshots in steps:
-        rendered = cache.render(snapshots, encoder)
+        rendered = cache.render(snapshots, encoder, content_type)
         assert rendered is not None
         families, trailer = rendered
         assert families + trailer == encoder(LoanCollector(snapshots, __version__))
@@ -221,14 +245,22 @@ positions = st.one_of(
     st.just(NO_LOAN),
     st.builds(
         Position,
-        active=st.just(True),
-        loan_notional_usd=optional_ratio,
-        collateral_notional_usd=optional_ratio,
-        current_ltv=optional_ratio,
-        margin_call_ltv=optional_ratio,
-        liquidation_ltv=optional_ratio,
-        loans=amounts,
-        collateral=amounts,
+        st.lists(
+            st.builds(
+                Order,
+                st.sampled_from(["", "1001", "1002", 'o"\\']),
+                loan_notional_usd=optional_ratio,
+                collateral_notional_usd=optional_ratio,
+                current_ltv=optional_ratio,
+                margin_call_ltv=optional_ratio,
+                liquidation_ltv=optional_ratio,
+                loans=amounts,
+                collateral=amounts,
+            ),
+            min_size=1,
+            max_size=3,
+            unique_by=lambda order: order.order_id,
+        ).map(tuple),
     ),
 )
 snapshots_strategy = st.lists(
@@ -257,9 +289,9 @@ snapshots_strategy = st.lists(
 )
 def test_any_sequence_of_scrapes_renders_like_the_reference(sequence, accept):
     cache = RenderCache(__version__)
-    encoder, _ = choose_encoder(accept)
+    encoder, content_type = choose_encoder(accept)
     for snapshots in sequence:
-        rendered = cache.render(snapshots, encoder)
+        rendered = cache.render(snapshots, encoder, content_type)
         assert rendered is not None
         assert b"".join(rendered) == encoder(LoanCollector(snapshots, __version__))
 
@@ -285,13 +317,13 @@ def call(app, method="GET", query="", **headers):
 
 @pytest.mark.parametrize("accept", ACCEPT_HEADERS)
 @pytest.mark.parametrize("encoding", [None, "gzip", "gzip, deflate, br", "identity", "GZIP;q=1"])
-def test_metrics_answer_equals_prometheus_client_wsgi_app(exporter, accept, encoding):
-    app = create_app(exporter)
+def test_metrics_answer_equals_prometheus_client_wsgi_app(exporter, exposition, accept, encoding):
+    app = create_app(exporter, exposition=exposition)
     headers = {"accept": accept, "accept_encoding": encoding}
     headers = {name: value for name, value in headers.items() if value is not None}
     status, response_headers, body = call(app, **headers)  # fills the cache from the fake OKX
     status, response_headers, body = call(app, **headers)
-    expected = call(make_wsgi_app(exporter.registry(exporter.snapshots())), **headers)
+    expected = call(make_wsgi_app(exposition.registry(exporter.snapshots())), **headers)
     assert (status, response_headers) == expected[:2]
     if ("Content-Encoding", "gzip") in response_headers:
         body, expected = gzip.decompress(body), (None, None, gzip.decompress(expected[2]))
@@ -309,11 +341,14 @@ def test_metrics_answer_equals_prometheus_client_wsgi_app(exporter, accept, enco
         ("GET", "name%5B%5D=okx_loan_ltv_ratio&name[]=process_open_fds"),
     ],
 )
-def test_other_methods_and_name_filters_answer_as_prometheus_client(exporter, method, query):
-    app = create_app(exporter)
+def test_other_methods_and_name_filters_answer_as_prometheus_client(
+    exporter, exposition, method, query
+):
+    app = create_app(exporter, exposition=exposition)
     call(app)
     answer = call(app, method, query)
-    assert answer == call(make_wsgi_app(exporter.registry(exporter.snapshots())), method, query)
+    expected = call(make_wsgi_app(exposition.registry(exporter.snapshots())), method, query)
+    assert answer == expected
 
 
 class BarrierOkx(ThreadingHTTPServer):
