@@ -50,7 +50,8 @@ def create_app(
             snapshots = exporter.snapshots()
         query = environ.get("QUERY_STRING")
         if environ.get("REQUEST_METHOD") != "GET" or (query and "name[]" in parse_qs(query)):
-            return make_wsgi_app(render.registry(snapshots))(environ, start_response)
+            filtered: WSGIApp = make_wsgi_app(render.registry(snapshots))
+            return filtered(environ, start_response)
         body, headers = render.answer(
             snapshots, environ.get("HTTP_ACCEPT"), environ.get("HTTP_ACCEPT_ENCODING")
         )
