@@ -51,6 +51,8 @@ class AccountSnapshot:
     last_error: str | None
     requests: RequestStatsSnapshot
     clock_offset: float
+    last_hint: str | None = None
+    """What to do about ``last_failure``, in one line (OkxError's hint), for the landing page."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class _Outcome:
     failure: FailureReason | None = None
     error: str | None = None
     code: str | None = None
+    hint: str | None = None
 
 
 class AccountCache:
@@ -120,6 +123,7 @@ class AccountCache:
             last_error=outcome.error,
             requests=self.stats.snapshot(),
             clock_offset=self._source.clock_offset,
+            last_hint=outcome.hint,
         )
 
     async def _fetch(self) -> None:
@@ -129,7 +133,7 @@ class AccountCache:
         try:
             position = await self._source.loan_info()
         except OkxError as error:
-            self._record_failure(started, error.reason, str(error), error.code)
+            self._record_failure(started, error.reason, str(error), error.code, error.hint)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug must not kill the cache: count it and keep serving
@@ -139,6 +143,7 @@ class AccountCache:
                 FailureReason.INVALID_RESPONSE,
                 "unexpected error while reading the answer",
                 None,
+                "an exporter bug: the log has the traceback; please report it",
             )
         else:
             self._record_success(position)
@@ -192,7 +197,7 @@ class AccountCache:
         self._outcome = _Outcome(position=position, last_success=self._clock())
 
     def _record_failure(
-        self, started: float, reason: FailureReason, error: str, code: str | None
+        self, started: float, reason: FailureReason, error: str, code: str | None, hint: str
     ) -> None:
         previous = self._outcome
         retry_in = self._ttl
@@ -216,6 +221,7 @@ class AccountCache:
             failure=reason,
             error=error,
             code=code,
+            hint=hint or None,
         )
 
 

@@ -111,6 +111,15 @@ def test_failure_keeps_last_good_values_with_up_zero_and_is_not_retried_within_t
     assert recovered.last_failure is None
 
 
+def test_snapshot_carries_the_failures_hint_until_recovery():
+    cache, _, clock = make(failure(), position(0.5))
+    failed = only(refresh(cache))
+    assert (failed.last_error, failed.last_hint) == ("api_error: OKX code 50013 (hint)", "hint")
+    clock.now += 10
+    recovered = only(refresh(cache))
+    assert recovered.last_error is None and recovered.last_hint is None
+
+
 def test_stale_values_dropped_after_max_stale():
     cache, _, clock = make(position(0.5), failure(), ttl=10, max_stale=60)
     refresh(cache)
