@@ -8,7 +8,6 @@ prometheus_client's ``make_wsgi_app`` would; other methods and ``name[]`` filter
 
 from __future__ import annotations
 
-import html
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -21,6 +20,7 @@ from prometheus_client import make_wsgi_app
 from okx_loan_exporter import __version__
 from okx_loan_exporter.exporter import Exporter
 from okx_loan_exporter.exposition import Exposition
+from okx_loan_exporter.landing import render_landing_page
 from okx_loan_exporter.webconfig import WebConfigWatcher, auth_middleware
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,12 @@ def create_app(
         return [body]
 
     def landing(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        body = _landing_page(exporter, clock()).encode()
+        body = render_landing_page(
+            exporter.snapshots(),
+            now=clock(),
+            cache_ttl=exporter.config.cache_ttl,
+            version=__version__,
+        ).encode()
         start_response(
             "200 OK",
             [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))],
@@ -100,37 +105,3 @@ def _float_or_none(value: str | None) -> float | None:
         return float(value) if value else None
     except ValueError:
         return None
-
-
-def _landing_page(exporter: Exporter, now: float) -> str:
-    rows = []
-    for snapshot in exporter.snapshots():
-        if snapshot.last_success is None:
-            age = "no answer yet"
-        else:
-            age = f"{max(0.0, now - snapshot.last_success):.0f} s"
-        state = (
-            "up"
-            if snapshot.up
-            else (
-                f"down ({snapshot.last_failure.value})" if snapshot.last_failure else "not fetched"
-            )
-        )
-        rows.append(
-            f"<tr><td>{html.escape(snapshot.name)}</td><td>{html.escape(state)}</td>"
-            f"<td>{html.escape(age)}</td></tr>"
-        )
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>OKX Loan Exporter</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em 1em;text-align:left}}</style>
-</head><body>
-<h1>OKX Loan Exporter</h1>
-<p>Version {html.escape(__version__)}. Metrics: <a href="metrics">/metrics</a>.
-Health: <a href="-/healthy">/-/healthy</a>, <a href="-/ready">/-/ready</a>.</p>
-<table><thead><tr><th>Account</th><th>State</th><th>Data age</th></tr></thead>
-<tbody>
-{chr(10).join(rows)}
-</tbody></table>
-<p>Values are cached for {exporter.config.cache_ttl:g} s; this page does not contact OKX.</p>
-</body></html>
-"""
