@@ -22,7 +22,7 @@ from okx_loan_exporter import __version__
 from okx_loan_exporter.config import ConfigError, ExporterConfig, config_from_dict, load_config
 from okx_loan_exporter.logs import setup_logging
 from okx_loan_exporter.server import ExporterHTTPServer, parse_listen_address
-from okx_loan_exporter.webconfig import WebConfigError, WebConfigWatcher
+from okx_loan_exporter.webconfig import WebConfigWatcher
 
 if TYPE_CHECKING:
     from okx_loan_exporter.simulator import Simulator
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         watcher = WebConfigWatcher(args.web_config_file)
         config = None if args.demo else load_config(args.config_file)
-    except (ConfigError, WebConfigError) as error:
+    except ConfigError as error:
         return _refuse(str(error))
     for warning in config.warnings if config else ():
         log.warning(warning)

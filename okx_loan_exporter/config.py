@@ -17,7 +17,6 @@ does for its own files), or to the working directory when there is no config fil
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -27,9 +26,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from okx_loan_exporter import yamlload
+from okx_loan_exporter.yamlload import ConfigError
 
 REGIONS: dict[str, str] = {
     "global": "https://www.okx.com",
@@ -75,8 +73,6 @@ _ENV_VARS = (
 )
 
 _NAME_RE = re.compile(r"[a-zA-Z0-9_-]+")
-_KEY_LIKE_RE = re.compile(r"[a-z_]{1,40}")
-"""Unknown keys shown in messages; any other key may be a secret written as a key."""
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NUMBER = r"[0-9]+(?:\.[0-9]+)?"
 _DURATION_RE = re.compile(
@@ -88,22 +84,6 @@ _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _DURATION_FIX = "write it like 500ms, 10s, 5m, 1h, 1m30s, or as a number of seconds"
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
-
-
-class ConfigError(Exception):
-    """A configuration the exporter refuses: where (source and dotted key), what, and the fix."""
-
-    def __init__(self, source: str, key: str, problem: str, fix: str) -> None:
-        self.source = _one_line(source)
-        self.key = _one_line(key)
-        self.problem = _one_line(problem)
-        self.fix = _one_line(fix)
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        if self.key:
-            return f"{self.source}: {self.key}: {self.problem}; {self.fix}"
-        return f"{self.source}: {self.problem}; {self.fix}"
 
 
 @dataclass(frozen=True)
@@ -171,23 +151,13 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> E
         return _from_environ(env)
     path = os.fspath(path)
     source = path
-    text = _read_config_file(path)
-    try:
-        data = yamlload.load(text)
-    except yaml.YAMLError as exc:
-        raise _yaml_error(source, exc, text) from None
-    except ValueError:
-        # PyYAML reads unquoted 2024-13-45 as a date and lets datetime's ValueError through.
-        raise ConfigError(
-            source,
-            "",
-            "invalid YAML: a value written like a date or time is impossible (e.g. 2024-13-45)",
-            'put values that only look like dates in quotes ("...")',
-        ) from None
-    except RecursionError:
-        raise ConfigError(
-            source, "", "invalid YAML: lists or mappings nest too deeply", _YAML_FIX
-        ) from None
+    text = yamlload.read_file(
+        path,
+        source,
+        "the config file",
+        "check --config.file, or leave it out to configure from OKX_* environment variables",
+    )
+    data = yamlload.parse(text, source)
     if data is None:
         raise ConfigError(
             source, "", "the file is empty", "add an accounts: list (see examples/config.yml)"
@@ -207,124 +177,6 @@ def config_from_dict(data: object, source: str, environ: Mapping[str, str]) -> E
     """
     config, _ = _from_mapping(data, source, environ, os.getcwd())
     return config
-
-
-# --- the YAML file ------------------------------------------------------------------------------
-
-
-def _read_config_file(path: str) -> str:
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except OSError as exc:
-        raise ConfigError(
-            path,
-            "",
-            f"cannot read the config file: {_os_reason(exc)}",
-            "check --config.file, or leave it out to configure from OKX_* environment variables",
-        ) from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        # The exception's own text shows the offending byte; say only where it is.
-        raise ConfigError(
-            path, "", f"is not UTF-8 text (byte {exc.start})", "save the file as UTF-8"
-        ) from None
-
-
-_YAML_FIX = (
-    "fix the YAML syntax there: indent with spaces, and quote values that start with"
-    " * & ! | > % @ ` or contain ': ' or ' #'"
-)
-_YAML_TOKEN = r"'(?:<[a-z ]+>|[-?:,\[\]{}])'"
-_YAML_PLAIN = re.compile(
-    "|".join(
-        (
-            "could not find expected ':'",
-            "(?:mapping values|sequence entries|mapping keys) are not allowed here",
-            "found unhashable key",
-            rf"expected (?:<block end>|the node content|'<document start>'),"
-            rf" but found {_YAML_TOKEN}",
-            rf"expected ',' or '[]}}]', but got {_YAML_TOKEN}",
-            "expected a mapping (?:or list of mappings )?for merging, but found [a-z]+",
-        )
-    )
-)
-"""PyYAML problems made only of fixed text and token kinds (never document text): shown as is."""
-
-
-def _yaml_error(source: str, exc: yaml.YAMLError, text: str) -> ConfigError:
-    """Where the YAML breaks (line and column) and what is wrong, in words of our own.
-
-    PyYAML's messages quote the document: str(exc) shows the offending lines, and its problem
-    text names aliases, tags and characters as written, e.g. an unquoted passphrase starting with
-    '*' or '!'. Only problems made of fixed text are passed on; the others are described here.
-    """
-    problem, use_context = _yaml_problem(exc)
-    mark = getattr(exc, "problem_mark", None)
-    if use_context or mark is None:
-        mark = getattr(exc, "context_mark", None) or mark
-    if mark is not None:
-        where = f" at line {mark.line + 1}, column {mark.column + 1}"
-    elif isinstance(exc, yaml.reader.ReaderError):
-        position = exc.position
-        line = text.count("\n", 0, position) + 1
-        column = position - text.rfind("\n", 0, position)
-        where = f" at line {line}, column {column}"
-    else:
-        where = ""
-    return ConfigError(source, "", f"invalid YAML{where}: {problem}", _YAML_FIX)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> tuple[str, bool]:
-    """A description of the error without document text, and whether the context mark (where
-    the broken construct starts) is the better place to point at."""
-    if isinstance(exc, yaml.reader.ReaderError):
-        return "a control character or other character YAML does not allow", False
-    problem = str(getattr(exc, "problem", None) or "")
-    context = str(getattr(exc, "context", None) or "")
-    duplicate = re.fullmatch(yamlload.DUPLICATE_KEY + r" '([a-z_]{1,40})'", problem)
-    if duplicate is not None:  # only a key that looks like a setting, never a pasted secret
-        return f"the key '{duplicate.group(1)}' appears twice in one mapping; keep one", False
-    if problem.startswith(yamlload.DUPLICATE_KEY):
-        return "a key appears twice in one mapping (not shown: it may be a secret); keep one", False
-    if problem.startswith("found undefined alias"):
-        return "a value starts with '*', which YAML reads as an alias", False
-    if (
-        problem.startswith(("could not determine a constructor for the tag", "found undefined tag"))
-        or context.endswith(" tag")
-        or problem.startswith("expected '!', but found")
-    ):
-        return "a value starts with '!', which YAML reads as a tag", False
-    if context in ("while scanning an alias", "while scanning an anchor") or context.startswith(
-        "found duplicate anchor"
-    ):
-        return "a value starts with '*' or '&', which YAML reads as an alias or anchor", False
-    if context == "while scanning a block scalar":
-        return "a value starts with '|' or '>', which YAML reads as a block of text", False
-    if context == "while scanning a directive":
-        return "a line starts with '%', which YAML reads as a directive", False
-    if context == "while scanning a double-quoted scalar":
-        return (
-            "a double-quoted value holds a backslash that starts no valid escape"
-            " (use single quotes for values containing \\)",
-            False,
-        )
-    if context == "while scanning a quoted scalar":
-        return "a quoted value starts here and is never closed", True
-    if context == "expected a single document in the stream":
-        return "a second YAML document starts here (a line '---')", False
-    reserved = re.fullmatch(r"found character '(.*)' that cannot start any token", problem)
-    if reserved is not None:
-        char = reserved.group(1)
-        if char == "\\t":
-            return "a tab character, which YAML does not allow here (use spaces)", False
-        if char in ("@", "`"):  # a fixed set: repeating it shows nothing of the value
-            return f"a value starts with '{char}', which YAML reserves", False
-        return "a character that cannot start a value", False
-    if _YAML_PLAIN.fullmatch(problem):
-        return problem, False
-    return "the YAML cannot be parsed here", False
 
 
 def _from_mapping(
@@ -630,11 +482,11 @@ def _env_typo_warnings(environ: Mapping[str, str]) -> list[str]:
     warnings = []
     for name in sorted(environ):
         if name.startswith("OKX_") and name not in _ENV_VARS:
-            close = difflib.get_close_matches(name, _ENV_VARS, n=1, cutoff=0.8)
+            close = yamlload.did_you_mean(name, _ENV_VARS, cutoff=0.8)
             if close:
                 warnings.append(
                     f"{ENVIRONMENT}: {name}: not a variable the exporter reads;"
-                    f" did you mean {close[0]}?"
+                    f" did you mean {close}?"
                 )
     return warnings
 
@@ -654,17 +506,9 @@ def _check_keys(
     for raw_key in mapping:
         if isinstance(raw_key, str) and raw_key in valid:
             continue
-        shown = str(raw_key)
-        if shown in elsewhere:
-            fix = elsewhere_hint
-        else:
-            close = difflib.get_close_matches(shown.lower(), valid, n=1, cutoff=0.6)
-            fix = (
-                f"did you mean '{close[0]}'?"
-                if close
-                else f"remove it; valid keys here are {', '.join(valid)}"
-            )
-        if isinstance(raw_key, str) and _KEY_LIKE_RE.fullmatch(raw_key):
+        hint = yamlload.unknown_key_fix(raw_key, valid)
+        fix = elsewhere_hint if str(raw_key) in elsewhere else hint
+        if isinstance(raw_key, str) and yamlload.shows_as_setting(raw_key):
             dotted = f"{prefix}.{raw_key}" if prefix else raw_key
             raise ConfigError(source, dotted, f"unknown key '{raw_key}'", fix)
         # Anything else may be a secret written as a key (a pasted line 'SECRET: x'): name only
@@ -863,10 +707,6 @@ def _permission_warning(path: str, inline_keys: list[str]) -> str | None:
 
 
 # --- formatting ---------------------------------------------------------------------------------
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).splitlines())
 
 
 def _type_name(value: object) -> str:

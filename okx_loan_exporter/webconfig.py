@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import hashlib
 import hmac
 import logging
@@ -59,9 +58,9 @@ from typing import Any
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import bcrypt
-import yaml
 
 from okx_loan_exporter import yamlload
+from okx_loan_exporter.yamlload import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -106,10 +105,6 @@ _HASH_HOWTO = "make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n'"
 _REALM = "okx-loan-exporter"
 
 
-class WebConfigError(Exception):
-    """The web config file is unusable; ``str()`` is one line: the file, the key and the fix."""
-
-
 @dataclass(frozen=True)
 class TLSConfig:
     """The validated ``tls_server_config``; file paths are absolute."""
@@ -134,67 +129,49 @@ class WebConfig:
 
 # --- loading --------------------------------------------------------------------------------
 
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-def _unknown_key(where: str, key: object, known: Iterable[str]) -> str:
-    known = list(known)
-    hint = ""
-    if isinstance(key, str):
-        close = difflib.get_close_matches(key, known, n=1)
-        if close:
-            hint = f"did you mean {close[0]}? "
-    return f"{where}{key}: unknown key; {hint}the known keys are {', '.join(known)}"
+_TLS = "tls_server_config."
+_RELATIVE = "relative paths are relative to the web config file's directory"
 
 
-def _read_yaml(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _one_line(exc)
-        raise WebConfigError(
-            f"web config file {path}: cannot read it ({reason}); check --web.config.file"
-        ) from None
-    try:
-        return yamlload.load(text)
-    except yaml.MarkedYAMLError as exc:
-        # Only the problem and its position: the snippet PyYAML adds may show a hash.
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = _one_line(exc.problem or exc.context or "syntax error")
-        if problem.startswith(yamlload.DUPLICATE_KEY):
-            raise WebConfigError(
-                f"web config file {path}: {where}{problem}; keep only one of them"
-            ) from None
-        raise WebConfigError(
-            f"web config file {path}: {where}not valid YAML ({problem}); fix the YAML syntax"
-        ) from None
-    except yaml.YAMLError:
-        raise WebConfigError(
-            f"web config file {path}: not valid YAML; fix the YAML syntax"
-        ) from None
+def _check_keys(
+    raw: Mapping[Any, Any],
+    where: str,
+    known: tuple[str, ...],
+    unsupported: tuple[str, ...],
+    source: str,
+) -> None:
+    for key in raw:
+        if key in unsupported:
+            raise ConfigError(
+                source,
+                f"{where}{key}",
+                "an exporter-toolkit setting that okx-loan-exporter does not support",
+                f"remove it (supported: {', '.join(known)})",
+            )
+        if key not in known:
+            fix = yamlload.unknown_key_fix(key, known)
+            if yamlload.shows_as_setting(key):
+                raise ConfigError(source, f"{where}{key}", "unknown key", fix)
+            # Anything else may be a secret pasted as a key: name only where it is.
+            raise ConfigError(
+                source,
+                where.rstrip(".") or "top level",
+                "an unknown key (not shown: it does not look like a setting name)",
+                fix,
+            )
 
 
-def _parse_tls(raw: Any, base_dir: str) -> TLSConfig | None:
-    where = "tls_server_config."
+def _parse_tls(raw: Any, base_dir: str, source: str) -> TLSConfig | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
-        raise WebConfigError(
-            "tls_server_config: must be a mapping with cert_file and key_file; "
-            "remove it for plain HTTP"
+        raise ConfigError(
+            source,
+            "tls_server_config",
+            "must be a mapping with cert_file and key_file",
+            "remove it for plain HTTP",
         )
-    for key in raw:
-        if key in _UNSUPPORTED_TLS:
-            raise WebConfigError(
-                f"{where}{key}: an exporter-toolkit setting that okx-loan-exporter does not "
-                f"support; remove it (supported: {', '.join(_TLS_KEYS)})"
-            )
-        if key not in _TLS_KEYS:
-            raise WebConfigError(_unknown_key(where, key, _TLS_KEYS))
+    _check_keys(raw, _TLS, _TLS_KEYS, _UNSUPPORTED_TLS, source)
     if not raw:
         return None  # an empty section means plain HTTP, as in exporter-toolkit
 
@@ -203,18 +180,18 @@ def _parse_tls(raw: Any, base_dir: str) -> TLSConfig | None:
         if value is None:
             return None
         if not isinstance(value, str) or not value.strip():
-            raise WebConfigError(
-                f"{where}{key}: must be a file path; relative paths are relative to the web "
-                "config file's directory"
-            )
+            raise ConfigError(source, _TLS + key, "must be a file path", _RELATIVE)
         return os.path.normpath(os.path.join(base_dir, value))
 
     def required_path_of(key: str) -> str:
         value = path_of(key)
         if value is None:
-            raise WebConfigError(
-                f"{where}{key}: missing; TLS needs both cert_file and key_file "
-                "(PEM files, relative to the web config file's directory)"
+            raise ConfigError(
+                source,
+                _TLS + key,
+                "missing",
+                "TLS needs both cert_file and key_file (PEM files, relative to the web config"
+                " file's directory)",
             )
         return value
 
@@ -224,75 +201,100 @@ def _parse_tls(raw: Any, base_dir: str) -> TLSConfig | None:
     auth = raw.get("client_auth_type", "NoClientCert")
     auth = _CLIENT_AUTH_ALIASES.get(auth, auth) if isinstance(auth, str) else auth
     if auth not in CLIENT_AUTH_TYPES:
-        raise WebConfigError(
-            f"{where}client_auth_type: {auth!r} is not a client auth type; use one of "
-            f"{', '.join(CLIENT_AUTH_TYPES)}"
+        raise ConfigError(
+            source,
+            _TLS + "client_auth_type",
+            f"{auth!r} is not a client auth type",
+            f"use one of {', '.join(CLIENT_AUTH_TYPES)}",
         )
     if ca_file is not None and auth == "NoClientCert":
-        raise WebConfigError(
-            f"{where}client_ca_file: set but client_auth_type is NoClientCert; set "
-            "client_auth_type: RequireAndVerifyClientCert, or remove client_ca_file"
+        raise ConfigError(
+            source,
+            _TLS + "client_ca_file",
+            "set but client_auth_type is NoClientCert",
+            "set client_auth_type: RequireAndVerifyClientCert, or remove client_ca_file",
         )
     if ca_file is None and CLIENT_AUTH_TYPES[auth] != ssl.CERT_NONE:
-        raise WebConfigError(
-            f"{where}client_ca_file: missing; client_auth_type {auth} verifies client "
-            "certificates, so name the PEM file of the CA that signs them"
+        raise ConfigError(
+            source,
+            _TLS + "client_ca_file",
+            "missing",
+            f"client_auth_type {auth} verifies client certificates, so name the PEM file of the"
+            " CA that signs them",
         )
 
     version = raw.get("min_version", "TLS12")
     if version not in TLS_VERSIONS:
-        raise WebConfigError(
-            f"{where}min_version: {version!r} is not a TLS version; use one of "
-            f"{', '.join(TLS_VERSIONS)}"
+        raise ConfigError(
+            source,
+            _TLS + "min_version",
+            f"{version!r} is not a TLS version",
+            f"use one of {', '.join(TLS_VERSIONS)}",
         )
     return TLSConfig(cert_file, key_file, auth, ca_file, version)
 
 
-def _parse_users(raw: Any) -> Mapping[str, bytes]:
+def _parse_users(raw: Any, source: str) -> Mapping[str, bytes]:
     if raw is None:
         return MappingProxyType({})
     if not isinstance(raw, dict):
-        raise WebConfigError(
-            "basic_auth_users: must be a mapping of user name to bcrypt hash; " + _HASH_HOWTO
+        raise ConfigError(
+            source,
+            "basic_auth_users",
+            "must be a mapping of user name to bcrypt hash",
+            _HASH_HOWTO,
         )
     users: dict[str, bytes] = {}
     for name, hashed in raw.items():
         if not isinstance(name, str) or not name or ":" in name:
-            raise WebConfigError(
-                f"basic_auth_users.{name}: not a usable user name; use a non-empty string "
-                "without ':' (quote it if YAML reads it as a number or boolean)"
+            raise ConfigError(
+                source,
+                f"basic_auth_users.{name}",
+                "not a usable user name",
+                "use a non-empty string without ':' (quote it if YAML reads it as a number or"
+                " boolean)",
             )
         if not isinstance(hashed, str) or not _BCRYPT_RE.match(hashed.encode("utf-8", "replace")):
-            raise WebConfigError(
-                f"basic_auth_users.{name}: not a bcrypt hash (60 characters starting with "
-                f"$2y$, $2b$ or $2a$; never the password itself); {_HASH_HOWTO}"
+            raise ConfigError(
+                source,
+                f"basic_auth_users.{name}",
+                "not a bcrypt hash (60 characters starting with $2y$, $2b$ or $2a$; never the"
+                " password itself)",
+                _HASH_HOWTO,
             )
         users[name] = hashed.encode("ascii")
     return MappingProxyType(users)
 
 
-def _read_pem(where: str, path: str, marker: bytes, what: str) -> bytes:
+def _read_pem(source: str, key: str, path: str, marker: bytes, what: str) -> bytes:
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise WebConfigError(
-            f"{where}: cannot read {path} ({exc.strerror or _one_line(exc)}); fix the path "
-            "(relative paths are relative to the web config file's directory)"
+        raise ConfigError(
+            source,
+            key,
+            f"cannot read {path} ({exc.strerror or type(exc).__name__})",
+            f"fix the path ({_RELATIVE})",
         ) from None
     if marker not in data:
-        raise WebConfigError(f"{where}: {path} holds no PEM {what}; point it at a PEM {what}")
+        raise ConfigError(source, key, f"{path} holds no PEM {what}", f"point it at a PEM {what}")
     return data
 
 
-def _build_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
-    where = "tls_server_config."
-    _read_pem(where + "cert_file", tls.cert_file, b"-----BEGIN CERTIFICATE-----", "certificate")
-    key_pem = _read_pem(where + "key_file", tls.key_file, b"PRIVATE KEY-----", "private key")
+def make_ssl_context(tls: TLSConfig, source: str) -> ssl.SSLContext:
+    """The server-side SSL context for ``tls``; ConfigError (from ``source``) if unusable."""
+    _read_pem(
+        source, _TLS + "cert_file", tls.cert_file, b"-----BEGIN CERTIFICATE-----", "certificate"
+    )
+    key_pem = _read_pem(source, _TLS + "key_file", tls.key_file, b"PRIVATE KEY-----", "private key")
     if b"ENCRYPTED" in key_pem:
-        raise WebConfigError(
-            f"{where}key_file: {tls.key_file} is encrypted; give an unencrypted key "
-            "(openssl pkey -in KEY -out PLAIN_KEY) and protect it with file permissions"
+        raise ConfigError(
+            source,
+            _TLS + "key_file",
+            f"{tls.key_file} is encrypted",
+            "give an unencrypted key (openssl pkey -in KEY -out PLAIN_KEY) and protect it with"
+            " file permissions",
         )
     del key_pem
     # Not ssl.create_default_context(): for CLIENT_AUTH it would trust the system CAs for client
@@ -306,17 +308,23 @@ def _build_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
         ctx.load_cert_chain(tls.cert_file, tls.key_file, password=lambda: b"")
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
-            raise WebConfigError(
-                f"{where}key_file: {tls.key_file} is not the private key of cert_file "
-                f"{tls.cert_file}; point key_file at the key the certificate was made for"
+            raise ConfigError(
+                source,
+                _TLS + "key_file",
+                f"{tls.key_file} is not the private key of cert_file {tls.cert_file}",
+                "point key_file at the key the certificate was made for",
             ) from None
-        raise WebConfigError(
-            f"{where}cert_file: cannot load {tls.cert_file} with key_file {tls.key_file} "
-            f"({_one_line(exc.reason or exc)}); give a PEM certificate and its unencrypted PEM key"
+        raise ConfigError(
+            source,
+            _TLS + "cert_file",
+            f"cannot load {tls.cert_file} with key_file {tls.key_file}"
+            f" ({exc.reason or type(exc).__name__})",
+            "give a PEM certificate and its unencrypted PEM key",
         ) from None
     if tls.client_ca_file is not None:
         _read_pem(
-            where + "client_ca_file",
+            source,
+            _TLS + "client_ca_file",
             tls.client_ca_file,
             b"-----BEGIN CERTIFICATE-----",
             "CA certificate",
@@ -324,48 +332,35 @@ def _build_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
         try:
             ctx.load_verify_locations(cafile=tls.client_ca_file)
         except ssl.SSLError as exc:
-            raise WebConfigError(
-                f"{where}client_ca_file: cannot load {tls.client_ca_file} "
-                f"({_one_line(exc.reason or exc)}); give the CA certificate(s) in PEM"
+            raise ConfigError(
+                source,
+                _TLS + "client_ca_file",
+                f"cannot load {tls.client_ca_file} ({exc.reason or type(exc).__name__})",
+                "give the CA certificate(s) in PEM",
             ) from None
     ctx.verify_mode = CLIENT_AUTH_TYPES[tls.client_auth_type]
     return ctx
 
 
-def make_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
-    """Build the server-side SSL context for ``tls``; WebConfigError if a file is unusable."""
-    return _build_ssl_context(tls)
-
-
-def _load(path: str) -> tuple[WebConfig, ssl.SSLContext | None]:
-    raw = _read_yaml(path)
-    try:
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise WebConfigError(
-                "the top level must be a mapping with tls_server_config and/or basic_auth_users"
-            )
-        for key in raw:
-            if key in _UNSUPPORTED_TOP:
-                raise WebConfigError(
-                    f"{key}: an exporter-toolkit setting that okx-loan-exporter does not "
-                    f"support; remove it (supported: {', '.join(_TOP_KEYS)})"
-                )
-            if key not in _TOP_KEYS:
-                raise WebConfigError(_unknown_key("", key, _TOP_KEYS))
-        base_dir = os.path.dirname(os.path.abspath(path))
-        tls = _parse_tls(raw.get("tls_server_config"), base_dir)
-        users = _parse_users(raw.get("basic_auth_users"))
-        ctx = _build_ssl_context(tls) if tls is not None else None
-    except WebConfigError as exc:
-        raise WebConfigError(f"web config file {path}: {exc}") from None
+def load(path: str) -> tuple[WebConfig, ssl.SSLContext | None]:
+    """Read and fully validate the web config file (certificates included), and its SSL context."""
+    source = f"web config file {path}"
+    raw = yamlload.parse(yamlload.read_file(path, source, "it", "check --web.config.file"), source)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            source,
+            "",
+            "the top level must be a mapping",
+            "start the file with tls_server_config: and/or basic_auth_users:",
+        )
+    _check_keys(raw, "", _TOP_KEYS, _UNSUPPORTED_TOP, source)
+    base_dir = os.path.dirname(os.path.abspath(path))
+    tls = _parse_tls(raw.get("tls_server_config"), base_dir, source)
+    users = _parse_users(raw.get("basic_auth_users"), source)
+    ctx = make_ssl_context(tls, source) if tls is not None else None
     return WebConfig(tls=tls, basic_auth_users=users), ctx
-
-
-def load_web_config(path: str) -> WebConfig:
-    """Read and fully validate the web config file (certificates included)."""
-    return _load(path)[0]
 
 
 # --- reloading ------------------------------------------------------------------------------
@@ -385,7 +380,7 @@ def _stamp(path: str) -> _FileStamp:
 class WebConfigWatcher:
     """The current web config, re-read when the file or the certificate files it names change.
 
-    The first load happens here and raises WebConfigError. A later bad version keeps the previous
+    The first load happens here and raises ConfigError. A later bad version keeps the previous
     good config; its error is logged once (again only if the error changes), and the file is
     retried at every check until it loads, so a certificate that appears later is picked up.
     """
@@ -407,8 +402,8 @@ class WebConfigWatcher:
         self._checked_at = clock()
         if path is not None:
             before = _stamp(path)
-            self._config, self._ctx = _load(path)
-            self._stamps = self._stamps_after_load(before, self._config)
+            self._config, self._ctx = load(path)
+            self._stamps = self._stamps_afterload(before, self._config)
 
     def _current_stamps(self, config: WebConfig | None) -> tuple[_FileStamp, ...]:
         assert self.path is not None
@@ -420,7 +415,7 @@ class WebConfigWatcher:
                 paths.append(tls.client_ca_file)
         return tuple(_stamp(p) for p in paths)
 
-    def _stamps_after_load(self, before: _FileStamp, config: WebConfig) -> tuple[_FileStamp, ...]:
+    def _stamps_afterload(self, before: _FileStamp, config: WebConfig) -> tuple[_FileStamp, ...]:
         # The config file's stamp from before reading it: a change made while it was being read
         # then shows as a change at the next check instead of being missed.
         return (before, *self._current_stamps(config)[1:])
@@ -436,8 +431,8 @@ class WebConfigWatcher:
             return
         before = stamps[0]
         try:
-            config, ctx = _load(self.path)
-        except WebConfigError as exc:
+            config, ctx = load(self.path)
+        except ConfigError as exc:
             message = str(exc)
             if message != self._failed_with:
                 logger.error("Keeping the previous web config: %s", message)
@@ -445,7 +440,7 @@ class WebConfigWatcher:
             self._stamps = stamps
             return
         self._config, self._ctx, self._failed_with = config, ctx, None
-        self._stamps = self._stamps_after_load(before, config)
+        self._stamps = self._stamps_afterload(before, config)
         logger.info(
             "Reloaded web config file %s (TLS %s, %d basic-auth user(s))",
             self.path,

@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import yaml
 
 from okx_loan_exporter import config as config_module
 from okx_loan_exporter.config import (
@@ -958,7 +959,7 @@ BROKEN_YAML = [
     ),
     pytest.param(
         f"&{PASSPHRASE} x\n    demo: &{PASSPHRASE} true",
-        "at line 6, column 11: a value starts with '*' or '&', which YAML reads as an alias",
+        "at line 6, column 11: a value starts with '&', which YAML reads as an anchor",
         id="duplicate-anchor",
     ),
     pytest.param(
@@ -978,7 +979,7 @@ BROKEN_YAML = [
     ),
     pytest.param(
         f"|{PASSPHRASE}",
-        "at line 5, column 18: a value starts with '|' or '>', which YAML reads as a block",
+        "at line 5, column 17: a value starts with '|', which YAML reads as a block of text",
         id="block-scalar",
     ),
     pytest.param(
@@ -1004,8 +1005,8 @@ BROKEN_YAML = [
     ),
     pytest.param(
         f"{PASSPHRASE}: {PASSPHRASE}",
-        "at line 5, column 33: mapping values are not allowed here",
-        id="colon-space-kept-as-pyyaml-says",
+        "at line 5, column 33: a ': ' inside a value, which YAML reads as a key (quote the value)",
+        id="colon-space",
     ),
     pytest.param(
         f"{PASSPHRASE}\n---\n{PASSPHRASE}: 1",
@@ -1014,21 +1015,30 @@ BROKEN_YAML = [
     ),
     pytest.param(
         f"%YAML 1.1\n%YAML 1.1\n---\n{PASSPHRASE}: 1\n",
-        "at line 2, column 1: the YAML cannot be parsed here",
-        id="anything-else-generic",
+        "at line 2, column 1: a line starts with '%', which YAML reads as a directive",
+        id="directive",
+    ),
+    pytest.param(
+        f"[{PASSPHRASE}, {{x: 1}}",
+        "at line 6, column 1: the structure breaks here: check the indentation, and the ':' or '-'",
+        id="anything-else-by-the-kind-of-error",
     ),
 ]
+
+
+def broken_yaml_text(passphrase: str) -> str:
+    return (
+        passphrase
+        if passphrase.startswith("%")
+        else ACCOUNT_HEAD + f"    passphrase: {passphrase}\n"
+    )
 
 
 @pytest.mark.parametrize(("passphrase", "problem"), BROKEN_YAML)
 def test_yaml_errors_say_where_and_what_without_quoting_the_file(
     tmp_path, secrets_dir, passphrase, problem
 ):
-    text = (
-        passphrase
-        if passphrase.startswith("%")
-        else ACCOUNT_HEAD + f"    passphrase: {passphrase}\n"
-    )
+    text = broken_yaml_text(passphrase)
     error = load_error(tmp_path, secrets_dir, text)
     assert error.problem.startswith("invalid YAML at line ")
     assert problem in error.problem
@@ -1036,6 +1046,21 @@ def test_yaml_errors_say_where_and_what_without_quoting_the_file(
     assert "quote values that start with * & ! | > % @ `" in error.fix
     assert PASSPHRASE[:6] not in str(error)
     assert_well_formed(error, str(tmp_path / "config.yml"), "")
+
+
+@pytest.mark.parametrize(("passphrase", "problem"), BROKEN_YAML)
+def test_yaml_error_descriptions_do_not_depend_on_pyyaml_wording(
+    tmp_path, secrets_dir, monkeypatch, passphrase, problem
+):
+    """PyYAML may reword its messages: ours come from the error's kind and position only."""
+    original = yaml.error.MarkedYAMLError.__init__
+
+    def reworded(self, context=None, context_mark=None, problem=None, problem_mark=None, note=None):
+        original(self, context and "reworded", context_mark, problem and "reworded", problem_mark)
+
+    monkeypatch.setattr(yaml.error.MarkedYAMLError, "__init__", reworded)
+    text = broken_yaml_text(passphrase)
+    assert problem in load_error(tmp_path, secrets_dir, text).problem
 
 
 @pytest.mark.parametrize(

@@ -29,12 +29,12 @@ from okx_loan_exporter.webconfig import (
     BasicAuth,
     TLSConfig,
     WebConfig,
-    WebConfigError,
     WebConfigWatcher,
     auth_middleware,
-    load_web_config,
+    load,
     make_ssl_context,
 )
+from okx_loan_exporter.yamlload import ConfigError
 
 # --- a throwaway PKI ------------------------------------------------------------------------
 
@@ -220,6 +220,11 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def load_web_config(path: str) -> WebConfig:
+    """The validated web config in ``path`` (what the watcher loads, without its SSL context)."""
+    return load(path)[0]
+
+
 def tls_yaml(pki: Pki, **extra: str) -> str:
     lines = [
         "tls_server_config:",
@@ -283,7 +288,7 @@ def test_defaults_are_no_client_cert_and_tls12(pki: Pki, tmp_path: Path) -> None
     assert config.tls.client_auth_type == "NoClientCert"
     assert config.tls.min_version == "TLS12"
     assert config.tls.client_ca_file is None
-    ctx = make_ssl_context(config.tls)
+    ctx = make_ssl_context(config.tls, "web.yml")
     assert ctx.verify_mode == ssl.CERT_NONE
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
 
@@ -307,7 +312,7 @@ def test_client_auth_type_maps_onto_verify_mode(
         extra["client_ca_file"] = str(pki.ca)
     config = load_web_config(str(write(tmp_path / "web.yml", tls_yaml(pki, **extra))))
     assert config.tls is not None
-    ctx = make_ssl_context(config.tls)
+    ctx = make_ssl_context(config.tls, "web.yml")
     assert ctx.verify_mode == verify_mode
     if verify_mode != ssl.CERT_NONE:
         # Only the configured CA is trusted for client certificates, never the system store.
@@ -326,7 +331,7 @@ def test_client_auth_type_maps_onto_verify_mode(
 def test_min_version(pki: Pki, tmp_path: Path, name: str, version: ssl.TLSVersion) -> None:
     config = load_web_config(str(write(tmp_path / "web.yml", tls_yaml(pki, min_version=name))))
     assert config.tls is not None
-    assert make_ssl_context(config.tls).minimum_version == version
+    assert make_ssl_context(config.tls, "web.yml").minimum_version == version
 
 
 def test_bcrypt_hashes_with_2y_2b_and_2a_prefixes_load(tmp_path: Path) -> None:
@@ -369,12 +374,12 @@ def _bad_cases(pki: Pki, tmp: Path) -> list[tuple[str, str, list[str]]]:
     """(id, file text, substrings the message must contain)."""
     (tmp / "junk.pem").write_text("not a pem file\n")
     return [
-        ("yaml-syntax", "tls_server_config: [\n", ["line 2", "not valid YAML", "fix the YAML"]),
+        ("yaml-syntax", "tls_server_config: [\n", ["line 2", "invalid YAML", "fix the YAML"]),
         ("top-level-list", "- a\n- b\n", ["top level must be a mapping"]),
         (
             "unknown-top-key",
             "tls_config:\n  cert_file: x\n",
-            ["tls_config: unknown key", "did you mean tls_server_config?"],
+            ["tls_config: unknown key", "did you mean 'tls_server_config'?"],
         ),
         (
             "unsupported-toolkit-section",
@@ -389,7 +394,7 @@ def _bad_cases(pki: Pki, tmp: Path) -> list[tuple[str, str, list[str]]]:
         (
             "unknown-tls-key",
             tls_yaml(pki) + "  certfile: x\n",
-            ["tls_server_config.certfile: unknown key", "did you mean cert_file?"],
+            ["tls_server_config.certfile: unknown key", "did you mean 'cert_file'?"],
         ),
         (
             "unsupported-tls-key",
@@ -514,7 +519,10 @@ def _bad_cases(pki: Pki, tmp: Path) -> list[tuple[str, str, list[str]]]:
         (
             "duplicate-user",
             f"basic_auth_users:\n  alice: '{ALICE_2Y}'\n  alice: '{BOB_2B}'\n",
-            ["line 3, column 3: duplicate key 'alice'; keep only one of them"],
+            [
+                "line 3, column 3: the key 'alice' appears twice in one mapping;"
+                " keep only one of them"
+            ],
         ),
     ]
 
@@ -526,7 +534,7 @@ def test_bad_files_give_located_messages(pki: Pki, tmp_path: Path) -> None:
         path = write(tmp_path / "web.yml", text)
         try:
             load_web_config(str(path))
-        except WebConfigError as exc:
+        except ConfigError as exc:
             message = str(exc)
         else:
             failures.append(f"{case_id}: loaded without error")
@@ -544,10 +552,10 @@ def test_bad_files_give_located_messages(pki: Pki, tmp_path: Path) -> None:
 
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "absent.yml"
-    with pytest.raises(WebConfigError) as info:
+    with pytest.raises(ConfigError) as info:
         load_web_config(str(path))
     assert str(info.value) == (
-        f"web config file {path}: cannot read it (No such file or directory); "
+        f"web config file {path}: cannot read it: No such file or directory; "
         "check --web.config.file"
     )
 
@@ -555,7 +563,7 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_yaml_error_message_does_not_quote_the_line(tmp_path: Path) -> None:
     # PyYAML's own message quotes the offending line, which here holds a hash.
     path = write(tmp_path / "web.yml", f"basic_auth_users:\n  alice: '{ALICE_2Y}' : x\n")
-    with pytest.raises(WebConfigError) as info:
+    with pytest.raises(ConfigError) as info:
         load_web_config(str(path))
     assert "line 2" in str(info.value)
     assert ALICE_2Y not in str(info.value)
@@ -564,8 +572,8 @@ def test_yaml_error_message_does_not_quote_the_line(tmp_path: Path) -> None:
 
 def test_make_ssl_context_reports_a_bad_file_by_key(pki: Pki) -> None:
     tls = TLSConfig(cert_file=str(pki.server_cert), key_file=str(pki.dir / "gone.key"))
-    with pytest.raises(WebConfigError, match=r"tls_server_config\.key_file: cannot read"):
-        make_ssl_context(tls)
+    with pytest.raises(ConfigError, match=r"tls_server_config\.key_file: cannot read"):
+        make_ssl_context(tls, "web.yml")
 
 
 # --- basic auth -----------------------------------------------------------------------------
@@ -767,7 +775,7 @@ def test_watcher_without_file() -> None:
 
 def test_watcher_refuses_a_bad_file_at_start(tmp_path: Path) -> None:
     path = write(tmp_path / "web.yml", "basic_auth_users:\n  alice: plain\n")
-    with pytest.raises(WebConfigError, match=r"basic_auth_users\.alice: not a bcrypt hash"):
+    with pytest.raises(ConfigError, match=r"basic_auth_users\.alice: not a bcrypt hash"):
         WebConfigWatcher(str(path))
 
 
