@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from okx_loan_exporter import yamlload
-from okx_loan_exporter.yamlload import ConfigError
+from okx_loan_exporter.yamlload import ConfigError as ConfigError  # re-exported for callers
 
 REGIONS: dict[str, str] = {
     "global": "https://www.okx.com",

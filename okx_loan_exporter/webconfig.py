@@ -1,8 +1,7 @@
 """The ``--web.config.file``: TLS and bcrypt basic auth in the Prometheus exporter-toolkit format.
 
-Loads and validates the file, builds the :class:`ssl.SSLContext`, re-reads the file (and the
-certificate files it names) when they change, checks ``Authorization`` headers against the bcrypt
-hashes, and wraps a WSGI app so that every path but the exempt ones needs valid credentials.
+Loads and validates the file, builds the :class:`ssl.SSLContext`, and re-reads the file (and the
+certificate files it names) when they change. Checking credentials is ``basicauth``'s job.
 
 Supported keys (everything else is refused with a message that names it)::
 
@@ -38,33 +37,22 @@ Passwords and hashes never appear in a log line, a message or a repr.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import logging
 import os
 import re
-import secrets
 import ssl
 import threading
 import time
 import warnings
-from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
-from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
-
-import bcrypt
 
 from okx_loan_exporter import yamlload
 from okx_loan_exporter.yamlload import ConfigError
 
 logger = logging.getLogger(__name__)
-
-WSGIApp = WSGIApplication
 
 CLIENT_AUTH_TYPES: dict[str, ssl.VerifyMode] = {
     "NoClientCert": ssl.CERT_NONE,
@@ -100,9 +88,7 @@ _UNSUPPORTED_TLS = (
 )
 
 _BCRYPT_RE = re.compile(rb"\A\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}\Z")
-_BCRYPT_MAX_PASSWORD = 72  # bcrypt ignores (Python's bcrypt refuses) longer passwords
 _HASH_HOWTO = "make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n'"
-_REALM = "okx-loan-exporter"
 
 
 @dataclass(frozen=True)
@@ -463,137 +449,3 @@ class WebConfigWatcher:
         with self._lock:
             self._maybe_reload()
             return self._ctx
-
-
-# --- basic auth -----------------------------------------------------------------------------
-
-
-def _parse_basic(authorization: str | None) -> tuple[str, bytes] | None:
-    if not authorization:
-        return None
-    scheme, _, param = authorization.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(param.strip(), validate=True)
-        user_bytes, colon, password = decoded.partition(b":")
-        user = user_bytes.decode("utf-8")
-    except (binascii.Error, ValueError):
-        return None
-    if not colon:
-        return None
-    return user, password
-
-
-def _cost(hashed: bytes) -> int:
-    return int(hashed[4:6])
-
-
-class BasicAuth:
-    """Checks ``Authorization: Basic`` headers against bcrypt hashes.
-
-    bcrypt runs under one lock, as in exporter-toolkit: at most one core is spent on it, however
-    many requests arrive, and concurrent requests with the same credentials wait for the first
-    one's result instead of each paying for it. Successful checks are cached (bounded, LRU) under
-    the user, a keyed SHA-256 of the password and the hash, so a changed hash invalidates them.
-    An unknown user costs one bcrypt check against a dummy hash of the configured cost, so the
-    answer time does not tell which users exist. Failures are never cached.
-    """
-
-    def __init__(self, cache_size: int = 1024) -> None:
-        self._cache_size = cache_size
-        self._cache: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
-        self._cache_lock = threading.Lock()
-        self._bcrypt_lock = threading.Lock()
-        self._dummies: dict[int, bytes] = {}
-        # Keyed, so a memory dump of the cache gives no fast offline password test.
-        self._key = secrets.token_bytes(32)
-
-    def __repr__(self) -> str:
-        return f"BasicAuth(cached={len(self._cache)})"
-
-    def _cached(self, key: tuple[str, bytes, bytes]) -> bool:
-        with self._cache_lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return True
-            return False
-
-    def _remember(self, key: tuple[str, bytes, bytes]) -> None:
-        with self._cache_lock:
-            self._cache[key] = None
-            self._cache.move_to_end(key)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-
-    def _dummy_hash(self, cost: int) -> bytes:
-        dummy = self._dummies.get(cost)
-        if dummy is None:
-            dummy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(cost))
-            self._dummies[cost] = dummy
-        return dummy
-
-    @staticmethod
-    def _checkpw(password: bytes, hashed: bytes) -> bool:
-        if len(password) > _BCRYPT_MAX_PASSWORD:
-            bcrypt.checkpw(b"", hashed)  # same work, then refuse: bcrypt would ignore the rest
-            return False
-        try:
-            return bcrypt.checkpw(password, hashed)
-        except ValueError:
-            return False
-
-    def check(self, users: Mapping[str, bytes], authorization: str | None) -> bool:
-        """True when ``authorization`` holds the user name and password of one of ``users``."""
-        creds = _parse_basic(authorization)
-        if creds is None:
-            return False
-        user, password = creds
-        stored = users.get(user)
-        if stored is None:
-            cost = max((_cost(h) for h in users.values()), default=10)
-            with self._bcrypt_lock:
-                self._checkpw(password, self._dummy_hash(cost))
-            return False
-        digest = hmac.new(self._key, password, hashlib.sha256).digest()
-        key = (user, digest, stored)
-        if self._cached(key):
-            return True
-        with self._bcrypt_lock:
-            if self._cached(key):  # another request checked the same credentials meanwhile
-                return True
-            ok = self._checkpw(password, stored)
-            if ok:
-                self._remember(key)
-        return ok
-
-
-def auth_middleware(
-    app: WSGIApp,
-    watcher: WebConfigWatcher,
-    exempt_paths: Collection[str] = ("/-/healthy",),
-) -> WSGIApp:
-    """Wrap ``app``: with basic_auth_users configured, every non-exempt path needs credentials."""
-    auth = BasicAuth()
-    exempt = frozenset(exempt_paths)
-
-    def middleware(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        users = watcher.current().basic_auth_users
-        if (
-            users
-            and environ.get("PATH_INFO", "") not in exempt
-            and not auth.check(users, environ.get("HTTP_AUTHORIZATION"))
-        ):
-            body = b"Unauthorized\n"
-            start_response(
-                "401 Unauthorized",
-                [
-                    ("Content-Type", "text/plain; charset=utf-8"),
-                    ("Content-Length", str(len(body))),
-                    ("WWW-Authenticate", f'Basic realm="{_REALM}"'),
-                ],
-            )
-            return [body]
-        return app(environ, start_response)
-
-    return middleware

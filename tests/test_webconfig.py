@@ -11,11 +11,8 @@ import ipaddress
 import logging
 import os
 import ssl
-import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from wsgiref.util import setup_testing_defaults
 
 import bcrypt
 import pytest
@@ -24,13 +21,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from okx_loan_exporter import webconfig
 from okx_loan_exporter.webconfig import (
-    BasicAuth,
     TLSConfig,
     WebConfig,
     WebConfigWatcher,
-    auth_middleware,
     load,
     make_ssl_context,
 )
@@ -574,194 +568,6 @@ def test_make_ssl_context_reports_a_bad_file_by_key(pki: Pki) -> None:
     tls = TLSConfig(cert_file=str(pki.server_cert), key_file=str(pki.dir / "gone.key"))
     with pytest.raises(ConfigError, match=r"tls_server_config\.key_file: cannot read"):
         make_ssl_context(tls, "web.yml")
-
-
-# --- basic auth -----------------------------------------------------------------------------
-
-USERS = {"alice": ALICE_2Y.encode(), "bob": BOB_2B.encode()}
-
-
-@pytest.fixture
-def checkpw_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Records the hash of every bcrypt.checkpw call the module makes."""
-    calls: list[bytes] = []
-    real = bcrypt.checkpw
-
-    def spy(password: bytes, hashed: bytes) -> bool:
-        calls.append(hashed)
-        return real(password, hashed)
-
-    monkeypatch.setattr(webconfig.bcrypt, "checkpw", spy)
-    return calls
-
-
-@pytest.mark.parametrize(
-    ("authorization", "ok"),
-    [
-        (basic("alice", PASSWORD), True),  # $2y$ hash
-        (basic("bob", BOB_PASSWORD), True),  # $2b$ hash
-        ("basic " + basic("bob", BOB_PASSWORD)[6:], True),  # scheme is case-insensitive
-        (basic("alice", BOB_PASSWORD), False),
-        (basic("alice", ""), False),
-        (basic("alice", PASSWORD + " "), False),
-        (basic("mallory", PASSWORD), False),
-        (None, False),
-        ("", False),
-        ("Basic", False),
-        ("Basic !!!not-base64!!!", False),
-        ("Basic " + base64.b64encode(b"alice").decode(), False),  # no colon
-        ("Basic " + base64.b64encode(b"\xff\xfe:pw").decode(), False),  # not UTF-8
-        ("Bearer " + base64.b64encode(f"alice:{PASSWORD}".encode()).decode(), False),
-    ],
-)
-def test_check(authorization: str | None, ok: bool) -> None:
-    assert BasicAuth().check(USERS, authorization) is ok
-
-
-def test_unknown_user_pays_one_bcrypt_check_of_the_same_cost(checkpw_calls: list[bytes]) -> None:
-    users = {"alice": bcrypt.hashpw(b"pw", bcrypt.gensalt(5))}
-    assert BasicAuth().check(users, basic("mallory", "pw")) is False
-    assert len(checkpw_calls) == 1
-    dummy = checkpw_calls[0]
-    assert dummy not in users.values()
-    assert dummy[4:6] == b"05"  # same cost as the configured hash
-
-
-def test_wrong_password_pays_one_bcrypt_check_and_is_not_cached(
-    checkpw_calls: list[bytes],
-) -> None:
-    auth = BasicAuth()
-    assert auth.check(USERS, basic("alice", "wrong")) is False
-    assert auth.check(USERS, basic("alice", "wrong")) is False
-    assert checkpw_calls == [USERS["alice"], USERS["alice"]]
-
-
-def test_success_is_cached(checkpw_calls: list[bytes]) -> None:
-    auth = BasicAuth()
-    for _ in range(5):
-        assert auth.check(USERS, basic("alice", PASSWORD)) is True
-    assert len(checkpw_calls) == 1
-    # A different password for the same user is not let in by the cache.
-    assert auth.check(USERS, basic("alice", PASSWORD + "x")) is False
-    assert len(checkpw_calls) == 2
-
-
-def test_changed_hash_is_not_answered_from_the_cache(checkpw_calls: list[bytes]) -> None:
-    auth = BasicAuth()
-    assert auth.check(USERS, basic("alice", PASSWORD)) is True
-    new_users = {"alice": bcrypt.hashpw(b"new password", bcrypt.gensalt(4))}
-    assert auth.check(new_users, basic("alice", PASSWORD)) is False
-    assert auth.check(new_users, basic("alice", "new password")) is True
-
-
-def test_cache_is_bounded(checkpw_calls: list[bytes]) -> None:
-    auth = BasicAuth(cache_size=2)
-    users = {"alice": USERS["alice"], "bob": USERS["bob"]}
-    other = bcrypt.hashpw(b"carol-pw", bcrypt.gensalt(4))
-    users["carol"] = other
-    for user, password in (("alice", PASSWORD), ("bob", BOB_PASSWORD), ("carol", "carol-pw")):
-        assert auth.check(users, basic(user, password))
-    assert len(checkpw_calls) == 3
-    assert auth.check(users, basic("carol", "carol-pw"))  # still cached
-    assert len(checkpw_calls) == 3
-    assert auth.check(users, basic("alice", PASSWORD))  # evicted, checked again
-    assert len(checkpw_calls) == 4
-
-
-def test_password_longer_than_bcrypt_allows_is_refused_after_equal_work(
-    checkpw_calls: list[bytes],
-) -> None:
-    long_password = "x" * 73
-    users = {"alice": bcrypt.hashpw(long_password[:72].encode(), bcrypt.gensalt(4))}
-    # bcrypt looks at 72 bytes only; refusing longer ones keeps the extra bytes from being ignored.
-    assert BasicAuth().check(users, basic("alice", long_password)) is False
-    assert checkpw_calls == [users["alice"]]
-    assert BasicAuth().check(users, basic("alice", long_password[:72])) is True
-
-
-def test_concurrent_checks_are_right_and_pay_bcrypt_once_per_credential(
-    checkpw_calls: list[bytes],
-) -> None:
-    auth = BasicAuth()
-    start = threading.Barrier(40)
-    results: dict[int, bool] = {}
-
-    def scrape(i: int) -> None:
-        start.wait()
-        if i % 4 == 0:
-            results[i] = auth.check(USERS, basic("alice", "wrong"))
-        else:
-            results[i] = auth.check(USERS, basic("alice", PASSWORD))
-
-    threads = [threading.Thread(target=scrape, args=(i,)) for i in range(40)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results == {i: i % 4 != 0 for i in range(40)}
-    # 10 wrong passwords each pay bcrypt; 30 concurrent right ones pay it once between them.
-    assert len(checkpw_calls) == 11
-
-
-def test_basic_auth_repr_shows_no_secret() -> None:
-    auth = BasicAuth()
-    assert auth.check(USERS, basic("alice", PASSWORD))
-    assert PASSWORD not in repr(auth)
-    assert ALICE_2Y not in repr(auth)
-
-
-# --- middleware (unit level; over real HTTP in test_server.py) ------------------------------
-
-
-def _app(environ: dict, start_response) -> Iterable[bytes]:  # type: ignore[no-untyped-def]
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"ok " + environ["PATH_INFO"].encode()]
-
-
-def _call(app, path: str, authorization: str | None = None) -> tuple[str, dict[str, str], bytes]:  # type: ignore[no-untyped-def]
-    environ: dict = {"PATH_INFO": path}
-    setup_testing_defaults(environ)
-    if authorization is not None:
-        environ["HTTP_AUTHORIZATION"] = authorization
-    captured: dict = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info=None):  # type: ignore[no-untyped-def]
-        captured["status"], captured["headers"] = status, dict(headers)
-
-    body = b"".join(app(environ, start_response))
-    return captured["status"], captured["headers"], body
-
-
-def test_middleware_without_users_lets_everyone_in(tmp_path: Path) -> None:
-    app = auth_middleware(_app, WebConfigWatcher(None))
-    assert _call(app, "/metrics")[0] == "200 OK"
-    app = auth_middleware(_app, WebConfigWatcher(str(write(tmp_path / "web.yml", ""))))
-    assert _call(app, "/metrics")[0] == "200 OK"
-
-
-def test_middleware_with_users(tmp_path: Path) -> None:
-    path = write(tmp_path / "web.yml", f"basic_auth_users:\n  alice: '{ALICE_2Y}'\n")
-    app = auth_middleware(_app, WebConfigWatcher(str(path)))
-    assert _call(app, "/metrics", basic("alice", PASSWORD)) == (
-        "200 OK",
-        {"Content-Type": "text/plain"},
-        b"ok /metrics",
-    )
-    status, headers, body = _call(app, "/metrics", basic("alice", "nope"))
-    assert status == "401 Unauthorized"
-    assert headers["WWW-Authenticate"] == 'Basic realm="okx-loan-exporter"'
-    assert body == b"Unauthorized\n"
-    assert _call(app, "/")[0] == "401 Unauthorized"
-    assert _call(app, "/-/ready")[0] == "401 Unauthorized"
-    assert _call(app, "/-/healthy")[0] == "200 OK"
-    assert _call(app, "/-/healthy/x")[0] == "401 Unauthorized"
-
-
-def test_middleware_exempt_paths_are_configurable(tmp_path: Path) -> None:
-    path = write(tmp_path / "web.yml", f"basic_auth_users:\n  alice: '{ALICE_2Y}'\n")
-    app = auth_middleware(_app, WebConfigWatcher(str(path)), exempt_paths=("/-/ready",))
-    assert _call(app, "/-/ready")[0] == "200 OK"
-    assert _call(app, "/-/healthy")[0] == "401 Unauthorized"
 
 
 # --- the watcher ----------------------------------------------------------------------------
