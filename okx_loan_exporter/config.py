@@ -20,13 +20,12 @@ from __future__ import annotations
 import math
 import os
 import re
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from okx_loan_exporter import yamlload
+from okx_loan_exporter import secret_sources, yamlload
 from okx_loan_exporter.yamlload import ConfigError as ConfigError  # re-exported for callers
 
 REGIONS: dict[str, str] = {
@@ -45,25 +44,16 @@ DEFAULT_TIMEOUT = 5.0
 ENVIRONMENT = "environment"
 """The source named in messages when the configuration comes from the environment."""
 
-_SECRETS = ("api_key", "secret_key", "passphrase")
-_SECRET_WHAT = {"api_key": "API key", "secret_key": "secret key", "passphrase": "passphrase"}
-_SECRET_ENV = {
-    "api_key": "OKX_API_KEY",
-    "secret_key": "OKX_SECRET_KEY",
-    "passphrase": "OKX_PASSPHRASE",
-}
-_MAX_SECRET_FILE_BYTES = 64 * 1024
-
 _TOP_KEYS = ("cache_ttl", "max_stale", "timeout", "base_url", "region", "accounts")
 _ACCOUNT_KEYS = (
     "name",
-    *(f"{secret}{suffix}" for secret in _SECRETS for suffix in ("", "_file", "_env")),
+    *(f"{secret}{suffix}" for secret in secret_sources.SECRETS for suffix in ("", "_file", "_env")),
     "demo",
     "base_url",
     "region",
 )
 _ENV_VARS = (
-    *(f"{var}{suffix}" for var in _SECRET_ENV.values() for suffix in ("", "_FILE")),
+    *(f"{var}{suffix}" for var in secret_sources.SECRET_ENV.values() for suffix in ("", "_FILE")),
     "OKX_DEMO",
     "OKX_BASE_URL",
     "OKX_REGION",
@@ -73,7 +63,6 @@ _ENV_VARS = (
 )
 
 _NAME_RE = re.compile(r"[a-zA-Z0-9_-]+")
-_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NUMBER = r"[0-9]+(?:\.[0-9]+)?"
 _DURATION_RE = re.compile(
     rf"(?:(?P<h>{_NUMBER})h)?(?:(?P<m>{_NUMBER})m)?(?:(?P<s>{_NUMBER})s)?(?:(?P<ms>{_NUMBER})ms)?",
@@ -119,7 +108,7 @@ def parse_duration(value: object, source: str, key: str) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ConfigError(
-            source, key, f"must be a duration, got {_type_name(value)}", _DURATION_FIX
+            source, key, f"must be a duration, got {yamlload.type_name(value)}", _DURATION_FIX
         )
     if isinstance(value, str):
         text = value.strip()
@@ -127,7 +116,9 @@ def parse_duration(value: object, source: str, key: str) -> float:
             return float(text)
         match = _DURATION_RE.fullmatch(text)
         if not text or match is None:
-            raise ConfigError(source, key, f"{_show(value)} is not a duration", _DURATION_FIX)
+            raise ConfigError(
+                source, key, f"{yamlload.show(value)} is not a duration", _DURATION_FIX
+            )
         return sum(
             float(number) * _UNIT_SECONDS[unit]
             for unit, number in match.groupdict().items()
@@ -164,7 +155,7 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> E
         )
     base_dir = os.path.dirname(os.path.abspath(path))
     config, inline_keys = _from_mapping(data, source, env, base_dir)
-    warning = _permission_warning(path, inline_keys)
+    warning = secret_sources.permission_warning(path, inline_keys)
     if warning:
         config = replace(config, warnings=(*config.warnings, warning))
     return config
@@ -187,7 +178,7 @@ def _from_mapping(
         raise ConfigError(
             source,
             "",
-            f"the top level must be a mapping of keys, got {_type_name(data)}",
+            f"the top level must be a mapping of keys, got {yamlload.type_name(data)}",
             "start the file with keys such as cache_ttl: and accounts: (see examples/config.yml)",
         )
     _check_keys(
@@ -214,7 +205,7 @@ def _from_mapping(
         raise ConfigError(
             source,
             "accounts",
-            f"must be a list of accounts, got {_type_name(entries)}",
+            f"must be a list of accounts, got {yamlload.type_name(entries)}",
             "write each account as a list item starting with '- name: ...'",
         )
     if not entries:  # `accounts:` with nothing under it is null
@@ -267,7 +258,7 @@ def _account(
         raise ConfigError(
             source,
             prefix,
-            f"must be a mapping, got {_type_name(entry)}",
+            f"must be a mapping, got {yamlload.type_name(entry)}",
             "write the account as '- name: ...' followed by its api_key_file:, secret_key_file:"
             " and passphrase_file: on indented lines",
         )
@@ -286,7 +277,7 @@ def _account(
         )
     name = entry["name"]
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        shown = _show(name) if isinstance(name, str) else _type_name(name)
+        shown = yamlload.show(name) if isinstance(name, str) else yamlload.type_name(name)
         raise ConfigError(
             source,
             name_key,
@@ -304,8 +295,10 @@ def _account(
     secrets: dict[str, str] = {}
     inline_keys: list[str] = []
     api_key_key = f"{prefix}.api_key"
-    for secret in _SECRETS:
-        value, used_key, inline = _account_secret(entry, prefix, secret, source, environ, base_dir)
+    for secret in secret_sources.SECRETS:
+        value, used_key, inline = secret_sources.account_secret(
+            entry, prefix, secret, source, environ, base_dir
+        )
         secrets[secret] = value
         if inline:
             inline_keys.append(used_key)
@@ -332,100 +325,21 @@ def _account(
     return account, inline_keys, api_key_key
 
 
-def _account_secret(
-    entry: Mapping[str, Any],
-    prefix: str,
-    secret: str,
-    source: str,
-    environ: Mapping[str, str],
-    base_dir: str,
-) -> tuple[str, str, bool]:
-    """The secret's value, the dotted key it came from, and whether it was given inline."""
-    what = _SECRET_WHAT[secret]
-    variants = (secret, f"{secret}_file", f"{secret}_env")
-    given = [key for key in variants if key in entry]
-    options = f"{secret}_file (recommended), {secret}_env or {secret}"
-    if not given:
-        raise ConfigError(
-            source, f"{prefix}.{secret}", "missing", f"set the {what} with one of {options}"
-        )
-    if len(given) > 1:
-        raise ConfigError(
-            source,
-            f"{prefix}.{given[1]}",
-            f"conflicts with {prefix}.{given[0]}",
-            f"keep exactly one of {', '.join(variants)}",
-        )
-    used = given[0]
-    key = f"{prefix}.{used}"
-    value = entry[used]
-    if used == secret:
-        if value is None or not isinstance(value, str):
-            got = _type_name(value)
-            # Never echo the value: it is (a mangled form of) the secret.
-            raise ConfigError(
-                source,
-                key,
-                f"must be a string, got {got}",
-                f'put the {what} in quotes ({secret}: "..."), or use {secret}_file',
-            )
-        return _check_secret(value, source, key, f"put the {what} there"), key, True
-    if used.endswith("_file"):
-        return _read_secret_file(value, source, key, what, base_dir), key, False
-    return _secret_from_env(value, source, key, what, secret, environ), key, False
-
-
-def _secret_from_env(
-    name: object,
-    source: str,
-    key: str,
-    what: str,
-    secret: str,
-    environ: Mapping[str, str],
-) -> str:
-    # The name is never shown: what stands there may be the secret itself, pasted in place of a
-    # variable's name (and a secret of letters, digits and '_' is also a valid name).
-    if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
-        got = "" if isinstance(name, str) else f", got {_type_name(name)}"
-        raise ConfigError(
-            source,
-            key,
-            f"not a valid environment variable name (letters, digits, _){got}",
-            f"put the variable's NAME here, not the secret, e.g. {_SECRET_ENV[secret]}"
-            f" (or use {secret}_file)",
-        )
-    value = environ.get(name)
-    if value is None:
-        raise ConfigError(
-            source,
-            key,
-            "names an environment variable that is not set",
-            "set that variable in the exporter's environment (the key holds the variable's"
-            f" NAME, not the secret), or use {secret}_file",
-        )
-    return _check_secret(
-        value,
-        source,
-        key,
-        f"set that variable to the {what}",
-        where=f"the environment variable named by {key}",
-    )
-
-
 # --- the environment ----------------------------------------------------------------------------
 
 
 def _from_environ(environ: Mapping[str, str]) -> ExporterConfig:
     source = ENVIRONMENT
     secrets = {
-        secret: _env_secret(environ, secret, var, source) for secret, var in _SECRET_ENV.items()
+        secret: secret_sources.env_secret(environ, secret, var, source)
+        for secret, var in secret_sources.SECRET_ENV.items()
     }
     demo_text = environ.get("OKX_DEMO", "").strip().lower()
     if demo_text and demo_text not in _TRUE | _FALSE:
         raise ConfigError(
             source,
             "OKX_DEMO",
-            f"{_show(environ['OKX_DEMO'])} is not a boolean",
+            f"{yamlload.show(environ['OKX_DEMO'])} is not a boolean",
             "set OKX_DEMO to true or false (or 1/0, yes/no)",
         )
     cache_ttl, max_stale, timeout = _durations(
@@ -453,29 +367,6 @@ def _from_environ(environ: Mapping[str, str]) -> ExporterConfig:
         source=source,
         warnings=tuple(_env_typo_warnings(environ)),
     )
-
-
-def _env_secret(environ: Mapping[str, str], secret: str, var: str, source: str) -> str:
-    what = _SECRET_WHAT[secret]
-    file_var = f"{var}_FILE"
-    inline = environ.get(var)
-    path = environ.get(file_var)
-    # An empty variable counts as unset here, so that `OKX_API_KEY=` in a compose file does not
-    # conflict with OKX_API_KEY_FILE.
-    if inline and path:
-        raise ConfigError(
-            source, file_var, f"conflicts with {var}", f"set only one of {var} and {file_var}"
-        )
-    if path:
-        return _read_secret_file(path, source, file_var, what, os.getcwd())
-    if inline is not None and inline.strip():
-        return _check_secret(inline, source, var, f"set {var} to the {what}")
-    if inline is not None or path is not None:
-        empty = var if inline is not None else file_var
-        raise ConfigError(
-            source, empty, "is empty", f"set {var} to the {what}, or {file_var} to its file"
-        )
-    raise ConfigError(source, var, "missing", f"set {var} or {file_var}, or pass --config.file")
 
 
 def _env_typo_warnings(environ: Mapping[str, str]) -> list[str]:
@@ -582,7 +473,7 @@ def _base_url(
     if region is not None:
         regions = ", ".join(REGIONS)
         if not isinstance(region, str) or region.strip().lower() not in REGIONS:
-            shown = _show(region) if isinstance(region, str) else _type_name(region)
+            shown = yamlload.show(region) if isinstance(region, str) else yamlload.type_name(region)
             raise ConfigError(
                 source,
                 region_key,
@@ -594,7 +485,7 @@ def _base_url(
         return default
     fix = f"write it like https://www.okx.com, or set {region_key} to one of {', '.join(REGIONS)}"
     if not isinstance(url, str):
-        raise ConfigError(source, url_key, f"must be a URL, got {_type_name(url)}", fix)
+        raise ConfigError(source, url_key, f"must be a URL, got {yamlload.type_name(url)}", fix)
     text = url.strip()
     try:
         parts = urlsplit(text)
@@ -609,7 +500,7 @@ def _base_url(
     # Only scheme://host[:port] is ever shown: a query (?apikey=...) or a path may hold a token.
     if parts.scheme not in ("http", "https") or not parts.hostname:
         origin = f"{parts.scheme}://{parts.netloc}"
-        shown = f"{_show(origin)} " if parts.scheme and parts.netloc else ""
+        shown = f"{yamlload.show(origin)} " if parts.scheme and parts.netloc else ""
         raise ConfigError(
             source, url_key, f"{shown}is not an http:// or https:// URL with a host", fix
         )
@@ -623,123 +514,13 @@ def _base_url(
     return text.rstrip("/")
 
 
-def _read_secret_file(path: object, source: str, key: str, what: str, base_dir: str) -> str:
-    """The secret in the file named by ``key``.
-
-    The path is never shown: it cannot be told apart from the secret itself pasted where its
-    file's path belongs. Messages name the key instead, and for a relative path the directory it
-    is read from (the config file's, or the working directory: not the user's text).
-    """
-    if not isinstance(path, str) or not path.strip():
-        got = "an empty string" if isinstance(path, str) else _type_name(path)
-        raise ConfigError(
-            source,
-            key,
-            f"must be the path of a file holding the {what}, got {got}",
-            "give the file's path, e.g. /run/secrets/okx_api_key",
-        )
-    given = os.path.expanduser(path.strip())
-    full = os.path.normpath(os.path.join(base_dir, given))
-    the_file = f"the file named by {key}"
-    try:
-        with open(full, "rb") as handle:
-            raw = handle.read(_MAX_SECRET_FILE_BYTES + 1)
-    except OSError as exc:
-        relative = "" if os.path.isabs(given) else f" (a relative path is read from {base_dir})"
-        raise ConfigError(
-            source,
-            key,
-            f"cannot read {the_file}: {_os_reason(exc)}",
-            f"check the path{relative}, and that the exporter's user may read the file;"
-            f" the key holds the file's path, not the {what}",
-        ) from None
-    if len(raw) > _MAX_SECRET_FILE_BYTES:
-        raise ConfigError(
-            source,
-            key,
-            f"{the_file} is larger than {_MAX_SECRET_FILE_BYTES // 1024} KiB",
-            f"the file must hold only the {what}",
-        )
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ConfigError(
-            source, key, f"{the_file} is not UTF-8 text", f"the file must hold only the {what}"
-        ) from None
-    return _check_secret(text, source, key, f"write the {what} into that file", where=the_file)
-
-
-def _check_secret(
-    value: str,
-    source: str,
-    key: str,
-    fill_fix: str,
-    *,
-    where: str = "the value",
-) -> str:
-    """The secret stripped of surrounding whitespace; refused when empty or holding controls."""
-    text = value.strip()
-    if not text:
-        raise ConfigError(source, key, f"{where} is empty", fill_fix)
-    if any(ord(char) < 32 or ord(char) == 127 for char in text):
-        raise ConfigError(
-            source,
-            key,
-            f"{where} holds a line break or control character inside the secret",
-            "it must hold the secret alone, on one line",
-        )
-    return text
-
-
-def _permission_warning(path: str, inline_keys: list[str]) -> str | None:
-    if not inline_keys:
-        return None
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        return None
-    if not mode & 0o077:
-        return None
-    return (
-        f"{path}: holds inline secrets ({', '.join(inline_keys)}) and is readable by"
-        f" group/others (mode {mode:04o}): chmod 600 it, or move the secrets to *_file"
-    )
-
-
 # --- formatting ---------------------------------------------------------------------------------
-
-
-def _type_name(value: object) -> str:
-    """The YAML kind of a value with its article, e.g. 'a number'; never the value itself."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    return f"a {type(value).__name__}"
-
-
-def _show(value: str, limit: int = 60) -> str:
-    """A non-secret user value, quoted and shortened for a message."""
-    text = value if len(value) <= limit else value[: limit - 3] + "..."
-    return repr(text)
 
 
 def _show_plain(value: object) -> str:
     if isinstance(value, str):
-        return _show(value)
-    return _type_name(value)
-
-
-def _os_reason(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__
+        return yamlload.show(value)
+    return yamlload.type_name(value)
 
 
 def _seconds(value: float) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -112,6 +112,34 @@ def shows_as_setting(key: object) -> bool:
     return isinstance(key, str) and _SETTING_NAME_RE.fullmatch(key) is not None
 
 
+def type_name(value: object) -> str:
+    """The YAML kind of a value with its article, e.g. 'a number'; never the value itself."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def show(value: str, limit: int = 60) -> str:
+    """A non-secret user value, quoted and shortened for a message."""
+    text = value if len(value) <= limit else value[: limit - 3] + "..."
+    return repr(text)
+
+
+def os_reason(exc: OSError) -> str:
+    """Why the OS refused, e.g. 'No such file or directory' (never the path)."""
+    return exc.strerror or type(exc).__name__
+
+
 # --- parsing ------------------------------------------------------------------------------------
 
 
@@ -152,8 +180,7 @@ def read_file(path: str, source: str, what: str, fix: str) -> str:
         with open(path, "rb") as handle:
             raw = handle.read()
     except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise ConfigError(source, "", f"cannot read {what}: {reason}", fix) from None
+        raise ConfigError(source, "", f"cannot read {what}: {os_reason(exc)}", fix) from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

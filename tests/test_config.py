@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from okx_loan_exporter import config as config_module
+from okx_loan_exporter import secret_sources
 from okx_loan_exporter.config import (
     DEFAULT_BASE_URL,
     MIN_CACHE_TTL,
@@ -818,7 +818,7 @@ def test_unreadable_secret_file_says_permission_denied(tmp_path, secrets_dir, mo
                 raise PermissionError(13, "Permission denied", str(file))
             return real_open(file, *args, **kwargs)
 
-        monkeypatch.setattr(config_module, "open", refusing_open, raising=False)
+        monkeypatch.setattr(secret_sources, "open", refusing_open, raising=False)
     path = write_config(tmp_path, secrets_dir, ACCOUNTS)
     with pytest.raises(ConfigError) as caught:
         load_config(str(path), {})
