@@ -17,6 +17,7 @@ does for its own files), or to the working directory when there is no config fil
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -173,7 +174,10 @@ def config_from_dict(data: object, source: str, environ: Mapping[str, str]) -> E
 def _from_mapping(
     data: object, source: str, environ: Mapping[str, str], base_dir: str
 ) -> tuple[ExporterConfig, list[str]]:
-    """The validated config and the dotted keys of the secrets given inline."""
+    """The validated config and the dotted keys of the secrets given inline.
+
+    Independent checks all run, so that every problem of the file is reported at once.
+    """
     if not isinstance(data, Mapping):
         raise ConfigError(
             source,
@@ -181,21 +185,74 @@ def _from_mapping(
             f"the top level must be a mapping of keys, got {yamlload.type_name(data)}",
             "start the file with keys such as cache_ttl: and accounts: (see examples/config.yml)",
         )
+    problems = yamlload.Problems()
+    warnings: list[str] = []
     _check_keys(
         data,
         _TOP_KEYS,
         "",
         source,
+        problems,
         elsewhere=_ACCOUNT_KEYS,
         elsewhere_hint=("it belongs to one account: move it into an entry of the accounts: list"),
     )
     cache_ttl, max_stale, timeout = _durations(
-        {name: (data.get(name), name) for name in ("cache_ttl", "max_stale", "timeout")}, source
+        {name: (data.get(name), name) for name in ("cache_ttl", "max_stale", "timeout")},
+        source,
+        problems,
     )
-    default_url = _base_url(
-        data.get("base_url"), "base_url", data.get("region"), "region", DEFAULT_BASE_URL, source
+    default_url = problems.attempt(
+        lambda: _base_url(
+            data.get("base_url"),
+            "base_url",
+            data.get("region"),
+            "region",
+            DEFAULT_BASE_URL,
+            source,
+            warnings,
+        ),
+        DEFAULT_BASE_URL,
     )
+    entries = problems.attempt(lambda: _account_entries(data, source), [])
 
+    accounts: list[AccountConfig] = []
+    inline_keys: list[str] = []
+    names: dict[str, str] = {}
+    api_keys: dict[str, AccountConfig] = {}
+    for index, entry in enumerate(entries):
+        prefix = f"accounts[{index}]"
+        found = _account(
+            entry, prefix, source, environ, base_dir, default_url, names, problems, warnings
+        )
+        if found is None:
+            continue
+        account, inline, api_key_key = found
+        other = api_keys.get(account.api_key)
+        if other is not None:
+            problems.add(
+                ConfigError(
+                    source,
+                    api_key_key,
+                    f"account '{account.name}' uses the same API key as account '{other.name}'",
+                    "give each account its own API key, or remove the duplicate account",
+                )
+            )
+        api_keys[account.api_key] = account
+        accounts.append(account)
+        inline_keys.extend(inline)
+    problems.raise_any()
+    config = ExporterConfig(
+        accounts=tuple(accounts),
+        cache_ttl=cache_ttl,
+        max_stale=max_stale,
+        timeout=timeout,
+        source=source,
+        warnings=tuple(warnings),
+    )
+    return config, inline_keys
+
+
+def _account_entries(data: Mapping[str, Any], source: str) -> list[Any]:
     if "accounts" not in data:
         raise ConfigError(
             source, "accounts", "missing", "add an accounts: list with at least one account"
@@ -212,36 +269,7 @@ def _from_mapping(
         raise ConfigError(
             source, "accounts", "is empty", "add at least one account with a name and its secrets"
         )
-
-    accounts: list[AccountConfig] = []
-    inline_keys: list[str] = []
-    names: dict[str, str] = {}
-    api_keys: dict[str, AccountConfig] = {}
-    for index, entry in enumerate(entries):
-        prefix = f"accounts[{index}]"
-        account, inline, api_key_key = _account(
-            entry, prefix, source, environ, base_dir, default_url, names
-        )
-        other = api_keys.get(account.api_key)
-        if other is not None:
-            raise ConfigError(
-                source,
-                api_key_key,
-                f"account '{account.name}' uses the same API key as account '{other.name}'",
-                "give each account its own API key, or remove the duplicate account",
-            )
-        api_keys[account.api_key] = account
-        names[account.name] = prefix
-        accounts.append(account)
-        inline_keys.extend(inline)
-    config = ExporterConfig(
-        accounts=tuple(accounts),
-        cache_ttl=cache_ttl,
-        max_stale=max_stale,
-        timeout=timeout,
-        source=source,
-    )
-    return config, inline_keys
+    return entries
 
 
 def _account(
@@ -251,25 +279,86 @@ def _account(
     environ: Mapping[str, str],
     base_dir: str,
     default_url: str,
-    names: Mapping[str, str],
-) -> tuple[AccountConfig, list[str], str]:
-    """One validated account, the dotted keys of its inline secrets, and its API key's key."""
+    names: dict[str, str],
+    problems: yamlload.Problems,
+    warnings: list[str],
+) -> tuple[AccountConfig, list[str], str] | None:
+    """One validated account, the dotted keys of its inline secrets, and its API key's key.
+
+    None when the entry has problems; each is recorded in ``problems``. A valid name is entered
+    in ``names``, so that a later account with the same name is refused.
+    """
     if not isinstance(entry, Mapping):
-        raise ConfigError(
-            source,
-            prefix,
-            f"must be a mapping, got {yamlload.type_name(entry)}",
-            "write the account as '- name: ...' followed by its api_key_file:, secret_key_file:"
-            " and passphrase_file: on indented lines",
+        problems.add(
+            ConfigError(
+                source,
+                prefix,
+                f"must be a mapping, got {yamlload.type_name(entry)}",
+                "write the account as '- name: ...' followed by its api_key_file:,"
+                " secret_key_file: and passphrase_file: on indented lines",
+            )
         )
+        return None
+    mine = yamlload.Problems()
     _check_keys(
         entry,
         _ACCOUNT_KEYS,
         prefix,
         source,
+        mine,
         elsewhere=_TOP_KEYS,
         elsewhere_hint=("it applies to all accounts: move it to the top level of the file"),
     )
+    name = mine.attempt(lambda: _account_name(entry, prefix, source, names), "")
+    if name:
+        names[name] = prefix
+
+    secrets: dict[str, str] = {}
+    inline_keys: list[str] = []
+    api_key_key = f"{prefix}.api_key"
+    for secret in secret_sources.SECRETS:
+        with mine.check():
+            value, used_key, inline = secret_sources.account_secret(
+                entry, prefix, secret, source, environ, base_dir
+            )
+            secrets[secret] = value
+            if inline:
+                inline_keys.append(used_key)
+            if secret == "api_key":
+                api_key_key = used_key
+
+    demo = entry.get("demo", False)
+    if not isinstance(demo, bool):
+        mine.add(
+            ConfigError(
+                source,
+                f"{prefix}.demo",
+                f"must be true or false, got {_show_plain(demo)}",
+                "write demo: true for a demo-trading key, demo: false (or nothing) for a live key",
+            )
+        )
+    base_url = mine.attempt(
+        lambda: _base_url(
+            entry.get("base_url"),
+            f"{prefix}.base_url",
+            entry.get("region"),
+            f"{prefix}.region",
+            default_url,
+            source,
+            warnings,
+        ),
+        default_url,
+    )
+    problems.errors.extend(mine.errors)
+    if mine.errors:
+        return None
+    account = AccountConfig(name=name, demo=demo, base_url=base_url, **secrets)
+    return account, inline_keys, api_key_key
+
+
+def _account_name(
+    entry: Mapping[str, Any], prefix: str, source: str, names: Mapping[str, str]
+) -> str:
     name_key = f"{prefix}.name"
     if "name" not in entry or entry["name"] is None:
         raise ConfigError(
@@ -291,38 +380,7 @@ def _account(
             f"'{name}' is already the name of {names[name]}",
             "give every account a unique name",
         )
-
-    secrets: dict[str, str] = {}
-    inline_keys: list[str] = []
-    api_key_key = f"{prefix}.api_key"
-    for secret in secret_sources.SECRETS:
-        value, used_key, inline = secret_sources.account_secret(
-            entry, prefix, secret, source, environ, base_dir
-        )
-        secrets[secret] = value
-        if inline:
-            inline_keys.append(used_key)
-        if secret == "api_key":
-            api_key_key = used_key
-
-    demo = entry.get("demo", False)
-    if not isinstance(demo, bool):
-        raise ConfigError(
-            source,
-            f"{prefix}.demo",
-            f"must be true or false, got {_show_plain(demo)}",
-            "write demo: true for a demo-trading key, demo: false (or nothing) for a live key",
-        )
-    base_url = _base_url(
-        entry.get("base_url"),
-        f"{prefix}.base_url",
-        entry.get("region"),
-        f"{prefix}.region",
-        default_url,
-        source,
-    )
-    account = AccountConfig(name=name, demo=demo, base_url=base_url, **secrets)
-    return account, inline_keys, api_key_key
+    return name
 
 
 # --- the environment ----------------------------------------------------------------------------
@@ -330,17 +388,20 @@ def _account(
 
 def _from_environ(environ: Mapping[str, str]) -> ExporterConfig:
     source = ENVIRONMENT
-    secrets = {
-        secret: secret_sources.env_secret(environ, secret, var, source)
-        for secret, var in secret_sources.SECRET_ENV.items()
-    }
+    problems = yamlload.Problems()
+    secrets: dict[str, str] = {}
+    for secret, var in secret_sources.SECRET_ENV.items():
+        with problems.check():
+            secrets[secret] = secret_sources.env_secret(environ, secret, var, source)
     demo_text = environ.get("OKX_DEMO", "").strip().lower()
     if demo_text and demo_text not in _TRUE | _FALSE:
-        raise ConfigError(
-            source,
-            "OKX_DEMO",
-            f"{yamlload.show(environ['OKX_DEMO'])} is not a boolean",
-            "set OKX_DEMO to true or false (or 1/0, yes/no)",
+        problems.add(
+            ConfigError(
+                source,
+                "OKX_DEMO",
+                f"{yamlload.show(environ['OKX_DEMO'])} is not a boolean",
+                "set OKX_DEMO to true or false (or 1/0, yes/no)",
+            )
         )
     cache_ttl, max_stale, timeout = _durations(
         {
@@ -349,15 +410,26 @@ def _from_environ(environ: Mapping[str, str]) -> ExporterConfig:
             "timeout": (environ.get("OKX_TIMEOUT") or None, "OKX_TIMEOUT"),
         },
         source,
+        problems,
     )
-    base_url = _base_url(
-        environ.get("OKX_BASE_URL") or None,
-        "OKX_BASE_URL",
-        environ.get("OKX_REGION") or None,
-        "OKX_REGION",
+    warnings: list[str] = []
+    base_url = problems.attempt(
+        lambda: _base_url(
+            environ.get("OKX_BASE_URL") or None,
+            "OKX_BASE_URL",
+            environ.get("OKX_REGION") or None,
+            "OKX_REGION",
+            DEFAULT_BASE_URL,
+            source,
+            warnings,
+        ),
         DEFAULT_BASE_URL,
-        source,
     )
+    typos = _env_typos(environ)
+    if problems.errors:
+        # A misspelt variable is often why one is missing: report it with the problems.
+        problems.errors.extend(typos)
+    problems.raise_any()
     account = AccountConfig(name="default", demo=demo_text in _TRUE, base_url=base_url, **secrets)
     return ExporterConfig(
         accounts=(account,),
@@ -365,21 +437,26 @@ def _from_environ(environ: Mapping[str, str]) -> ExporterConfig:
         max_stale=max_stale,
         timeout=timeout,
         source=source,
-        warnings=tuple(_env_typo_warnings(environ)),
+        warnings=(*warnings, *(str(typo) for typo in typos)),
     )
 
 
-def _env_typo_warnings(environ: Mapping[str, str]) -> list[str]:
-    warnings = []
+def _env_typos(environ: Mapping[str, str]) -> list[ConfigError]:
+    """OKX_* variables the exporter does not read but that look like one it does."""
+    typos = []
     for name in sorted(environ):
         if name.startswith("OKX_") and name not in _ENV_VARS:
             close = yamlload.did_you_mean(name, _ENV_VARS, cutoff=0.8)
             if close:
-                warnings.append(
-                    f"{ENVIRONMENT}: {name}: not a variable the exporter reads;"
-                    f" did you mean {close}?"
+                typos.append(
+                    ConfigError(
+                        ENVIRONMENT,
+                        name,
+                        "not a variable the exporter reads",
+                        f"did you mean {close}?",
+                    )
                 )
-    return warnings
+    return typos
 
 
 # --- shared checks ------------------------------------------------------------------------------
@@ -390,10 +467,12 @@ def _check_keys(
     valid: tuple[str, ...],
     prefix: str,
     source: str,
+    problems: yamlload.Problems,
     *,
     elsewhere: tuple[str, ...],
     elsewhere_hint: str,
 ) -> None:
+    """Record each unknown key of ``mapping``."""
     for raw_key in mapping:
         if isinstance(raw_key, str) and raw_key in valid:
             continue
@@ -401,58 +480,75 @@ def _check_keys(
         fix = elsewhere_hint if str(raw_key) in elsewhere else hint
         if isinstance(raw_key, str) and yamlload.shows_as_setting(raw_key):
             dotted = f"{prefix}.{raw_key}" if prefix else raw_key
-            raise ConfigError(source, dotted, f"unknown key '{raw_key}'", fix)
+            problems.add(ConfigError(source, dotted, f"unknown key '{raw_key}'", fix))
+            continue
         # Anything else may be a secret written as a key (a pasted line 'SECRET: x'): name only
         # where it is.
         where = "has" if prefix else "the top level has"
-        raise ConfigError(
-            source,
-            prefix,
-            f"{where} an unknown key (not shown: it does not look like a setting name, and may"
-            " be a secret)",
-            fix,
+        problems.add(
+            ConfigError(
+                source,
+                prefix,
+                f"{where} an unknown key (not shown: it does not look like a setting name, and"
+                " may be a secret)",
+                fix,
+            )
         )
 
 
-def _durations(values: Mapping[str, tuple[object, str]], source: str) -> tuple[float, float, float]:
-    """cache_ttl, max_stale and timeout from (value or None, key) each, with their bounds."""
+def _durations(
+    values: Mapping[str, tuple[object, str]], source: str, problems: yamlload.Problems
+) -> tuple[float, float, float]:
+    """cache_ttl, max_stale and timeout from (value or None, key) each, with their bounds.
+
+    Problems are recorded; the defaults stand in for values that are refused.
+    """
     ttl_value, ttl_key = values["cache_ttl"]
     stale_value, stale_key = values["max_stale"]
     timeout_value, timeout_key = values["timeout"]
-    cache_ttl = (
-        DEFAULT_CACHE_TTL if ttl_value is None else parse_duration(ttl_value, source, ttl_key)
-    )
-    max_stale = (
-        DEFAULT_MAX_STALE if stale_value is None else parse_duration(stale_value, source, stale_key)
-    )
-    timeout = (
-        DEFAULT_TIMEOUT
-        if timeout_value is None
-        else parse_duration(timeout_value, source, timeout_key)
-    )
-    if cache_ttl < MIN_CACHE_TTL:
-        raise ConfigError(
-            source,
-            ttl_key,
-            f"{_seconds(cache_ttl)} is too short",
-            f"raise {ttl_key} to at least {_seconds(MIN_CACHE_TTL)}; OKX allows 5 requests per 2 s",
+
+    def parsed(value: object, key: str, default: float) -> float | None:
+        if value is None:
+            return default
+        return problems.attempt(lambda: parse_duration(value, source, key), None)
+
+    cache_ttl = parsed(ttl_value, ttl_key, DEFAULT_CACHE_TTL)
+    max_stale = parsed(stale_value, stale_key, DEFAULT_MAX_STALE)
+    timeout = parsed(timeout_value, timeout_key, DEFAULT_TIMEOUT)
+    if cache_ttl is not None and cache_ttl < MIN_CACHE_TTL:
+        problems.add(
+            ConfigError(
+                source,
+                ttl_key,
+                f"{_seconds(cache_ttl)} is too short",
+                f"raise {ttl_key} to at least {_seconds(MIN_CACHE_TTL)};"
+                " OKX allows 5 requests per 2 s",
+            )
         )
-    if not 0 < timeout <= MAX_TIMEOUT:
-        raise ConfigError(
-            source,
-            timeout_key,
-            f"{_seconds(timeout)} is out of range",
-            f"set {timeout_key} above 0 and at most {_seconds(MAX_TIMEOUT)}, e.g. 5s",
+    if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
+        problems.add(
+            ConfigError(
+                source,
+                timeout_key,
+                f"{_seconds(timeout)} is out of range",
+                f"set {timeout_key} above 0 and at most {_seconds(MAX_TIMEOUT)}, e.g. 5s",
+            )
         )
-    if max_stale < cache_ttl:
+    if cache_ttl is not None and max_stale is not None and max_stale < cache_ttl:
         default = " (the default)" if stale_value is None else ""
-        raise ConfigError(
-            source,
-            stale_key,
-            f"{_seconds(max_stale)}{default} is shorter than {ttl_key} ({_seconds(cache_ttl)})",
-            f"raise {stale_key} to at least {ttl_key}",
+        problems.add(
+            ConfigError(
+                source,
+                stale_key,
+                f"{_seconds(max_stale)}{default} is shorter than {ttl_key} ({_seconds(cache_ttl)})",
+                f"raise {stale_key} to at least {ttl_key}",
+            )
         )
-    return cache_ttl, max_stale, timeout
+    return (
+        DEFAULT_CACHE_TTL if cache_ttl is None else cache_ttl,
+        DEFAULT_MAX_STALE if max_stale is None else max_stale,
+        DEFAULT_TIMEOUT if timeout is None else timeout,
+    )
 
 
 def _base_url(
@@ -462,7 +558,10 @@ def _base_url(
     region_key: str,
     default: str,
     source: str,
+    warnings: list[str],
 ) -> str:
+    """The base URL from ``url_key`` or ``region_key`` (or ``default``); a plain-HTTP URL to a
+    host other than this machine adds a warning to ``warnings``."""
     if url is not None and region is not None:
         raise ConfigError(
             source,
@@ -511,7 +610,21 @@ def _base_url(
             "has a query or fragment (not shown: it may hold a token)",
             "give only scheme, host and (optionally) port and path, e.g. https://www.okx.com",
         )
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        warnings.append(
+            f"{source}: {url_key}: http://{parts.netloc} is plain HTTP to another machine: the API"
+            " key, the request signatures and the positions travel unencrypted; use https://"
+        )
     return text.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # --- formatting ---------------------------------------------------------------------------------

@@ -88,7 +88,12 @@ _UNSUPPORTED_TLS = (
 )
 
 _BCRYPT_RE = re.compile(rb"\A\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}\Z")
-_HASH_HOWTO = "make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n'"
+BCRYPT_COST_WARN = 12
+"""A hash of a higher cost warns: each wrong password then costs a core hundreds of ms."""
+BCRYPT_COST_MAX = 16
+"""A hash of a higher cost is refused: each check would take seconds of CPU."""
+_HASH_COMMAND = "htpasswd -nBC 10 \"\" | tr -d ':\\n'"
+_HASH_HOWTO = f"make one with: {_HASH_COMMAND}"
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,7 @@ class WebConfig:
 
     tls: TLSConfig | None = None
     basic_auth_users: Mapping[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
+    warnings: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"WebConfig(tls={self.tls!r}, basic_auth_users={sorted(self.basic_auth_users)!r})"
@@ -125,26 +131,34 @@ def _check_keys(
     known: tuple[str, ...],
     unsupported: tuple[str, ...],
     source: str,
+    problems: yamlload.Problems,
 ) -> None:
     for key in raw:
-        if key in unsupported:
-            raise ConfigError(
-                source,
-                f"{where}{key}",
-                "an exporter-toolkit setting that okx-loan-exporter does not support",
-                f"remove it (supported: {', '.join(known)})",
-            )
-        if key not in known:
-            fix = yamlload.unknown_key_fix(key, known)
-            if yamlload.shows_as_setting(key):
-                raise ConfigError(source, f"{where}{key}", "unknown key", fix)
-            # Anything else may be a secret pasted as a key: name only where it is.
-            raise ConfigError(
-                source,
-                where.rstrip(".") or "top level",
-                "an unknown key (not shown: it does not look like a setting name)",
-                fix,
-            )
+        with problems.check():
+            _check_key(key, where, known, unsupported, source)
+
+
+def _check_key(
+    key: object, where: str, known: tuple[str, ...], unsupported: tuple[str, ...], source: str
+) -> None:
+    if key in unsupported:
+        raise ConfigError(
+            source,
+            f"{where}{key}",
+            "an exporter-toolkit setting that okx-loan-exporter does not support",
+            f"remove it (supported: {', '.join(known)})",
+        )
+    if key not in known:
+        fix = yamlload.unknown_key_fix(key, known)
+        if yamlload.shows_as_setting(key):
+            raise ConfigError(source, f"{where}{key}", "unknown key", fix)
+        # Anything else may be a secret pasted as a key: name only where it is.
+        raise ConfigError(
+            source,
+            where.rstrip(".") or "top level",
+            "an unknown key (not shown: it does not look like a setting name)",
+            fix,
+        )
 
 
 def _parse_tls(raw: Any, base_dir: str, source: str) -> TLSConfig | None:
@@ -157,7 +171,9 @@ def _parse_tls(raw: Any, base_dir: str, source: str) -> TLSConfig | None:
             "must be a mapping with cert_file and key_file",
             "remove it for plain HTTP",
         )
-    _check_keys(raw, _TLS, _TLS_KEYS, _UNSUPPORTED_TLS, source)
+    problems = yamlload.Problems()
+    _check_keys(raw, _TLS, _TLS_KEYS, _UNSUPPORTED_TLS, source, problems)
+    problems.raise_any()
     if not raw:
         return None  # an empty section means plain HTTP, as in exporter-toolkit
 
@@ -220,7 +236,10 @@ def _parse_tls(raw: Any, base_dir: str, source: str) -> TLSConfig | None:
     return TLSConfig(cert_file, key_file, auth, ca_file, version)
 
 
-def _parse_users(raw: Any, source: str) -> Mapping[str, bytes]:
+def _parse_users(
+    raw: Any, source: str, problems: yamlload.Problems, warnings: list[str]
+) -> Mapping[str, bytes]:
+    """User name -> bcrypt hash; each bad user is recorded in ``problems``."""
     if raw is None:
         return MappingProxyType({})
     if not isinstance(raw, dict):
@@ -232,24 +251,44 @@ def _parse_users(raw: Any, source: str) -> Mapping[str, bytes]:
         )
     users: dict[str, bytes] = {}
     for name, hashed in raw.items():
-        if not isinstance(name, str) or not name or ":" in name:
-            raise ConfigError(
-                source,
-                f"basic_auth_users.{name}",
-                "not a usable user name",
-                "use a non-empty string without ':' (quote it if YAML reads it as a number or"
-                " boolean)",
-            )
-        if not isinstance(hashed, str) or not _BCRYPT_RE.match(hashed.encode("utf-8", "replace")):
-            raise ConfigError(
-                source,
-                f"basic_auth_users.{name}",
-                "not a bcrypt hash (60 characters starting with $2y$, $2b$ or $2a$; never the"
-                " password itself)",
-                _HASH_HOWTO,
-            )
-        users[name] = hashed.encode("ascii")
+        with problems.check():
+            users[name] = _parse_user(name, hashed, source, warnings)
     return MappingProxyType(users)
+
+
+def _parse_user(name: object, hashed: object, source: str, warnings: list[str]) -> bytes:
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ConfigError(
+            source,
+            f"basic_auth_users.{name}",
+            "not a usable user name",
+            "use a non-empty string without ':' (quote it if YAML reads it as a number or boolean)",
+        )
+    if not isinstance(hashed, str) or not _BCRYPT_RE.match(hashed.encode("utf-8", "replace")):
+        raise ConfigError(
+            source,
+            f"basic_auth_users.{name}",
+            "not a bcrypt hash (60 characters starting with $2y$, $2b$ or $2a$; never the"
+            " password itself)",
+            _HASH_HOWTO,
+        )
+    key = f"basic_auth_users.{name}"
+    cost = int(hashed[4:6])
+    howto = f"make a hash of cost 10 to {BCRYPT_COST_WARN} with: {_HASH_COMMAND}"
+    if cost > BCRYPT_COST_MAX:
+        raise ConfigError(
+            source,
+            key,
+            f"bcrypt cost {cost} is above {BCRYPT_COST_MAX}: every login would take seconds of"
+            " CPU, and wrong passwords would keep the exporter busy",
+            howto,
+        )
+    if cost > BCRYPT_COST_WARN:
+        warnings.append(
+            f"{source}: {key}: bcrypt cost {cost} is above {BCRYPT_COST_WARN}: each check of a new"
+            f" or wrong password takes a core for a second or more; {howto}"
+        )
+    return hashed.encode("ascii")
 
 
 def _read_pem(source: str, key: str, path: str, marker: bytes, what: str) -> bytes:
@@ -341,12 +380,15 @@ def load(path: str) -> tuple[WebConfig, ssl.SSLContext | None]:
             "the top level must be a mapping",
             "start the file with tls_server_config: and/or basic_auth_users:",
         )
-    _check_keys(raw, "", _TOP_KEYS, _UNSUPPORTED_TOP, source)
+    problems = yamlload.Problems()
+    warnings: list[str] = []
+    _check_keys(raw, "", _TOP_KEYS, _UNSUPPORTED_TOP, source, problems)
     base_dir = os.path.dirname(os.path.abspath(path))
-    tls = _parse_tls(raw.get("tls_server_config"), base_dir, source)
-    users = _parse_users(raw.get("basic_auth_users"), source)
+    tls = problems.attempt(lambda: _parse_tls(raw.get("tls_server_config"), base_dir, source), None)
+    users = _parse_users(raw.get("basic_auth_users"), source, problems, warnings)
+    problems.raise_any()
     ctx = make_ssl_context(tls, source) if tls is not None else None
-    return WebConfig(tls=tls, basic_auth_users=users), ctx
+    return WebConfig(tls=tls, basic_auth_users=users, warnings=tuple(warnings)), ctx
 
 
 # --- reloading ------------------------------------------------------------------------------
@@ -421,7 +463,8 @@ class WebConfigWatcher:
         except ConfigError as exc:
             message = str(exc)
             if message != self._failed_with:
-                logger.error("Keeping the previous web config: %s", message)
+                for line in exc.lines:
+                    logger.error("Keeping the previous web config: %s", line)
             self._failed_with = message
             self._stamps = stamps
             return
@@ -433,6 +476,8 @@ class WebConfigWatcher:
             "on" if config.tls else "off",
             len(config.basic_auth_users),
         )
+        for warning in config.warnings:
+            logger.warning(warning)
 
     def current(self) -> WebConfig:
         """The config in force, after re-reading the file if it changed."""

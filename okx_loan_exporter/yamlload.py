@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import yaml
 
@@ -22,6 +22,8 @@ YAML_FIX = (
     "fix the YAML syntax there: indent with spaces, and quote values that start with"
     " * & ! | > % @ ` or contain ': ' or ' #'"
 )
+T = TypeVar("T")
+U = TypeVar("U")
 _SETTING_NAME_RE = re.compile(r"[a-z_]{1,40}")
 """Keys shown in messages; any other key may be a secret written as a key."""
 
@@ -83,6 +85,16 @@ class Problems:
             self.errors.extend(errors.errors)
         except ConfigError as error:
             self.errors.append(error)
+
+    def add(self, error: ConfigError) -> None:
+        """Record ``error``."""
+        self.errors.append(error)
+
+    def attempt(self, check: Callable[[], T], default: U) -> T | U:
+        """``check()``, or ``default`` after recording the ConfigError it raised."""
+        with self.check():
+            return check()
+        return default
 
     def raise_any(self) -> None:
         """Raise the one problem found, or all of them as ConfigErrors; nothing when none."""

@@ -675,3 +675,54 @@ def test_a_missing_certificate_that_appears_later_is_picked_up(
     clock.now += 1.0
     assert watcher.ssl_context() is not None
     assert watcher.current().tls is not None
+
+
+# --- bcrypt cost limits and all problems at once --------------------------------------------
+
+
+def fake_hash(cost: int) -> str:
+    """A well-formed bcrypt hash of ``cost``; never checked, so a high cost costs nothing here."""
+    return f"$2b${cost:02d}$" + "A" * 53
+
+
+def test_bcrypt_cost_above_16_is_refused_naming_file_user_and_fix(tmp_path: Path) -> None:
+    path = write(tmp_path / "web.yml", f"basic_auth_users:\n  alice: '{fake_hash(17)}'\n")
+    with pytest.raises(ConfigError) as info:
+        load_web_config(str(path))
+    assert str(info.value) == (
+        f"web config file {path}: basic_auth_users.alice: bcrypt cost 17 is above 16: every"
+        " login would take seconds of CPU, and wrong passwords would keep the exporter busy;"
+        " make a hash of cost 10 to 12 with: htpasswd -nBC 10 \"\" | tr -d ':\\n'"
+    )
+    assert fake_hash(17) not in str(info.value)
+
+
+@pytest.mark.parametrize(("cost", "warns"), [(12, False), (13, True), (16, True)])
+def test_bcrypt_cost_above_12_warns(tmp_path: Path, cost: int, warns: bool) -> None:
+    path = write(tmp_path / "web.yml", f"basic_auth_users:\n  bob: '{fake_hash(cost)}'\n")
+    warnings = load_web_config(str(path)).warnings
+    if not warns:
+        assert warnings == ()
+        return
+    (warning,) = warnings
+    assert warning.startswith(f"web config file {path}: basic_auth_users.bob: bcrypt cost {cost}")
+    assert "make a hash of cost 10 to 12" in warning
+    assert fake_hash(cost) not in warning
+
+
+def test_every_problem_of_the_web_config_is_reported(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "web.yml",
+        "tls_config: {}\n"
+        f"basic_auth_users:\n  alice: {PLAIN_PASSWORD}\n  bob: '{fake_hash(20)}'\n"
+        f"  carol: '{ALICE_2Y}'\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_web_config(str(path))
+    assert [line.split(": ")[1] for line in info.value.lines] == [
+        "tls_config",
+        "basic_auth_users.alice",
+        "basic_auth_users.bob",
+    ]
+    assert all(line.startswith(f"web config file {path}: ") for line in info.value.lines)
+    assert PLAIN_PASSWORD not in str(info.value)
