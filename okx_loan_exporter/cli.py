@@ -8,21 +8,22 @@ start for another reason, such as a listen address already in use.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import yaml
 
 from okx_loan_exporter import __version__
 from okx_loan_exporter.config import ConfigError, ExporterConfig, config_from_dict, load_config
-from okx_loan_exporter.logs import setup_logging
+from okx_loan_exporter.logs import JsonFormatter, setup_logging
 from okx_loan_exporter.server import ExporterHTTPServer, parse_listen_address
-from okx_loan_exporter.webconfig import WebConfigError, WebConfigWatcher
+from okx_loan_exporter.webconfig import WebConfigWatcher
 
 if TYPE_CHECKING:
     from okx_loan_exporter.simulator import Simulator
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--log.level",
         dest="log_level",
         default="info",
-        choices=["debug", "info", "warning", "error"],
+        choices=["debug", "info", "warn", "warning", "error"],
+        help="debug, info, warn (or warning) or error",
     )
     parser.add_argument(
         "--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"]
@@ -88,7 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from okx_loan_exporter import simulator
 
         return simulator.main(args_list[1:])
-    args = build_parser().parse_args(args_list)
+    parser = build_parser()
+    if _json_requested(args_list):
+        # A bad flag is a fatal error too: in JSON, as the operator asked for.
+        setup_logging("info", "json")
+        parser.error = _json_flag_error  # type: ignore[method-assign]
+    args = parser.parse_args(args_list)
+    if args.log_level == "warn":  # Prometheus' spelling
+        args.log_level = "warning"
     setup_logging(args.log_level, args.log_format)
     if args.demo and args.config_file:
         return _refuse("--demo and --config.file exclude each other; drop one of them")
@@ -97,12 +106,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parse_listen_address(args.listen_address)
     except ValueError as error:
         return _refuse(f"--web.listen-address: {error}")
+    problems: list[str] = []
+    watcher = None
+    config = None
     try:
         watcher = WebConfigWatcher(args.web_config_file)
+    except ConfigError as error:
+        problems += error.lines
+    try:
         config = None if args.demo else load_config(args.config_file)
-    except (ConfigError, WebConfigError) as error:
-        return _refuse(str(error))
-    for warning in config.warnings if config else ():
+    except ConfigError as error:
+        problems += error.lines
+    if problems or watcher is None:
+        return _refuse(*problems)
+    for warning in (*watcher.current().warnings, *(config.warnings if config else ())):
         log.warning(warning)
     if args.check_config:
         if config is None:
@@ -114,9 +131,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve(args, config, watcher)
 
 
-def _refuse(message: str) -> int:
-    print(f"okx-loan-exporter: {message}", file=sys.stderr)
+def _refuse(*messages: str) -> int:
+    _fatal(*messages)
     return EXIT_CONFIG
+
+
+def _fatal(*messages: str) -> None:
+    """Report each message as a fatal error: one JSON log line each with --log.format json,
+    else one plain line each."""
+    json_logs = any(
+        isinstance(handler.formatter, JsonFormatter) for handler in logging.getLogger().handlers
+    )
+    for message in messages:
+        if json_logs:
+            log.error(message)
+        else:
+            print(f"okx-loan-exporter: {message}", file=sys.stderr)
+
+
+def _json_requested(argv: Sequence[str]) -> bool:
+    return "--log.format=json" in argv or any(
+        flag == "--log.format" and value == "json" for flag, value in itertools.pairwise(argv)
+    )
+
+
+def _json_flag_error(message: str) -> NoReturn:
+    _fatal(f"{message}; see okx-loan-exporter --help")
+    sys.exit(EXIT_CONFIG)
 
 
 def _serve(
@@ -134,10 +175,8 @@ def _serve(
     except OSError as error:
         exporter.close()
         reason = error.strerror or str(error)
-        print(
-            f"okx-loan-exporter: cannot listen on {args.listen_address}: {reason}; "
-            "pick another --web.listen-address",
-            file=sys.stderr,
+        _fatal(
+            f"cannot listen on {args.listen_address}: {reason}; pick another --web.listen-address"
         )
         return EXIT_RUNTIME
 

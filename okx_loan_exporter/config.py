@@ -17,19 +17,17 @@ does for its own files), or to the working directory when there is no config fil
 
 from __future__ import annotations
 
-import difflib
+import ipaddress
 import math
 import os
 import re
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
-from okx_loan_exporter import yamlload
+from okx_loan_exporter import secret_sources, yamlload
+from okx_loan_exporter.yamlload import ConfigError as ConfigError  # re-exported for callers
 
 REGIONS: dict[str, str] = {
     "global": "https://www.okx.com",
@@ -47,25 +45,16 @@ DEFAULT_TIMEOUT = 5.0
 ENVIRONMENT = "environment"
 """The source named in messages when the configuration comes from the environment."""
 
-_SECRETS = ("api_key", "secret_key", "passphrase")
-_SECRET_WHAT = {"api_key": "API key", "secret_key": "secret key", "passphrase": "passphrase"}
-_SECRET_ENV = {
-    "api_key": "OKX_API_KEY",
-    "secret_key": "OKX_SECRET_KEY",
-    "passphrase": "OKX_PASSPHRASE",
-}
-_MAX_SECRET_FILE_BYTES = 64 * 1024
-
 _TOP_KEYS = ("cache_ttl", "max_stale", "timeout", "base_url", "region", "accounts")
 _ACCOUNT_KEYS = (
     "name",
-    *(f"{secret}{suffix}" for secret in _SECRETS for suffix in ("", "_file", "_env")),
+    *(f"{secret}{suffix}" for secret in secret_sources.SECRETS for suffix in ("", "_file", "_env")),
     "demo",
     "base_url",
     "region",
 )
 _ENV_VARS = (
-    *(f"{var}{suffix}" for var in _SECRET_ENV.values() for suffix in ("", "_FILE")),
+    *(f"{var}{suffix}" for var in secret_sources.SECRET_ENV.values() for suffix in ("", "_FILE")),
     "OKX_DEMO",
     "OKX_BASE_URL",
     "OKX_REGION",
@@ -75,9 +64,6 @@ _ENV_VARS = (
 )
 
 _NAME_RE = re.compile(r"[a-zA-Z0-9_-]+")
-_KEY_LIKE_RE = re.compile(r"[a-z_]{1,40}")
-"""Unknown keys shown in messages; any other key may be a secret written as a key."""
-_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NUMBER = r"[0-9]+(?:\.[0-9]+)?"
 _DURATION_RE = re.compile(
     rf"(?:(?P<h>{_NUMBER})h)?(?:(?P<m>{_NUMBER})m)?(?:(?P<s>{_NUMBER})s)?(?:(?P<ms>{_NUMBER})ms)?",
@@ -88,22 +74,6 @@ _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _DURATION_FIX = "write it like 500ms, 10s, 5m, 1h, 1m30s, or as a number of seconds"
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
-
-
-class ConfigError(Exception):
-    """A configuration the exporter refuses: where (source and dotted key), what, and the fix."""
-
-    def __init__(self, source: str, key: str, problem: str, fix: str) -> None:
-        self.source = _one_line(source)
-        self.key = _one_line(key)
-        self.problem = _one_line(problem)
-        self.fix = _one_line(fix)
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        if self.key:
-            return f"{self.source}: {self.key}: {self.problem}; {self.fix}"
-        return f"{self.source}: {self.problem}; {self.fix}"
 
 
 @dataclass(frozen=True)
@@ -139,7 +109,7 @@ def parse_duration(value: object, source: str, key: str) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ConfigError(
-            source, key, f"must be a duration, got {_type_name(value)}", _DURATION_FIX
+            source, key, f"must be a duration, got {yamlload.type_name(value)}", _DURATION_FIX
         )
     if isinstance(value, str):
         text = value.strip()
@@ -147,7 +117,9 @@ def parse_duration(value: object, source: str, key: str) -> float:
             return float(text)
         match = _DURATION_RE.fullmatch(text)
         if not text or match is None:
-            raise ConfigError(source, key, f"{_show(value)} is not a duration", _DURATION_FIX)
+            raise ConfigError(
+                source, key, f"{yamlload.show(value)} is not a duration", _DURATION_FIX
+            )
         return sum(
             float(number) * _UNIT_SECONDS[unit]
             for unit, number in match.groupdict().items()
@@ -171,30 +143,20 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> E
         return _from_environ(env)
     path = os.fspath(path)
     source = path
-    text = _read_config_file(path)
-    try:
-        data = yamlload.load(text)
-    except yaml.YAMLError as exc:
-        raise _yaml_error(source, exc, text) from None
-    except ValueError:
-        # PyYAML reads unquoted 2024-13-45 as a date and lets datetime's ValueError through.
-        raise ConfigError(
-            source,
-            "",
-            "invalid YAML: a value written like a date or time is impossible (e.g. 2024-13-45)",
-            'put values that only look like dates in quotes ("...")',
-        ) from None
-    except RecursionError:
-        raise ConfigError(
-            source, "", "invalid YAML: lists or mappings nest too deeply", _YAML_FIX
-        ) from None
+    text = yamlload.read_file(
+        path,
+        source,
+        "the config file",
+        "check --config.file, or leave it out to configure from OKX_* environment variables",
+    )
+    data = yamlload.parse(text, source)
     if data is None:
         raise ConfigError(
             source, "", "the file is empty", "add an accounts: list (see examples/config.yml)"
         )
     base_dir = os.path.dirname(os.path.abspath(path))
     config, inline_keys = _from_mapping(data, source, env, base_dir)
-    warning = _permission_warning(path, inline_keys)
+    warning = secret_sources.permission_warning(path, inline_keys)
     if warning:
         config = replace(config, warnings=(*config.warnings, warning))
     return config
@@ -209,150 +171,88 @@ def config_from_dict(data: object, source: str, environ: Mapping[str, str]) -> E
     return config
 
 
-# --- the YAML file ------------------------------------------------------------------------------
-
-
-def _read_config_file(path: str) -> str:
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except OSError as exc:
-        raise ConfigError(
-            path,
-            "",
-            f"cannot read the config file: {_os_reason(exc)}",
-            "check --config.file, or leave it out to configure from OKX_* environment variables",
-        ) from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        # The exception's own text shows the offending byte; say only where it is.
-        raise ConfigError(
-            path, "", f"is not UTF-8 text (byte {exc.start})", "save the file as UTF-8"
-        ) from None
-
-
-_YAML_FIX = (
-    "fix the YAML syntax there: indent with spaces, and quote values that start with"
-    " * & ! | > % @ ` or contain ': ' or ' #'"
-)
-_YAML_TOKEN = r"'(?:<[a-z ]+>|[-?:,\[\]{}])'"
-_YAML_PLAIN = re.compile(
-    "|".join(
-        (
-            "could not find expected ':'",
-            "(?:mapping values|sequence entries|mapping keys) are not allowed here",
-            "found unhashable key",
-            rf"expected (?:<block end>|the node content|'<document start>'),"
-            rf" but found {_YAML_TOKEN}",
-            rf"expected ',' or '[]}}]', but got {_YAML_TOKEN}",
-            "expected a mapping (?:or list of mappings )?for merging, but found [a-z]+",
-        )
-    )
-)
-"""PyYAML problems made only of fixed text and token kinds (never document text): shown as is."""
-
-
-def _yaml_error(source: str, exc: yaml.YAMLError, text: str) -> ConfigError:
-    """Where the YAML breaks (line and column) and what is wrong, in words of our own.
-
-    PyYAML's messages quote the document: str(exc) shows the offending lines, and its problem
-    text names aliases, tags and characters as written, e.g. an unquoted passphrase starting with
-    '*' or '!'. Only problems made of fixed text are passed on; the others are described here.
-    """
-    problem, use_context = _yaml_problem(exc)
-    mark = getattr(exc, "problem_mark", None)
-    if use_context or mark is None:
-        mark = getattr(exc, "context_mark", None) or mark
-    if mark is not None:
-        where = f" at line {mark.line + 1}, column {mark.column + 1}"
-    elif isinstance(exc, yaml.reader.ReaderError):
-        position = exc.position
-        line = text.count("\n", 0, position) + 1
-        column = position - text.rfind("\n", 0, position)
-        where = f" at line {line}, column {column}"
-    else:
-        where = ""
-    return ConfigError(source, "", f"invalid YAML{where}: {problem}", _YAML_FIX)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> tuple[str, bool]:
-    """A description of the error without document text, and whether the context mark (where
-    the broken construct starts) is the better place to point at."""
-    if isinstance(exc, yaml.reader.ReaderError):
-        return "a control character or other character YAML does not allow", False
-    problem = str(getattr(exc, "problem", None) or "")
-    context = str(getattr(exc, "context", None) or "")
-    duplicate = re.fullmatch(yamlload.DUPLICATE_KEY + r" '([a-z_]{1,40})'", problem)
-    if duplicate is not None:  # only a key that looks like a setting, never a pasted secret
-        return f"the key '{duplicate.group(1)}' appears twice in one mapping; keep one", False
-    if problem.startswith(yamlload.DUPLICATE_KEY):
-        return "a key appears twice in one mapping (not shown: it may be a secret); keep one", False
-    if problem.startswith("found undefined alias"):
-        return "a value starts with '*', which YAML reads as an alias", False
-    if (
-        problem.startswith(("could not determine a constructor for the tag", "found undefined tag"))
-        or context.endswith(" tag")
-        or problem.startswith("expected '!', but found")
-    ):
-        return "a value starts with '!', which YAML reads as a tag", False
-    if context in ("while scanning an alias", "while scanning an anchor") or context.startswith(
-        "found duplicate anchor"
-    ):
-        return "a value starts with '*' or '&', which YAML reads as an alias or anchor", False
-    if context == "while scanning a block scalar":
-        return "a value starts with '|' or '>', which YAML reads as a block of text", False
-    if context == "while scanning a directive":
-        return "a line starts with '%', which YAML reads as a directive", False
-    if context == "while scanning a double-quoted scalar":
-        return (
-            "a double-quoted value holds a backslash that starts no valid escape"
-            " (use single quotes for values containing \\)",
-            False,
-        )
-    if context == "while scanning a quoted scalar":
-        return "a quoted value starts here and is never closed", True
-    if context == "expected a single document in the stream":
-        return "a second YAML document starts here (a line '---')", False
-    reserved = re.fullmatch(r"found character '(.*)' that cannot start any token", problem)
-    if reserved is not None:
-        char = reserved.group(1)
-        if char == "\\t":
-            return "a tab character, which YAML does not allow here (use spaces)", False
-        if char in ("@", "`"):  # a fixed set: repeating it shows nothing of the value
-            return f"a value starts with '{char}', which YAML reserves", False
-        return "a character that cannot start a value", False
-    if _YAML_PLAIN.fullmatch(problem):
-        return problem, False
-    return "the YAML cannot be parsed here", False
-
-
 def _from_mapping(
     data: object, source: str, environ: Mapping[str, str], base_dir: str
 ) -> tuple[ExporterConfig, list[str]]:
-    """The validated config and the dotted keys of the secrets given inline."""
+    """The validated config and the dotted keys of the secrets given inline.
+
+    Independent checks all run, so that every problem of the file is reported at once.
+    """
     if not isinstance(data, Mapping):
         raise ConfigError(
             source,
             "",
-            f"the top level must be a mapping of keys, got {_type_name(data)}",
+            f"the top level must be a mapping of keys, got {yamlload.type_name(data)}",
             "start the file with keys such as cache_ttl: and accounts: (see examples/config.yml)",
         )
+    problems = yamlload.Problems()
+    warnings: list[str] = []
     _check_keys(
         data,
         _TOP_KEYS,
         "",
         source,
+        problems,
         elsewhere=_ACCOUNT_KEYS,
         elsewhere_hint=("it belongs to one account: move it into an entry of the accounts: list"),
     )
     cache_ttl, max_stale, timeout = _durations(
-        {name: (data.get(name), name) for name in ("cache_ttl", "max_stale", "timeout")}, source
+        {name: (data.get(name), name) for name in ("cache_ttl", "max_stale", "timeout")},
+        source,
+        problems,
     )
-    default_url = _base_url(
-        data.get("base_url"), "base_url", data.get("region"), "region", DEFAULT_BASE_URL, source
+    default_url = problems.attempt(
+        lambda: _base_url(
+            data.get("base_url"),
+            "base_url",
+            data.get("region"),
+            "region",
+            DEFAULT_BASE_URL,
+            source,
+            warnings,
+        ),
+        DEFAULT_BASE_URL,
     )
+    entries = problems.attempt(lambda: _account_entries(data, source), [])
 
+    accounts: list[AccountConfig] = []
+    inline_keys: list[str] = []
+    names: dict[str, str] = {}
+    api_keys: dict[str, AccountConfig] = {}
+    for index, entry in enumerate(entries):
+        prefix = f"accounts[{index}]"
+        found = _account(
+            entry, prefix, source, environ, base_dir, default_url, names, problems, warnings
+        )
+        if found is None:
+            continue
+        account, inline, api_key_key = found
+        other = api_keys.get(account.api_key)
+        if other is not None:
+            problems.add(
+                ConfigError(
+                    source,
+                    api_key_key,
+                    f"account '{account.name}' uses the same API key as account '{other.name}'",
+                    "give each account its own API key, or remove the duplicate account",
+                )
+            )
+        api_keys[account.api_key] = account
+        accounts.append(account)
+        inline_keys.extend(inline)
+    problems.raise_any()
+    config = ExporterConfig(
+        accounts=tuple(accounts),
+        cache_ttl=cache_ttl,
+        max_stale=max_stale,
+        timeout=timeout,
+        source=source,
+        warnings=tuple(warnings),
+    )
+    return config, inline_keys
+
+
+def _account_entries(data: Mapping[str, Any], source: str) -> list[Any]:
     if "accounts" not in data:
         raise ConfigError(
             source, "accounts", "missing", "add an accounts: list with at least one account"
@@ -362,43 +262,14 @@ def _from_mapping(
         raise ConfigError(
             source,
             "accounts",
-            f"must be a list of accounts, got {_type_name(entries)}",
+            f"must be a list of accounts, got {yamlload.type_name(entries)}",
             "write each account as a list item starting with '- name: ...'",
         )
     if not entries:  # `accounts:` with nothing under it is null
         raise ConfigError(
             source, "accounts", "is empty", "add at least one account with a name and its secrets"
         )
-
-    accounts: list[AccountConfig] = []
-    inline_keys: list[str] = []
-    names: dict[str, str] = {}
-    api_keys: dict[str, AccountConfig] = {}
-    for index, entry in enumerate(entries):
-        prefix = f"accounts[{index}]"
-        account, inline, api_key_key = _account(
-            entry, prefix, source, environ, base_dir, default_url, names
-        )
-        other = api_keys.get(account.api_key)
-        if other is not None:
-            raise ConfigError(
-                source,
-                api_key_key,
-                f"account '{account.name}' uses the same API key as account '{other.name}'",
-                "give each account its own API key, or remove the duplicate account",
-            )
-        api_keys[account.api_key] = account
-        names[account.name] = prefix
-        accounts.append(account)
-        inline_keys.extend(inline)
-    config = ExporterConfig(
-        accounts=tuple(accounts),
-        cache_ttl=cache_ttl,
-        max_stale=max_stale,
-        timeout=timeout,
-        source=source,
-    )
-    return config, inline_keys
+    return entries
 
 
 def _account(
@@ -408,25 +279,86 @@ def _account(
     environ: Mapping[str, str],
     base_dir: str,
     default_url: str,
-    names: Mapping[str, str],
-) -> tuple[AccountConfig, list[str], str]:
-    """One validated account, the dotted keys of its inline secrets, and its API key's key."""
+    names: dict[str, str],
+    problems: yamlload.Problems,
+    warnings: list[str],
+) -> tuple[AccountConfig, list[str], str] | None:
+    """One validated account, the dotted keys of its inline secrets, and its API key's key.
+
+    None when the entry has problems; each is recorded in ``problems``. A valid name is entered
+    in ``names``, so that a later account with the same name is refused.
+    """
     if not isinstance(entry, Mapping):
-        raise ConfigError(
-            source,
-            prefix,
-            f"must be a mapping, got {_type_name(entry)}",
-            "write the account as '- name: ...' followed by its api_key_file:, secret_key_file:"
-            " and passphrase_file: on indented lines",
+        problems.add(
+            ConfigError(
+                source,
+                prefix,
+                f"must be a mapping, got {yamlload.type_name(entry)}",
+                "write the account as '- name: ...' followed by its api_key_file:,"
+                " secret_key_file: and passphrase_file: on indented lines",
+            )
         )
+        return None
+    mine = yamlload.Problems()
     _check_keys(
         entry,
         _ACCOUNT_KEYS,
         prefix,
         source,
+        mine,
         elsewhere=_TOP_KEYS,
         elsewhere_hint=("it applies to all accounts: move it to the top level of the file"),
     )
+    name = mine.attempt(lambda: _account_name(entry, prefix, source, names), "")
+    if name:
+        names[name] = prefix
+
+    secrets: dict[str, str] = {}
+    inline_keys: list[str] = []
+    api_key_key = f"{prefix}.api_key"
+    for secret in secret_sources.SECRETS:
+        with mine.check():
+            value, used_key, inline = secret_sources.account_secret(
+                entry, prefix, secret, source, environ, base_dir
+            )
+            secrets[secret] = value
+            if inline:
+                inline_keys.append(used_key)
+            if secret == "api_key":
+                api_key_key = used_key
+
+    demo = entry.get("demo", False)
+    if not isinstance(demo, bool):
+        mine.add(
+            ConfigError(
+                source,
+                f"{prefix}.demo",
+                f"must be true or false, got {_show_plain(demo)}",
+                "write demo: true for a demo-trading key, demo: false (or nothing) for a live key",
+            )
+        )
+    base_url = mine.attempt(
+        lambda: _base_url(
+            entry.get("base_url"),
+            f"{prefix}.base_url",
+            entry.get("region"),
+            f"{prefix}.region",
+            default_url,
+            source,
+            warnings,
+        ),
+        default_url,
+    )
+    problems.errors.extend(mine.errors)
+    if mine.errors:
+        return None
+    account = AccountConfig(name=name, demo=demo, base_url=base_url, **secrets)
+    return account, inline_keys, api_key_key
+
+
+def _account_name(
+    entry: Mapping[str, Any], prefix: str, source: str, names: Mapping[str, str]
+) -> str:
     name_key = f"{prefix}.name"
     if "name" not in entry or entry["name"] is None:
         raise ConfigError(
@@ -434,7 +366,7 @@ def _account(
         )
     name = entry["name"]
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        shown = _show(name) if isinstance(name, str) else _type_name(name)
+        shown = yamlload.show(name) if isinstance(name, str) else yamlload.type_name(name)
         raise ConfigError(
             source,
             name_key,
@@ -448,116 +380,7 @@ def _account(
             f"'{name}' is already the name of {names[name]}",
             "give every account a unique name",
         )
-
-    secrets: dict[str, str] = {}
-    inline_keys: list[str] = []
-    api_key_key = f"{prefix}.api_key"
-    for secret in _SECRETS:
-        value, used_key, inline = _account_secret(entry, prefix, secret, source, environ, base_dir)
-        secrets[secret] = value
-        if inline:
-            inline_keys.append(used_key)
-        if secret == "api_key":
-            api_key_key = used_key
-
-    demo = entry.get("demo", False)
-    if not isinstance(demo, bool):
-        raise ConfigError(
-            source,
-            f"{prefix}.demo",
-            f"must be true or false, got {_show_plain(demo)}",
-            "write demo: true for a demo-trading key, demo: false (or nothing) for a live key",
-        )
-    base_url = _base_url(
-        entry.get("base_url"),
-        f"{prefix}.base_url",
-        entry.get("region"),
-        f"{prefix}.region",
-        default_url,
-        source,
-    )
-    account = AccountConfig(name=name, demo=demo, base_url=base_url, **secrets)
-    return account, inline_keys, api_key_key
-
-
-def _account_secret(
-    entry: Mapping[str, Any],
-    prefix: str,
-    secret: str,
-    source: str,
-    environ: Mapping[str, str],
-    base_dir: str,
-) -> tuple[str, str, bool]:
-    """The secret's value, the dotted key it came from, and whether it was given inline."""
-    what = _SECRET_WHAT[secret]
-    variants = (secret, f"{secret}_file", f"{secret}_env")
-    given = [key for key in variants if key in entry]
-    options = f"{secret}_file (recommended), {secret}_env or {secret}"
-    if not given:
-        raise ConfigError(
-            source, f"{prefix}.{secret}", "missing", f"set the {what} with one of {options}"
-        )
-    if len(given) > 1:
-        raise ConfigError(
-            source,
-            f"{prefix}.{given[1]}",
-            f"conflicts with {prefix}.{given[0]}",
-            f"keep exactly one of {', '.join(variants)}",
-        )
-    used = given[0]
-    key = f"{prefix}.{used}"
-    value = entry[used]
-    if used == secret:
-        if value is None or not isinstance(value, str):
-            got = _type_name(value)
-            # Never echo the value: it is (a mangled form of) the secret.
-            raise ConfigError(
-                source,
-                key,
-                f"must be a string, got {got}",
-                f'put the {what} in quotes ({secret}: "..."), or use {secret}_file',
-            )
-        return _check_secret(value, source, key, f"put the {what} there"), key, True
-    if used.endswith("_file"):
-        return _read_secret_file(value, source, key, what, base_dir), key, False
-    return _secret_from_env(value, source, key, what, secret, environ), key, False
-
-
-def _secret_from_env(
-    name: object,
-    source: str,
-    key: str,
-    what: str,
-    secret: str,
-    environ: Mapping[str, str],
-) -> str:
-    # The name is never shown: what stands there may be the secret itself, pasted in place of a
-    # variable's name (and a secret of letters, digits and '_' is also a valid name).
-    if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
-        got = "" if isinstance(name, str) else f", got {_type_name(name)}"
-        raise ConfigError(
-            source,
-            key,
-            f"not a valid environment variable name (letters, digits, _){got}",
-            f"put the variable's NAME here, not the secret, e.g. {_SECRET_ENV[secret]}"
-            f" (or use {secret}_file)",
-        )
-    value = environ.get(name)
-    if value is None:
-        raise ConfigError(
-            source,
-            key,
-            "names an environment variable that is not set",
-            "set that variable in the exporter's environment (the key holds the variable's"
-            f" NAME, not the secret), or use {secret}_file",
-        )
-    return _check_secret(
-        value,
-        source,
-        key,
-        f"set that variable to the {what}",
-        where=f"the environment variable named by {key}",
-    )
+    return name
 
 
 # --- the environment ----------------------------------------------------------------------------
@@ -565,16 +388,20 @@ def _secret_from_env(
 
 def _from_environ(environ: Mapping[str, str]) -> ExporterConfig:
     source = ENVIRONMENT
-    secrets = {
-        secret: _env_secret(environ, secret, var, source) for secret, var in _SECRET_ENV.items()
-    }
+    problems = yamlload.Problems()
+    secrets: dict[str, str] = {}
+    for secret, var in secret_sources.SECRET_ENV.items():
+        with problems.check():
+            secrets[secret] = secret_sources.env_secret(environ, secret, var, source)
     demo_text = environ.get("OKX_DEMO", "").strip().lower()
     if demo_text and demo_text not in _TRUE | _FALSE:
-        raise ConfigError(
-            source,
-            "OKX_DEMO",
-            f"{_show(environ['OKX_DEMO'])} is not a boolean",
-            "set OKX_DEMO to true or false (or 1/0, yes/no)",
+        problems.add(
+            ConfigError(
+                source,
+                "OKX_DEMO",
+                f"{yamlload.show(environ['OKX_DEMO'])} is not a boolean",
+                "set OKX_DEMO to true or false (or 1/0, yes/no)",
+            )
         )
     cache_ttl, max_stale, timeout = _durations(
         {
@@ -583,15 +410,26 @@ def _from_environ(environ: Mapping[str, str]) -> ExporterConfig:
             "timeout": (environ.get("OKX_TIMEOUT") or None, "OKX_TIMEOUT"),
         },
         source,
+        problems,
     )
-    base_url = _base_url(
-        environ.get("OKX_BASE_URL") or None,
-        "OKX_BASE_URL",
-        environ.get("OKX_REGION") or None,
-        "OKX_REGION",
+    warnings: list[str] = []
+    base_url = problems.attempt(
+        lambda: _base_url(
+            environ.get("OKX_BASE_URL") or None,
+            "OKX_BASE_URL",
+            environ.get("OKX_REGION") or None,
+            "OKX_REGION",
+            DEFAULT_BASE_URL,
+            source,
+            warnings,
+        ),
         DEFAULT_BASE_URL,
-        source,
     )
+    typos = _env_typos(environ)
+    if problems.errors:
+        # A misspelt variable is often why one is missing: report it with the problems.
+        problems.errors.extend(typos)
+    problems.raise_any()
     account = AccountConfig(name="default", demo=demo_text in _TRUE, base_url=base_url, **secrets)
     return ExporterConfig(
         accounts=(account,),
@@ -599,44 +437,26 @@ def _from_environ(environ: Mapping[str, str]) -> ExporterConfig:
         max_stale=max_stale,
         timeout=timeout,
         source=source,
-        warnings=tuple(_env_typo_warnings(environ)),
+        warnings=(*warnings, *(str(typo) for typo in typos)),
     )
 
 
-def _env_secret(environ: Mapping[str, str], secret: str, var: str, source: str) -> str:
-    what = _SECRET_WHAT[secret]
-    file_var = f"{var}_FILE"
-    inline = environ.get(var)
-    path = environ.get(file_var)
-    # An empty variable counts as unset here, so that `OKX_API_KEY=` in a compose file does not
-    # conflict with OKX_API_KEY_FILE.
-    if inline and path:
-        raise ConfigError(
-            source, file_var, f"conflicts with {var}", f"set only one of {var} and {file_var}"
-        )
-    if path:
-        return _read_secret_file(path, source, file_var, what, os.getcwd())
-    if inline is not None and inline.strip():
-        return _check_secret(inline, source, var, f"set {var} to the {what}")
-    if inline is not None or path is not None:
-        empty = var if inline is not None else file_var
-        raise ConfigError(
-            source, empty, "is empty", f"set {var} to the {what}, or {file_var} to its file"
-        )
-    raise ConfigError(source, var, "missing", f"set {var} or {file_var}, or pass --config.file")
-
-
-def _env_typo_warnings(environ: Mapping[str, str]) -> list[str]:
-    warnings = []
+def _env_typos(environ: Mapping[str, str]) -> list[ConfigError]:
+    """OKX_* variables the exporter does not read but that look like one it does."""
+    typos = []
     for name in sorted(environ):
         if name.startswith("OKX_") and name not in _ENV_VARS:
-            close = difflib.get_close_matches(name, _ENV_VARS, n=1, cutoff=0.8)
+            close = yamlload.did_you_mean(name, _ENV_VARS, cutoff=0.8)
             if close:
-                warnings.append(
-                    f"{ENVIRONMENT}: {name}: not a variable the exporter reads;"
-                    f" did you mean {close[0]}?"
+                typos.append(
+                    ConfigError(
+                        ENVIRONMENT,
+                        name,
+                        "not a variable the exporter reads",
+                        f"did you mean {close}?",
+                    )
                 )
-    return warnings
+    return typos
 
 
 # --- shared checks ------------------------------------------------------------------------------
@@ -647,77 +467,88 @@ def _check_keys(
     valid: tuple[str, ...],
     prefix: str,
     source: str,
+    problems: yamlload.Problems,
     *,
     elsewhere: tuple[str, ...],
     elsewhere_hint: str,
 ) -> None:
+    """Record each unknown key of ``mapping``."""
     for raw_key in mapping:
         if isinstance(raw_key, str) and raw_key in valid:
             continue
-        shown = str(raw_key)
-        if shown in elsewhere:
-            fix = elsewhere_hint
-        else:
-            close = difflib.get_close_matches(shown.lower(), valid, n=1, cutoff=0.6)
-            fix = (
-                f"did you mean '{close[0]}'?"
-                if close
-                else f"remove it; valid keys here are {', '.join(valid)}"
-            )
-        if isinstance(raw_key, str) and _KEY_LIKE_RE.fullmatch(raw_key):
+        hint = yamlload.unknown_key_fix(raw_key, valid)
+        fix = elsewhere_hint if str(raw_key) in elsewhere else hint
+        if isinstance(raw_key, str) and yamlload.shows_as_setting(raw_key):
             dotted = f"{prefix}.{raw_key}" if prefix else raw_key
-            raise ConfigError(source, dotted, f"unknown key '{raw_key}'", fix)
+            problems.add(ConfigError(source, dotted, f"unknown key '{raw_key}'", fix))
+            continue
         # Anything else may be a secret written as a key (a pasted line 'SECRET: x'): name only
         # where it is.
         where = "has" if prefix else "the top level has"
-        raise ConfigError(
-            source,
-            prefix,
-            f"{where} an unknown key (not shown: it does not look like a setting name, and may"
-            " be a secret)",
-            fix,
+        problems.add(
+            ConfigError(
+                source,
+                prefix,
+                f"{where} an unknown key (not shown: it does not look like a setting name, and"
+                " may be a secret)",
+                fix,
+            )
         )
 
 
-def _durations(values: Mapping[str, tuple[object, str]], source: str) -> tuple[float, float, float]:
-    """cache_ttl, max_stale and timeout from (value or None, key) each, with their bounds."""
+def _durations(
+    values: Mapping[str, tuple[object, str]], source: str, problems: yamlload.Problems
+) -> tuple[float, float, float]:
+    """cache_ttl, max_stale and timeout from (value or None, key) each, with their bounds.
+
+    Problems are recorded; the defaults stand in for values that are refused.
+    """
     ttl_value, ttl_key = values["cache_ttl"]
     stale_value, stale_key = values["max_stale"]
     timeout_value, timeout_key = values["timeout"]
-    cache_ttl = (
-        DEFAULT_CACHE_TTL if ttl_value is None else parse_duration(ttl_value, source, ttl_key)
-    )
-    max_stale = (
-        DEFAULT_MAX_STALE if stale_value is None else parse_duration(stale_value, source, stale_key)
-    )
-    timeout = (
-        DEFAULT_TIMEOUT
-        if timeout_value is None
-        else parse_duration(timeout_value, source, timeout_key)
-    )
-    if cache_ttl < MIN_CACHE_TTL:
-        raise ConfigError(
-            source,
-            ttl_key,
-            f"{_seconds(cache_ttl)} is too short",
-            f"raise {ttl_key} to at least {_seconds(MIN_CACHE_TTL)}; OKX allows 5 requests per 2 s",
+
+    def parsed(value: object, key: str, default: float) -> float | None:
+        if value is None:
+            return default
+        return problems.attempt(lambda: parse_duration(value, source, key), None)
+
+    cache_ttl = parsed(ttl_value, ttl_key, DEFAULT_CACHE_TTL)
+    max_stale = parsed(stale_value, stale_key, DEFAULT_MAX_STALE)
+    timeout = parsed(timeout_value, timeout_key, DEFAULT_TIMEOUT)
+    if cache_ttl is not None and cache_ttl < MIN_CACHE_TTL:
+        problems.add(
+            ConfigError(
+                source,
+                ttl_key,
+                f"{_seconds(cache_ttl)} is too short",
+                f"raise {ttl_key} to at least {_seconds(MIN_CACHE_TTL)};"
+                " OKX allows 5 requests per 2 s",
+            )
         )
-    if not 0 < timeout <= MAX_TIMEOUT:
-        raise ConfigError(
-            source,
-            timeout_key,
-            f"{_seconds(timeout)} is out of range",
-            f"set {timeout_key} above 0 and at most {_seconds(MAX_TIMEOUT)}, e.g. 5s",
+    if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
+        problems.add(
+            ConfigError(
+                source,
+                timeout_key,
+                f"{_seconds(timeout)} is out of range",
+                f"set {timeout_key} above 0 and at most {_seconds(MAX_TIMEOUT)}, e.g. 5s",
+            )
         )
-    if max_stale < cache_ttl:
+    if cache_ttl is not None and max_stale is not None and max_stale < cache_ttl:
         default = " (the default)" if stale_value is None else ""
-        raise ConfigError(
-            source,
-            stale_key,
-            f"{_seconds(max_stale)}{default} is shorter than {ttl_key} ({_seconds(cache_ttl)})",
-            f"raise {stale_key} to at least {ttl_key}",
+        problems.add(
+            ConfigError(
+                source,
+                stale_key,
+                f"{_seconds(max_stale)}{default} is shorter than {ttl_key} ({_seconds(cache_ttl)})",
+                f"raise {stale_key} to at least {ttl_key}",
+            )
         )
-    return cache_ttl, max_stale, timeout
+    return (
+        DEFAULT_CACHE_TTL if cache_ttl is None else cache_ttl,
+        DEFAULT_MAX_STALE if max_stale is None else max_stale,
+        DEFAULT_TIMEOUT if timeout is None else timeout,
+    )
 
 
 def _base_url(
@@ -727,7 +558,10 @@ def _base_url(
     region_key: str,
     default: str,
     source: str,
+    warnings: list[str],
 ) -> str:
+    """The base URL from ``url_key`` or ``region_key`` (or ``default``); a plain-HTTP URL to a
+    host other than this machine adds a warning to ``warnings``."""
     if url is not None and region is not None:
         raise ConfigError(
             source,
@@ -738,7 +572,7 @@ def _base_url(
     if region is not None:
         regions = ", ".join(REGIONS)
         if not isinstance(region, str) or region.strip().lower() not in REGIONS:
-            shown = _show(region) if isinstance(region, str) else _type_name(region)
+            shown = yamlload.show(region) if isinstance(region, str) else yamlload.type_name(region)
             raise ConfigError(
                 source,
                 region_key,
@@ -750,7 +584,7 @@ def _base_url(
         return default
     fix = f"write it like https://www.okx.com, or set {region_key} to one of {', '.join(REGIONS)}"
     if not isinstance(url, str):
-        raise ConfigError(source, url_key, f"must be a URL, got {_type_name(url)}", fix)
+        raise ConfigError(source, url_key, f"must be a URL, got {yamlload.type_name(url)}", fix)
     text = url.strip()
     try:
         parts = urlsplit(text)
@@ -765,7 +599,7 @@ def _base_url(
     # Only scheme://host[:port] is ever shown: a query (?apikey=...) or a path may hold a token.
     if parts.scheme not in ("http", "https") or not parts.hostname:
         origin = f"{parts.scheme}://{parts.netloc}"
-        shown = f"{_show(origin)} " if parts.scheme and parts.netloc else ""
+        shown = f"{yamlload.show(origin)} " if parts.scheme and parts.netloc else ""
         raise ConfigError(
             source, url_key, f"{shown}is not an http:// or https:// URL with a host", fix
         )
@@ -776,130 +610,30 @@ def _base_url(
             "has a query or fragment (not shown: it may hold a token)",
             "give only scheme, host and (optionally) port and path, e.g. https://www.okx.com",
         )
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        warnings.append(
+            f"{source}: {url_key}: http://{parts.netloc} is plain HTTP to another machine: the API"
+            " key, the request signatures and the positions travel unencrypted; use https://"
+        )
     return text.rstrip("/")
 
 
-def _read_secret_file(path: object, source: str, key: str, what: str, base_dir: str) -> str:
-    """The secret in the file named by ``key``.
-
-    The path is never shown: it cannot be told apart from the secret itself pasted where its
-    file's path belongs. Messages name the key instead, and for a relative path the directory it
-    is read from (the config file's, or the working directory: not the user's text).
-    """
-    if not isinstance(path, str) or not path.strip():
-        got = "an empty string" if isinstance(path, str) else _type_name(path)
-        raise ConfigError(
-            source,
-            key,
-            f"must be the path of a file holding the {what}, got {got}",
-            "give the file's path, e.g. /run/secrets/okx_api_key",
-        )
-    given = os.path.expanduser(path.strip())
-    full = os.path.normpath(os.path.join(base_dir, given))
-    the_file = f"the file named by {key}"
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
     try:
-        with open(full, "rb") as handle:
-            raw = handle.read(_MAX_SECRET_FILE_BYTES + 1)
-    except OSError as exc:
-        relative = "" if os.path.isabs(given) else f" (a relative path is read from {base_dir})"
-        raise ConfigError(
-            source,
-            key,
-            f"cannot read {the_file}: {_os_reason(exc)}",
-            f"check the path{relative}, and that the exporter's user may read the file;"
-            f" the key holds the file's path, not the {what}",
-        ) from None
-    if len(raw) > _MAX_SECRET_FILE_BYTES:
-        raise ConfigError(
-            source,
-            key,
-            f"{the_file} is larger than {_MAX_SECRET_FILE_BYTES // 1024} KiB",
-            f"the file must hold only the {what}",
-        )
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ConfigError(
-            source, key, f"{the_file} is not UTF-8 text", f"the file must hold only the {what}"
-        ) from None
-    return _check_secret(text, source, key, f"write the {what} into that file", where=the_file)
-
-
-def _check_secret(
-    value: str,
-    source: str,
-    key: str,
-    fill_fix: str,
-    *,
-    where: str = "the value",
-) -> str:
-    """The secret stripped of surrounding whitespace; refused when empty or holding controls."""
-    text = value.strip()
-    if not text:
-        raise ConfigError(source, key, f"{where} is empty", fill_fix)
-    if any(ord(char) < 32 or ord(char) == 127 for char in text):
-        raise ConfigError(
-            source,
-            key,
-            f"{where} holds a line break or control character inside the secret",
-            "it must hold the secret alone, on one line",
-        )
-    return text
-
-
-def _permission_warning(path: str, inline_keys: list[str]) -> str | None:
-    if not inline_keys:
-        return None
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        return None
-    if not mode & 0o077:
-        return None
-    return (
-        f"{path}: holds inline secrets ({', '.join(inline_keys)}) and is readable by"
-        f" group/others (mode {mode:04o}): chmod 600 it, or move the secrets to *_file"
-    )
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # --- formatting ---------------------------------------------------------------------------------
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).splitlines())
-
-
-def _type_name(value: object) -> str:
-    """The YAML kind of a value with its article, e.g. 'a number'; never the value itself."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    return f"a {type(value).__name__}"
-
-
-def _show(value: str, limit: int = 60) -> str:
-    """A non-secret user value, quoted and shortened for a message."""
-    text = value if len(value) <= limit else value[: limit - 3] + "..."
-    return repr(text)
-
-
 def _show_plain(value: object) -> str:
     if isinstance(value, str):
-        return _show(value)
-    return _type_name(value)
-
-
-def _os_reason(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__
+        return yamlload.show(value)
+    return yamlload.type_name(value)
 
 
 def _seconds(value: float) -> str:

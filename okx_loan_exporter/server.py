@@ -19,9 +19,10 @@ import ssl
 import threading
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+from wsgiref.types import WSGIApplication as WSGIApp
 from wsgiref.types import WSGIEnvironment
 
-from okx_loan_exporter.webconfig import WebConfigWatcher, WSGIApp
+from okx_loan_exporter.webconfig import WebConfigWatcher
 
 logger = logging.getLogger(__name__)
 

@@ -14,19 +14,19 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 from urllib.parse import parse_qs
+from wsgiref.types import StartResponse
+from wsgiref.types import WSGIApplication as WSGIApp
 
 from prometheus_client import make_wsgi_app
 
 from okx_loan_exporter import __version__
+from okx_loan_exporter.basicauth import auth_middleware
 from okx_loan_exporter.exporter import Exporter
 from okx_loan_exporter.exposition import Exposition
 from okx_loan_exporter.landing import render_landing_page
-from okx_loan_exporter.webconfig import WebConfigWatcher, auth_middleware
+from okx_loan_exporter.webconfig import WebConfigWatcher
 
 log = logging.getLogger(__name__)
-
-StartResponse = Callable[..., Any]
-WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 SCRAPE_TIMEOUT_HEADER = "HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"
 

@@ -1,8 +1,7 @@
 """The ``--web.config.file``: TLS and bcrypt basic auth in the Prometheus exporter-toolkit format.
 
-Loads and validates the file, builds the :class:`ssl.SSLContext`, re-reads the file (and the
-certificate files it names) when they change, checks ``Authorization`` headers against the bcrypt
-hashes, and wraps a WSGI app so that every path but the exempt ones needs valid credentials.
+Loads and validates the file, builds the :class:`ssl.SSLContext`, and re-reads the file (and the
+certificate files it names) when they change. Checking credentials is ``basicauth``'s job.
 
 Supported keys (everything else is refused with a message that names it)::
 
@@ -38,34 +37,22 @@ Passwords and hashes never appear in a log line, a message or a repr.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import difflib
-import hashlib
-import hmac
 import logging
 import os
 import re
-import secrets
 import ssl
 import threading
 import time
 import warnings
-from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
-from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
-
-import bcrypt
-import yaml
 
 from okx_loan_exporter import yamlload
+from okx_loan_exporter.yamlload import ConfigError
 
 logger = logging.getLogger(__name__)
-
-WSGIApp = WSGIApplication
 
 CLIENT_AUTH_TYPES: dict[str, ssl.VerifyMode] = {
     "NoClientCert": ssl.CERT_NONE,
@@ -101,13 +88,12 @@ _UNSUPPORTED_TLS = (
 )
 
 _BCRYPT_RE = re.compile(rb"\A\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}\Z")
-_BCRYPT_MAX_PASSWORD = 72  # bcrypt ignores (Python's bcrypt refuses) longer passwords
-_HASH_HOWTO = "make one with: htpasswd -nBC 10 \"\" | tr -d ':\\n'"
-_REALM = "okx-loan-exporter"
-
-
-class WebConfigError(Exception):
-    """The web config file is unusable; ``str()`` is one line: the file, the key and the fix."""
+BCRYPT_COST_WARN = 12
+"""A hash of a higher cost warns: each wrong password then costs a core hundreds of ms."""
+BCRYPT_COST_MAX = 16
+"""A hash of a higher cost is refused: each check would take seconds of CPU."""
+_HASH_COMMAND = "htpasswd -nBC 10 \"\" | tr -d ':\\n'"
+_HASH_HOWTO = f"make one with: {_HASH_COMMAND}"
 
 
 @dataclass(frozen=True)
@@ -127,6 +113,7 @@ class WebConfig:
 
     tls: TLSConfig | None = None
     basic_auth_users: Mapping[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
+    warnings: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"WebConfig(tls={self.tls!r}, basic_auth_users={sorted(self.basic_auth_users)!r})"
@@ -134,67 +121,59 @@ class WebConfig:
 
 # --- loading --------------------------------------------------------------------------------
 
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-def _unknown_key(where: str, key: object, known: Iterable[str]) -> str:
-    known = list(known)
-    hint = ""
-    if isinstance(key, str):
-        close = difflib.get_close_matches(key, known, n=1)
-        if close:
-            hint = f"did you mean {close[0]}? "
-    return f"{where}{key}: unknown key; {hint}the known keys are {', '.join(known)}"
+_TLS = "tls_server_config."
+_RELATIVE = "relative paths are relative to the web config file's directory"
 
 
-def _read_yaml(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _one_line(exc)
-        raise WebConfigError(
-            f"web config file {path}: cannot read it ({reason}); check --web.config.file"
-        ) from None
-    try:
-        return yamlload.load(text)
-    except yaml.MarkedYAMLError as exc:
-        # Only the problem and its position: the snippet PyYAML adds may show a hash.
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = _one_line(exc.problem or exc.context or "syntax error")
-        if problem.startswith(yamlload.DUPLICATE_KEY):
-            raise WebConfigError(
-                f"web config file {path}: {where}{problem}; keep only one of them"
-            ) from None
-        raise WebConfigError(
-            f"web config file {path}: {where}not valid YAML ({problem}); fix the YAML syntax"
-        ) from None
-    except yaml.YAMLError:
-        raise WebConfigError(
-            f"web config file {path}: not valid YAML; fix the YAML syntax"
-        ) from None
+def _check_keys(
+    raw: Mapping[Any, Any],
+    where: str,
+    known: tuple[str, ...],
+    unsupported: tuple[str, ...],
+    source: str,
+    problems: yamlload.Problems,
+) -> None:
+    for key in raw:
+        with problems.check():
+            _check_key(key, where, known, unsupported, source)
 
 
-def _parse_tls(raw: Any, base_dir: str) -> TLSConfig | None:
-    where = "tls_server_config."
+def _check_key(
+    key: object, where: str, known: tuple[str, ...], unsupported: tuple[str, ...], source: str
+) -> None:
+    if key in unsupported:
+        raise ConfigError(
+            source,
+            f"{where}{key}",
+            "an exporter-toolkit setting that okx-loan-exporter does not support",
+            f"remove it (supported: {', '.join(known)})",
+        )
+    if key not in known:
+        fix = yamlload.unknown_key_fix(key, known)
+        if yamlload.shows_as_setting(key):
+            raise ConfigError(source, f"{where}{key}", "unknown key", fix)
+        # Anything else may be a secret pasted as a key: name only where it is.
+        raise ConfigError(
+            source,
+            where.rstrip(".") or "top level",
+            "an unknown key (not shown: it does not look like a setting name)",
+            fix,
+        )
+
+
+def _parse_tls(raw: Any, base_dir: str, source: str) -> TLSConfig | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
-        raise WebConfigError(
-            "tls_server_config: must be a mapping with cert_file and key_file; "
-            "remove it for plain HTTP"
+        raise ConfigError(
+            source,
+            "tls_server_config",
+            "must be a mapping with cert_file and key_file",
+            "remove it for plain HTTP",
         )
-    for key in raw:
-        if key in _UNSUPPORTED_TLS:
-            raise WebConfigError(
-                f"{where}{key}: an exporter-toolkit setting that okx-loan-exporter does not "
-                f"support; remove it (supported: {', '.join(_TLS_KEYS)})"
-            )
-        if key not in _TLS_KEYS:
-            raise WebConfigError(_unknown_key(where, key, _TLS_KEYS))
+    problems = yamlload.Problems()
+    _check_keys(raw, _TLS, _TLS_KEYS, _UNSUPPORTED_TLS, source, problems)
+    problems.raise_any()
     if not raw:
         return None  # an empty section means plain HTTP, as in exporter-toolkit
 
@@ -203,18 +182,18 @@ def _parse_tls(raw: Any, base_dir: str) -> TLSConfig | None:
         if value is None:
             return None
         if not isinstance(value, str) or not value.strip():
-            raise WebConfigError(
-                f"{where}{key}: must be a file path; relative paths are relative to the web "
-                "config file's directory"
-            )
+            raise ConfigError(source, _TLS + key, "must be a file path", _RELATIVE)
         return os.path.normpath(os.path.join(base_dir, value))
 
     def required_path_of(key: str) -> str:
         value = path_of(key)
         if value is None:
-            raise WebConfigError(
-                f"{where}{key}: missing; TLS needs both cert_file and key_file "
-                "(PEM files, relative to the web config file's directory)"
+            raise ConfigError(
+                source,
+                _TLS + key,
+                "missing",
+                "TLS needs both cert_file and key_file (PEM files, relative to the web config"
+                " file's directory)",
             )
         return value
 
@@ -224,75 +203,123 @@ def _parse_tls(raw: Any, base_dir: str) -> TLSConfig | None:
     auth = raw.get("client_auth_type", "NoClientCert")
     auth = _CLIENT_AUTH_ALIASES.get(auth, auth) if isinstance(auth, str) else auth
     if auth not in CLIENT_AUTH_TYPES:
-        raise WebConfigError(
-            f"{where}client_auth_type: {auth!r} is not a client auth type; use one of "
-            f"{', '.join(CLIENT_AUTH_TYPES)}"
+        raise ConfigError(
+            source,
+            _TLS + "client_auth_type",
+            f"{auth!r} is not a client auth type",
+            f"use one of {', '.join(CLIENT_AUTH_TYPES)}",
         )
     if ca_file is not None and auth == "NoClientCert":
-        raise WebConfigError(
-            f"{where}client_ca_file: set but client_auth_type is NoClientCert; set "
-            "client_auth_type: RequireAndVerifyClientCert, or remove client_ca_file"
+        raise ConfigError(
+            source,
+            _TLS + "client_ca_file",
+            "set but client_auth_type is NoClientCert",
+            "set client_auth_type: RequireAndVerifyClientCert, or remove client_ca_file",
         )
     if ca_file is None and CLIENT_AUTH_TYPES[auth] != ssl.CERT_NONE:
-        raise WebConfigError(
-            f"{where}client_ca_file: missing; client_auth_type {auth} verifies client "
-            "certificates, so name the PEM file of the CA that signs them"
+        raise ConfigError(
+            source,
+            _TLS + "client_ca_file",
+            "missing",
+            f"client_auth_type {auth} verifies client certificates, so name the PEM file of the"
+            " CA that signs them",
         )
 
     version = raw.get("min_version", "TLS12")
     if version not in TLS_VERSIONS:
-        raise WebConfigError(
-            f"{where}min_version: {version!r} is not a TLS version; use one of "
-            f"{', '.join(TLS_VERSIONS)}"
+        raise ConfigError(
+            source,
+            _TLS + "min_version",
+            f"{version!r} is not a TLS version",
+            f"use one of {', '.join(TLS_VERSIONS)}",
         )
     return TLSConfig(cert_file, key_file, auth, ca_file, version)
 
 
-def _parse_users(raw: Any) -> Mapping[str, bytes]:
+def _parse_users(
+    raw: Any, source: str, problems: yamlload.Problems, warnings: list[str]
+) -> Mapping[str, bytes]:
+    """User name -> bcrypt hash; each bad user is recorded in ``problems``."""
     if raw is None:
         return MappingProxyType({})
     if not isinstance(raw, dict):
-        raise WebConfigError(
-            "basic_auth_users: must be a mapping of user name to bcrypt hash; " + _HASH_HOWTO
+        raise ConfigError(
+            source,
+            "basic_auth_users",
+            "must be a mapping of user name to bcrypt hash",
+            _HASH_HOWTO,
         )
     users: dict[str, bytes] = {}
     for name, hashed in raw.items():
-        if not isinstance(name, str) or not name or ":" in name:
-            raise WebConfigError(
-                f"basic_auth_users.{name}: not a usable user name; use a non-empty string "
-                "without ':' (quote it if YAML reads it as a number or boolean)"
-            )
-        if not isinstance(hashed, str) or not _BCRYPT_RE.match(hashed.encode("utf-8", "replace")):
-            raise WebConfigError(
-                f"basic_auth_users.{name}: not a bcrypt hash (60 characters starting with "
-                f"$2y$, $2b$ or $2a$; never the password itself); {_HASH_HOWTO}"
-            )
-        users[name] = hashed.encode("ascii")
+        with problems.check():
+            users[name] = _parse_user(name, hashed, source, warnings)
     return MappingProxyType(users)
 
 
-def _read_pem(where: str, path: str, marker: bytes, what: str) -> bytes:
+def _parse_user(name: object, hashed: object, source: str, warnings: list[str]) -> bytes:
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ConfigError(
+            source,
+            f"basic_auth_users.{name}",
+            "not a usable user name",
+            "use a non-empty string without ':' (quote it if YAML reads it as a number or boolean)",
+        )
+    if not isinstance(hashed, str) or not _BCRYPT_RE.match(hashed.encode("utf-8", "replace")):
+        raise ConfigError(
+            source,
+            f"basic_auth_users.{name}",
+            "not a bcrypt hash (60 characters starting with $2y$, $2b$ or $2a$; never the"
+            " password itself)",
+            _HASH_HOWTO,
+        )
+    key = f"basic_auth_users.{name}"
+    cost = int(hashed[4:6])
+    howto = f"make a hash of cost 10 to {BCRYPT_COST_WARN} with: {_HASH_COMMAND}"
+    if cost > BCRYPT_COST_MAX:
+        raise ConfigError(
+            source,
+            key,
+            f"bcrypt cost {cost} is above {BCRYPT_COST_MAX}: every login would take seconds of"
+            " CPU, and wrong passwords would keep the exporter busy",
+            howto,
+        )
+    if cost > BCRYPT_COST_WARN:
+        warnings.append(
+            f"{source}: {key}: bcrypt cost {cost} is above {BCRYPT_COST_WARN}: each check of a new"
+            f" or wrong password takes a core for a second or more; {howto}"
+        )
+    return hashed.encode("ascii")
+
+
+def _read_pem(source: str, key: str, path: str, marker: bytes, what: str) -> bytes:
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise WebConfigError(
-            f"{where}: cannot read {path} ({exc.strerror or _one_line(exc)}); fix the path "
-            "(relative paths are relative to the web config file's directory)"
+        raise ConfigError(
+            source,
+            key,
+            f"cannot read {path} ({exc.strerror or type(exc).__name__})",
+            f"fix the path ({_RELATIVE})",
         ) from None
     if marker not in data:
-        raise WebConfigError(f"{where}: {path} holds no PEM {what}; point it at a PEM {what}")
+        raise ConfigError(source, key, f"{path} holds no PEM {what}", f"point it at a PEM {what}")
     return data
 
 
-def _build_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
-    where = "tls_server_config."
-    _read_pem(where + "cert_file", tls.cert_file, b"-----BEGIN CERTIFICATE-----", "certificate")
-    key_pem = _read_pem(where + "key_file", tls.key_file, b"PRIVATE KEY-----", "private key")
+def make_ssl_context(tls: TLSConfig, source: str) -> ssl.SSLContext:
+    """The server-side SSL context for ``tls``; ConfigError (from ``source``) if unusable."""
+    _read_pem(
+        source, _TLS + "cert_file", tls.cert_file, b"-----BEGIN CERTIFICATE-----", "certificate"
+    )
+    key_pem = _read_pem(source, _TLS + "key_file", tls.key_file, b"PRIVATE KEY-----", "private key")
     if b"ENCRYPTED" in key_pem:
-        raise WebConfigError(
-            f"{where}key_file: {tls.key_file} is encrypted; give an unencrypted key "
-            "(openssl pkey -in KEY -out PLAIN_KEY) and protect it with file permissions"
+        raise ConfigError(
+            source,
+            _TLS + "key_file",
+            f"{tls.key_file} is encrypted",
+            "give an unencrypted key (openssl pkey -in KEY -out PLAIN_KEY) and protect it with"
+            " file permissions",
         )
     del key_pem
     # Not ssl.create_default_context(): for CLIENT_AUTH it would trust the system CAs for client
@@ -306,17 +333,23 @@ def _build_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
         ctx.load_cert_chain(tls.cert_file, tls.key_file, password=lambda: b"")
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
-            raise WebConfigError(
-                f"{where}key_file: {tls.key_file} is not the private key of cert_file "
-                f"{tls.cert_file}; point key_file at the key the certificate was made for"
+            raise ConfigError(
+                source,
+                _TLS + "key_file",
+                f"{tls.key_file} is not the private key of cert_file {tls.cert_file}",
+                "point key_file at the key the certificate was made for",
             ) from None
-        raise WebConfigError(
-            f"{where}cert_file: cannot load {tls.cert_file} with key_file {tls.key_file} "
-            f"({_one_line(exc.reason or exc)}); give a PEM certificate and its unencrypted PEM key"
+        raise ConfigError(
+            source,
+            _TLS + "cert_file",
+            f"cannot load {tls.cert_file} with key_file {tls.key_file}"
+            f" ({exc.reason or type(exc).__name__})",
+            "give a PEM certificate and its unencrypted PEM key",
         ) from None
     if tls.client_ca_file is not None:
         _read_pem(
-            where + "client_ca_file",
+            source,
+            _TLS + "client_ca_file",
             tls.client_ca_file,
             b"-----BEGIN CERTIFICATE-----",
             "CA certificate",
@@ -324,48 +357,38 @@ def _build_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
         try:
             ctx.load_verify_locations(cafile=tls.client_ca_file)
         except ssl.SSLError as exc:
-            raise WebConfigError(
-                f"{where}client_ca_file: cannot load {tls.client_ca_file} "
-                f"({_one_line(exc.reason or exc)}); give the CA certificate(s) in PEM"
+            raise ConfigError(
+                source,
+                _TLS + "client_ca_file",
+                f"cannot load {tls.client_ca_file} ({exc.reason or type(exc).__name__})",
+                "give the CA certificate(s) in PEM",
             ) from None
     ctx.verify_mode = CLIENT_AUTH_TYPES[tls.client_auth_type]
     return ctx
 
 
-def make_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
-    """Build the server-side SSL context for ``tls``; WebConfigError if a file is unusable."""
-    return _build_ssl_context(tls)
-
-
-def _load(path: str) -> tuple[WebConfig, ssl.SSLContext | None]:
-    raw = _read_yaml(path)
-    try:
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise WebConfigError(
-                "the top level must be a mapping with tls_server_config and/or basic_auth_users"
-            )
-        for key in raw:
-            if key in _UNSUPPORTED_TOP:
-                raise WebConfigError(
-                    f"{key}: an exporter-toolkit setting that okx-loan-exporter does not "
-                    f"support; remove it (supported: {', '.join(_TOP_KEYS)})"
-                )
-            if key not in _TOP_KEYS:
-                raise WebConfigError(_unknown_key("", key, _TOP_KEYS))
-        base_dir = os.path.dirname(os.path.abspath(path))
-        tls = _parse_tls(raw.get("tls_server_config"), base_dir)
-        users = _parse_users(raw.get("basic_auth_users"))
-        ctx = _build_ssl_context(tls) if tls is not None else None
-    except WebConfigError as exc:
-        raise WebConfigError(f"web config file {path}: {exc}") from None
-    return WebConfig(tls=tls, basic_auth_users=users), ctx
-
-
-def load_web_config(path: str) -> WebConfig:
-    """Read and fully validate the web config file (certificates included)."""
-    return _load(path)[0]
+def load(path: str) -> tuple[WebConfig, ssl.SSLContext | None]:
+    """Read and fully validate the web config file (certificates included), and its SSL context."""
+    source = f"web config file {path}"
+    raw = yamlload.parse(yamlload.read_file(path, source, "it", "check --web.config.file"), source)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            source,
+            "",
+            "the top level must be a mapping",
+            "start the file with tls_server_config: and/or basic_auth_users:",
+        )
+    problems = yamlload.Problems()
+    warnings: list[str] = []
+    _check_keys(raw, "", _TOP_KEYS, _UNSUPPORTED_TOP, source, problems)
+    base_dir = os.path.dirname(os.path.abspath(path))
+    tls = problems.attempt(lambda: _parse_tls(raw.get("tls_server_config"), base_dir, source), None)
+    users = _parse_users(raw.get("basic_auth_users"), source, problems, warnings)
+    problems.raise_any()
+    ctx = make_ssl_context(tls, source) if tls is not None else None
+    return WebConfig(tls=tls, basic_auth_users=users, warnings=tuple(warnings)), ctx
 
 
 # --- reloading ------------------------------------------------------------------------------
@@ -385,7 +408,7 @@ def _stamp(path: str) -> _FileStamp:
 class WebConfigWatcher:
     """The current web config, re-read when the file or the certificate files it names change.
 
-    The first load happens here and raises WebConfigError. A later bad version keeps the previous
+    The first load happens here and raises ConfigError. A later bad version keeps the previous
     good config; its error is logged once (again only if the error changes), and the file is
     retried at every check until it loads, so a certificate that appears later is picked up.
     """
@@ -407,8 +430,8 @@ class WebConfigWatcher:
         self._checked_at = clock()
         if path is not None:
             before = _stamp(path)
-            self._config, self._ctx = _load(path)
-            self._stamps = self._stamps_after_load(before, self._config)
+            self._config, self._ctx = load(path)
+            self._stamps = self._stamps_afterload(before, self._config)
 
     def _current_stamps(self, config: WebConfig | None) -> tuple[_FileStamp, ...]:
         assert self.path is not None
@@ -420,7 +443,7 @@ class WebConfigWatcher:
                 paths.append(tls.client_ca_file)
         return tuple(_stamp(p) for p in paths)
 
-    def _stamps_after_load(self, before: _FileStamp, config: WebConfig) -> tuple[_FileStamp, ...]:
+    def _stamps_afterload(self, before: _FileStamp, config: WebConfig) -> tuple[_FileStamp, ...]:
         # The config file's stamp from before reading it: a change made while it was being read
         # then shows as a change at the next check instead of being missed.
         return (before, *self._current_stamps(config)[1:])
@@ -436,22 +459,25 @@ class WebConfigWatcher:
             return
         before = stamps[0]
         try:
-            config, ctx = _load(self.path)
-        except WebConfigError as exc:
+            config, ctx = load(self.path)
+        except ConfigError as exc:
             message = str(exc)
             if message != self._failed_with:
-                logger.error("Keeping the previous web config: %s", message)
+                for line in exc.lines:
+                    logger.error("Keeping the previous web config: %s", line)
             self._failed_with = message
             self._stamps = stamps
             return
         self._config, self._ctx, self._failed_with = config, ctx, None
-        self._stamps = self._stamps_after_load(before, config)
+        self._stamps = self._stamps_afterload(before, config)
         logger.info(
             "Reloaded web config file %s (TLS %s, %d basic-auth user(s))",
             self.path,
             "on" if config.tls else "off",
             len(config.basic_auth_users),
         )
+        for warning in config.warnings:
+            logger.warning(warning)
 
     def current(self) -> WebConfig:
         """The config in force, after re-reading the file if it changed."""
@@ -468,137 +494,3 @@ class WebConfigWatcher:
         with self._lock:
             self._maybe_reload()
             return self._ctx
-
-
-# --- basic auth -----------------------------------------------------------------------------
-
-
-def _parse_basic(authorization: str | None) -> tuple[str, bytes] | None:
-    if not authorization:
-        return None
-    scheme, _, param = authorization.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(param.strip(), validate=True)
-        user_bytes, colon, password = decoded.partition(b":")
-        user = user_bytes.decode("utf-8")
-    except (binascii.Error, ValueError):
-        return None
-    if not colon:
-        return None
-    return user, password
-
-
-def _cost(hashed: bytes) -> int:
-    return int(hashed[4:6])
-
-
-class BasicAuth:
-    """Checks ``Authorization: Basic`` headers against bcrypt hashes.
-
-    bcrypt runs under one lock, as in exporter-toolkit: at most one core is spent on it, however
-    many requests arrive, and concurrent requests with the same credentials wait for the first
-    one's result instead of each paying for it. Successful checks are cached (bounded, LRU) under
-    the user, a keyed SHA-256 of the password and the hash, so a changed hash invalidates them.
-    An unknown user costs one bcrypt check against a dummy hash of the configured cost, so the
-    answer time does not tell which users exist. Failures are never cached.
-    """
-
-    def __init__(self, cache_size: int = 1024) -> None:
-        self._cache_size = cache_size
-        self._cache: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
-        self._cache_lock = threading.Lock()
-        self._bcrypt_lock = threading.Lock()
-        self._dummies: dict[int, bytes] = {}
-        # Keyed, so a memory dump of the cache gives no fast offline password test.
-        self._key = secrets.token_bytes(32)
-
-    def __repr__(self) -> str:
-        return f"BasicAuth(cached={len(self._cache)})"
-
-    def _cached(self, key: tuple[str, bytes, bytes]) -> bool:
-        with self._cache_lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return True
-            return False
-
-    def _remember(self, key: tuple[str, bytes, bytes]) -> None:
-        with self._cache_lock:
-            self._cache[key] = None
-            self._cache.move_to_end(key)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-
-    def _dummy_hash(self, cost: int) -> bytes:
-        dummy = self._dummies.get(cost)
-        if dummy is None:
-            dummy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(cost))
-            self._dummies[cost] = dummy
-        return dummy
-
-    @staticmethod
-    def _checkpw(password: bytes, hashed: bytes) -> bool:
-        if len(password) > _BCRYPT_MAX_PASSWORD:
-            bcrypt.checkpw(b"", hashed)  # same work, then refuse: bcrypt would ignore the rest
-            return False
-        try:
-            return bcrypt.checkpw(password, hashed)
-        except ValueError:
-            return False
-
-    def check(self, users: Mapping[str, bytes], authorization: str | None) -> bool:
-        """True when ``authorization`` holds the user name and password of one of ``users``."""
-        creds = _parse_basic(authorization)
-        if creds is None:
-            return False
-        user, password = creds
-        stored = users.get(user)
-        if stored is None:
-            cost = max((_cost(h) for h in users.values()), default=10)
-            with self._bcrypt_lock:
-                self._checkpw(password, self._dummy_hash(cost))
-            return False
-        digest = hmac.new(self._key, password, hashlib.sha256).digest()
-        key = (user, digest, stored)
-        if self._cached(key):
-            return True
-        with self._bcrypt_lock:
-            if self._cached(key):  # another request checked the same credentials meanwhile
-                return True
-            ok = self._checkpw(password, stored)
-            if ok:
-                self._remember(key)
-        return ok
-
-
-def auth_middleware(
-    app: WSGIApp,
-    watcher: WebConfigWatcher,
-    exempt_paths: Collection[str] = ("/-/healthy",),
-) -> WSGIApp:
-    """Wrap ``app``: with basic_auth_users configured, every non-exempt path needs credentials."""
-    auth = BasicAuth()
-    exempt = frozenset(exempt_paths)
-
-    def middleware(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        users = watcher.current().basic_auth_users
-        if (
-            users
-            and environ.get("PATH_INFO", "") not in exempt
-            and not auth.check(users, environ.get("HTTP_AUTHORIZATION"))
-        ):
-            body = b"Unauthorized\n"
-            start_response(
-                "401 Unauthorized",
-                [
-                    ("Content-Type", "text/plain; charset=utf-8"),
-                    ("Content-Length", str(len(body))),
-                    ("WWW-Authenticate", f'Basic realm="{_REALM}"'),
-                ],
-            )
-            return [body]
-        return app(environ, start_response)
-
-    return middleware

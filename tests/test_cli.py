@@ -1,5 +1,7 @@
 """The command line, called in-process: refusals, --check-config, --version, the example config."""
 
+import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -23,14 +25,75 @@ def test_example_config_is_valid(tmp_path, capsys):
     assert "configuration OK" in capsys.readouterr().out
 
 
-def test_bad_config_is_refused_with_exit_2_and_one_line(tmp_path, capsys):
+def test_bad_config_is_refused_with_exit_2_and_one_line_per_problem(tmp_path, capsys):
     config = tmp_path / "bad.yml"
     config.write_text("cache_ttl: 0.1s\naccounts: []\n")
     assert main(["--config.file", str(config), "--check-config"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1
-    assert str(config) in err and "cache_ttl" in err and "0.5s" in err
-    assert "Traceback" not in err
+    assert err.splitlines() == [
+        f"okx-loan-exporter: {config}: cache_ttl: 0.1s is too short; raise cache_ttl to at least"
+        " 0.5s; OKX allows 5 requests per 2 s",
+        f"okx-loan-exporter: {config}: accounts: is empty; add at least one account with a name"
+        " and its secrets",
+    ]
+
+
+def test_problems_of_both_files_are_listed(tmp_path, capsys):
+    config = tmp_path / "bad.yml"
+    config.write_text("accounts: []\n")
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users:\n  alice: '$2b$17$" + "A" * 53 + "'\n")
+    assert (
+        main(["--config.file", str(config), "--web.config.file", str(web), "--check-config"]) == 2
+    )
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    assert f"web config file {web}: basic_auth_users.alice: bcrypt cost 17 is above 16" in lines[0]
+    assert f"{config}: accounts: is empty" in lines[1]
+
+
+def test_fatal_errors_are_json_with_log_format_json(tmp_path, capsys):
+    config = tmp_path / "bad.yml"
+    config.write_text("cache_ttl: 0.1s\naccounts: []\n")
+    argv = ["--log.format", "json", "--config.file", str(config), "--check-config"]
+    assert main(argv) == 2
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [record["level"] for record in records] == ["error", "error"]
+    assert records[0]["msg"].startswith(f"{config}: cache_ttl: 0.1s is too short")
+    assert records[1]["msg"].startswith(f"{config}: accounts: is empty")
+
+
+def test_a_bad_flag_is_json_too_with_log_format_json(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--log.format=json", "--log.level", "loud"])
+    assert stopped.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    record = json.loads(line)
+    assert record["level"] == "error" and "--log.level" in record["msg"]
+
+
+def test_log_level_warn_is_accepted_as_in_prometheus(tmp_path, capsys):
+    argv = ["--log.level", "warn", "--config.file", str(example_with_secrets(tmp_path))]
+    assert main([*argv, "--check-config"]) == 0
+    assert logging.getLogger().level == logging.WARNING
+
+
+def test_plain_http_base_url_warns_in_check_config(tmp_path, capsys):
+    config = example_with_secrets(tmp_path)
+    text = config.read_text().replace("https://www.okx.com", "http://okx.example.net")
+    assert "http://okx.example.net" in text
+    config.write_text(text)
+    assert main(["--config.file", str(config), "--check-config"]) == 0
+    err = capsys.readouterr().err
+    assert "level=warning" in err and "base_url: http://okx.example.net is plain HTTP" in err
+
+
+def test_high_bcrypt_cost_warns_at_start(tmp_path, capsys):
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users:\n  alice: '$2b$13$" + "A" * 53 + "'\n")
+    argv = ["--config.file", str(example_with_secrets(tmp_path)), "--web.config.file", str(web)]
+    assert main([*argv, "--check-config"]) == 0
+    assert "basic_auth_users.alice: bcrypt cost 13 is above 12" in capsys.readouterr().err
 
 
 def test_missing_environment_credentials(monkeypatch, capsys):

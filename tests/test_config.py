@@ -8,8 +8,9 @@ import stat
 from pathlib import Path
 
 import pytest
+import yaml
 
-from okx_loan_exporter import config as config_module
+from okx_loan_exporter import secret_sources
 from okx_loan_exporter.config import (
     DEFAULT_BASE_URL,
     MIN_CACHE_TTL,
@@ -21,6 +22,7 @@ from okx_loan_exporter.config import (
     load_config,
     parse_duration,
 )
+from okx_loan_exporter.yamlload import ConfigErrors
 
 # Distinctive fake secrets: if any of them shows up in a message or a repr, the test fails.
 API_KEY = "AKfake-7d3c9b1e-api"
@@ -75,16 +77,21 @@ def assert_no_secret(*texts: str) -> None:
 
 
 def assert_well_formed(error: ConfigError, source: str, key: str) -> None:
-    """One line naming the source, the key and the fix, and no secret anywhere."""
-    message = str(error)
-    assert "\n" not in message
-    assert message.startswith(f"{source}: ")
-    if key:
-        assert message == f"{source}: {key}: {error.problem}; {error.fix}"
-    else:
-        assert message == f"{source}: {error.problem}; {error.fix}"
-    assert error.fix and error.fix in message
-    assert_no_secret(message, repr(error), *map(str, error.args))
+    """One line per problem naming the source, the key and the fix, and no secret anywhere;
+    ``key`` is the first problem's."""
+    assert str(error).splitlines() == list(error.lines)
+    for one in error.errors if isinstance(error, ConfigErrors) else (error,):
+        message = str(one)
+        assert "\n" not in message
+        assert message.startswith(f"{source}: ")
+        if one.key:
+            assert message == f"{source}: {one.key}: {one.problem}; {one.fix}"
+        else:
+            assert message == f"{source}: {one.problem}; {one.fix}"
+        assert one.fix and one.fix in message
+        assert_no_secret(message, repr(one), *map(str, one.args))
+    assert error.key == key
+    assert_no_secret(str(error), repr(error), *map(str, error.args))
 
 
 # --- good config files ---------------------------------------------------------------------------
@@ -817,7 +824,7 @@ def test_unreadable_secret_file_says_permission_denied(tmp_path, secrets_dir, mo
                 raise PermissionError(13, "Permission denied", str(file))
             return real_open(file, *args, **kwargs)
 
-        monkeypatch.setattr(config_module, "open", refusing_open, raising=False)
+        monkeypatch.setattr(secret_sources, "open", refusing_open, raising=False)
     path = write_config(tmp_path, secrets_dir, ACCOUNTS)
     with pytest.raises(ConfigError) as caught:
         load_config(str(path), {})
@@ -958,7 +965,7 @@ BROKEN_YAML = [
     ),
     pytest.param(
         f"&{PASSPHRASE} x\n    demo: &{PASSPHRASE} true",
-        "at line 6, column 11: a value starts with '*' or '&', which YAML reads as an alias",
+        "at line 6, column 11: a value starts with '&', which YAML reads as an anchor",
         id="duplicate-anchor",
     ),
     pytest.param(
@@ -978,7 +985,7 @@ BROKEN_YAML = [
     ),
     pytest.param(
         f"|{PASSPHRASE}",
-        "at line 5, column 18: a value starts with '|' or '>', which YAML reads as a block",
+        "at line 5, column 17: a value starts with '|', which YAML reads as a block of text",
         id="block-scalar",
     ),
     pytest.param(
@@ -1004,8 +1011,8 @@ BROKEN_YAML = [
     ),
     pytest.param(
         f"{PASSPHRASE}: {PASSPHRASE}",
-        "at line 5, column 33: mapping values are not allowed here",
-        id="colon-space-kept-as-pyyaml-says",
+        "at line 5, column 33: a ': ' inside a value, which YAML reads as a key (quote the value)",
+        id="colon-space",
     ),
     pytest.param(
         f"{PASSPHRASE}\n---\n{PASSPHRASE}: 1",
@@ -1014,21 +1021,30 @@ BROKEN_YAML = [
     ),
     pytest.param(
         f"%YAML 1.1\n%YAML 1.1\n---\n{PASSPHRASE}: 1\n",
-        "at line 2, column 1: the YAML cannot be parsed here",
-        id="anything-else-generic",
+        "at line 2, column 1: a line starts with '%', which YAML reads as a directive",
+        id="directive",
+    ),
+    pytest.param(
+        f"[{PASSPHRASE}, {{x: 1}}",
+        "at line 6, column 1: the structure breaks here: check the indentation, and the ':' or '-'",
+        id="anything-else-by-the-kind-of-error",
     ),
 ]
+
+
+def broken_yaml_text(passphrase: str) -> str:
+    return (
+        passphrase
+        if passphrase.startswith("%")
+        else ACCOUNT_HEAD + f"    passphrase: {passphrase}\n"
+    )
 
 
 @pytest.mark.parametrize(("passphrase", "problem"), BROKEN_YAML)
 def test_yaml_errors_say_where_and_what_without_quoting_the_file(
     tmp_path, secrets_dir, passphrase, problem
 ):
-    text = (
-        passphrase
-        if passphrase.startswith("%")
-        else ACCOUNT_HEAD + f"    passphrase: {passphrase}\n"
-    )
+    text = broken_yaml_text(passphrase)
     error = load_error(tmp_path, secrets_dir, text)
     assert error.problem.startswith("invalid YAML at line ")
     assert problem in error.problem
@@ -1036,6 +1052,21 @@ def test_yaml_errors_say_where_and_what_without_quoting_the_file(
     assert "quote values that start with * & ! | > % @ `" in error.fix
     assert PASSPHRASE[:6] not in str(error)
     assert_well_formed(error, str(tmp_path / "config.yml"), "")
+
+
+@pytest.mark.parametrize(("passphrase", "problem"), BROKEN_YAML)
+def test_yaml_error_descriptions_do_not_depend_on_pyyaml_wording(
+    tmp_path, secrets_dir, monkeypatch, passphrase, problem
+):
+    """PyYAML may reword its messages: ours come from the error's kind and position only."""
+    original = yaml.error.MarkedYAMLError.__init__
+
+    def reworded(self, context=None, context_mark=None, problem=None, problem_mark=None, note=None):
+        original(self, context and "reworded", context_mark, problem and "reworded", problem_mark)
+
+    monkeypatch.setattr(yaml.error.MarkedYAMLError, "__init__", reworded)
+    text = broken_yaml_text(passphrase)
+    assert problem in load_error(tmp_path, secrets_dir, text).problem
 
 
 @pytest.mark.parametrize(
@@ -1442,3 +1473,87 @@ def test_duplicate_key_that_may_be_a_secret_is_not_shown(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(str(config))
     assert "appears twice" in str(caught.value) and "SECRET-42" not in str(caught.value)
+
+
+# --- every problem at once, and warnings --------------------------------------------------------
+
+
+def test_every_problem_of_the_file_is_reported_each_with_todays_message(tmp_path, secrets_dir):
+    text = (
+        "cache_ttl: 0.1s\ntimeout: 90s\nregoin: eea\naccounts:\n"
+        + MAIN
+        + "    demo: maybe\n"
+        + "  - name: main\n    api_key_file: $K\n    secret_key_file: $S\n"
+        + f"    passphrase: {PASSPHRASE}\n"
+        + "  - name: third\n    api_key_file: nope\n    secret_key_file: $S\n"
+        + "    passphrase_file: $P\n"
+    )
+    path = write_config(tmp_path, secrets_dir, text)
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(str(path), {})
+    error = caught.value
+    assert [(one.key, one.problem) for one in error.errors] == [
+        ("regoin", "unknown key 'regoin'"),
+        ("cache_ttl", "0.1s is too short"),
+        ("timeout", "90s is out of range"),
+        ("accounts[0].demo", "must be true or false, got 'maybe'"),
+        ("accounts[1].name", "'main' is already the name of accounts[0]"),
+        (
+            "accounts[2].api_key_file",
+            "cannot read the file named by accounts[2].api_key_file: No such file or directory",
+        ),
+    ]
+    # Each line is the message a file with only that problem gives.
+    for one in error.errors:
+        assert str(one) in str(error).splitlines()
+    assert_well_formed(error, str(path), "regoin")
+
+
+def test_a_file_with_one_problem_still_raises_that_one_error(tmp_path, secrets_dir):
+    path = write_config(tmp_path, secrets_dir, "cache_ttl: 0.1s\n" + ACCOUNTS)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    assert not isinstance(caught.value, ConfigErrors)
+    assert caught.value.lines == (str(caught.value),)
+
+
+def test_a_refused_environment_also_names_the_misspelt_variable():
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(None, {**ENV, "OKX_API_KEY": "", "OKX_APIKEY": ENV_API_KEY})
+    assert caught.value.lines == (
+        "environment: OKX_API_KEY: is empty; set OKX_API_KEY to the API key,"
+        " or OKX_API_KEY_FILE to its file",
+        "environment: OKX_APIKEY: not a variable the exporter reads; did you mean OKX_API_KEY?",
+    )
+    assert ENV_API_KEY not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("where", "url", "key"),
+    [
+        pytest.param("top", "http://okx.example.net", "base_url", id="top-level"),
+        pytest.param("account", "http://10.1.2.3:8080/", "accounts[0].base_url", id="account"),
+    ],
+)
+def test_plain_http_to_another_machine_warns(tmp_path, secrets_dir, where, url, key):
+    text = (
+        f"base_url: {url}\n" + ACCOUNTS if where == "top" else ACCOUNTS + f"    base_url: {url}\n"
+    )
+    path = write_config(tmp_path, secrets_dir, text)
+    (warning,) = load_config(str(path), {}).warnings
+    assert warning.startswith(f"{path}: {key}: {url.rstrip('/')} is plain HTTP to another machine")
+    assert "use https://" in warning
+
+
+def test_plain_http_warns_from_the_environment_too():
+    (warning,) = load_config(None, {**ENV, "OKX_BASE_URL": "http://okx.example.net"}).warnings
+    assert warning.startswith("environment: OKX_BASE_URL: http://okx.example.net is plain HTTP")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8080", "http://localhost:9", "http://[::1]:80", "https://okx.example.net"],
+)
+def test_https_or_this_machine_does_not_warn(tmp_path, secrets_dir, url):
+    path = write_config(tmp_path, secrets_dir, f"base_url: {url}\n" + ACCOUNTS)
+    assert load_config(str(path), {}).warnings == ()

@@ -156,24 +156,26 @@ SECRETS = ("key-AAAA1111", "secret-BBBB2222", "pass-CCCC3333")
 
 
 @pytest.mark.parametrize(
-    ("text", "key"),
+    ("text", "keys"),
     [
         pytest.param(
-            "cache_ttl: 0.1s\naccounts:\n" + GOOD_ACCOUNT, "cache_ttl", id="ttl-too-short"
+            "cache_ttl: 0.1s\naccounts:\n" + GOOD_ACCOUNT, ["cache_ttl"], id="ttl-too-short"
         ),
         pytest.param(
             "accounts:\n" + GOOD_ACCOUNT + "  - name: second\n    api_key: key-AAAA1111\n"
             "    secret_key_file: /nonexistent/okx-secret\n    passphrase: p\n",
-            "accounts[1].secret_key_file",
+            ["accounts[1].secret_key_file"],
             id="missing-secret-file",
         ),
-        pytest.param("acounts:\n" + GOOD_ACCOUNT, "acounts", id="misspelt-key"),
-        pytest.param("accounts: [\n" + GOOD_ACCOUNT, "line 2", id="yaml-syntax"),
-        pytest.param(None, "cannot read", id="no-such-file"),
+        pytest.param(
+            "acounts:\n" + GOOD_ACCOUNT, ["acounts", "accounts: missing"], id="misspelt-key"
+        ),
+        pytest.param("accounts: [\n" + GOOD_ACCOUNT, ["line 2"], id="yaml-syntax"),
+        pytest.param(None, ["cannot read"], id="no-such-file"),
     ],
 )
-def test_bad_config_exits_2_with_one_line_naming_file_and_key(
-    tmp_path: Path, text: str | None, key: str
+def test_bad_config_exits_2_with_one_line_per_problem_naming_file_and_key(
+    tmp_path: Path, text: str | None, keys: list[str]
 ) -> None:
     path = tmp_path / "bad.yml"
     if text is not None:
@@ -181,8 +183,9 @@ def test_bad_config_exits_2_with_one_line_naming_file_and_key(
     result = run_cli("--config.file", str(path), "--web.listen-address", f"{LOOPBACK}:0")
     assert result.returncode == 2, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected one line, got:\n{result.stderr}"
-    assert str(path) in lines[0] and key in lines[0], lines[0]
+    assert len(lines) == len(keys), f"expected {len(keys)} line(s), got:\n{result.stderr}"
+    for line, key in zip(lines, keys, strict=True):
+        assert str(path) in line and key in line, line
     assert "Traceback" not in result.stderr
     assert not any(secret in result.stderr + result.stdout for secret in SECRETS)
 

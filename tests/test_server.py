@@ -14,8 +14,9 @@ import httpx
 import pytest
 from test_webconfig import ALICE_2Y, BOB_2B, BOB_PASSWORD, PASSWORD, Pki, make_pki, write
 
+from okx_loan_exporter.basicauth import auth_middleware
 from okx_loan_exporter.server import ExporterHTTPServer, parse_listen_address
-from okx_loan_exporter.webconfig import WebConfigWatcher, auth_middleware
+from okx_loan_exporter.webconfig import WebConfigWatcher
 
 
 @pytest.fixture(scope="module")

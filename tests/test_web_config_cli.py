@@ -204,7 +204,7 @@ def test_changed_password_applies_while_running(
                      "tls_server_config.key_file", id="missing-key-file"),
         pytest.param("basic_auth_users: [alice]\n", "basic_auth_users", id="list-not-mapping"),
         pytest.param("basic_auth_users:\n  alice: '{hash}'\n  alice: '{hash}'\n",
-                     "duplicate key", id="duplicate-user"),
+                     "appears twice", id="duplicate-user"),
     ],
 )  # fmt: skip
 def test_broken_web_config_at_start_exits_2_with_one_line(

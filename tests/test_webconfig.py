@@ -11,11 +11,8 @@ import ipaddress
 import logging
 import os
 import ssl
-import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from wsgiref.util import setup_testing_defaults
 
 import bcrypt
 import pytest
@@ -24,17 +21,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from okx_loan_exporter import webconfig
 from okx_loan_exporter.webconfig import (
-    BasicAuth,
     TLSConfig,
     WebConfig,
-    WebConfigError,
     WebConfigWatcher,
-    auth_middleware,
-    load_web_config,
+    load,
     make_ssl_context,
 )
+from okx_loan_exporter.yamlload import ConfigError
 
 # --- a throwaway PKI ------------------------------------------------------------------------
 
@@ -220,6 +214,11 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def load_web_config(path: str) -> WebConfig:
+    """The validated web config in ``path`` (what the watcher loads, without its SSL context)."""
+    return load(path)[0]
+
+
 def tls_yaml(pki: Pki, **extra: str) -> str:
     lines = [
         "tls_server_config:",
@@ -283,7 +282,7 @@ def test_defaults_are_no_client_cert_and_tls12(pki: Pki, tmp_path: Path) -> None
     assert config.tls.client_auth_type == "NoClientCert"
     assert config.tls.min_version == "TLS12"
     assert config.tls.client_ca_file is None
-    ctx = make_ssl_context(config.tls)
+    ctx = make_ssl_context(config.tls, "web.yml")
     assert ctx.verify_mode == ssl.CERT_NONE
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
 
@@ -307,7 +306,7 @@ def test_client_auth_type_maps_onto_verify_mode(
         extra["client_ca_file"] = str(pki.ca)
     config = load_web_config(str(write(tmp_path / "web.yml", tls_yaml(pki, **extra))))
     assert config.tls is not None
-    ctx = make_ssl_context(config.tls)
+    ctx = make_ssl_context(config.tls, "web.yml")
     assert ctx.verify_mode == verify_mode
     if verify_mode != ssl.CERT_NONE:
         # Only the configured CA is trusted for client certificates, never the system store.
@@ -326,7 +325,7 @@ def test_client_auth_type_maps_onto_verify_mode(
 def test_min_version(pki: Pki, tmp_path: Path, name: str, version: ssl.TLSVersion) -> None:
     config = load_web_config(str(write(tmp_path / "web.yml", tls_yaml(pki, min_version=name))))
     assert config.tls is not None
-    assert make_ssl_context(config.tls).minimum_version == version
+    assert make_ssl_context(config.tls, "web.yml").minimum_version == version
 
 
 def test_bcrypt_hashes_with_2y_2b_and_2a_prefixes_load(tmp_path: Path) -> None:
@@ -369,12 +368,12 @@ def _bad_cases(pki: Pki, tmp: Path) -> list[tuple[str, str, list[str]]]:
     """(id, file text, substrings the message must contain)."""
     (tmp / "junk.pem").write_text("not a pem file\n")
     return [
-        ("yaml-syntax", "tls_server_config: [\n", ["line 2", "not valid YAML", "fix the YAML"]),
+        ("yaml-syntax", "tls_server_config: [\n", ["line 2", "invalid YAML", "fix the YAML"]),
         ("top-level-list", "- a\n- b\n", ["top level must be a mapping"]),
         (
             "unknown-top-key",
             "tls_config:\n  cert_file: x\n",
-            ["tls_config: unknown key", "did you mean tls_server_config?"],
+            ["tls_config: unknown key", "did you mean 'tls_server_config'?"],
         ),
         (
             "unsupported-toolkit-section",
@@ -389,7 +388,7 @@ def _bad_cases(pki: Pki, tmp: Path) -> list[tuple[str, str, list[str]]]:
         (
             "unknown-tls-key",
             tls_yaml(pki) + "  certfile: x\n",
-            ["tls_server_config.certfile: unknown key", "did you mean cert_file?"],
+            ["tls_server_config.certfile: unknown key", "did you mean 'cert_file'?"],
         ),
         (
             "unsupported-tls-key",
@@ -514,7 +513,10 @@ def _bad_cases(pki: Pki, tmp: Path) -> list[tuple[str, str, list[str]]]:
         (
             "duplicate-user",
             f"basic_auth_users:\n  alice: '{ALICE_2Y}'\n  alice: '{BOB_2B}'\n",
-            ["line 3, column 3: duplicate key 'alice'; keep only one of them"],
+            [
+                "line 3, column 3: the key 'alice' appears twice in one mapping;"
+                " keep only one of them"
+            ],
         ),
     ]
 
@@ -526,7 +528,7 @@ def test_bad_files_give_located_messages(pki: Pki, tmp_path: Path) -> None:
         path = write(tmp_path / "web.yml", text)
         try:
             load_web_config(str(path))
-        except WebConfigError as exc:
+        except ConfigError as exc:
             message = str(exc)
         else:
             failures.append(f"{case_id}: loaded without error")
@@ -544,10 +546,10 @@ def test_bad_files_give_located_messages(pki: Pki, tmp_path: Path) -> None:
 
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "absent.yml"
-    with pytest.raises(WebConfigError) as info:
+    with pytest.raises(ConfigError) as info:
         load_web_config(str(path))
     assert str(info.value) == (
-        f"web config file {path}: cannot read it (No such file or directory); "
+        f"web config file {path}: cannot read it: No such file or directory; "
         "check --web.config.file"
     )
 
@@ -555,7 +557,7 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_yaml_error_message_does_not_quote_the_line(tmp_path: Path) -> None:
     # PyYAML's own message quotes the offending line, which here holds a hash.
     path = write(tmp_path / "web.yml", f"basic_auth_users:\n  alice: '{ALICE_2Y}' : x\n")
-    with pytest.raises(WebConfigError) as info:
+    with pytest.raises(ConfigError) as info:
         load_web_config(str(path))
     assert "line 2" in str(info.value)
     assert ALICE_2Y not in str(info.value)
@@ -564,196 +566,8 @@ def test_yaml_error_message_does_not_quote_the_line(tmp_path: Path) -> None:
 
 def test_make_ssl_context_reports_a_bad_file_by_key(pki: Pki) -> None:
     tls = TLSConfig(cert_file=str(pki.server_cert), key_file=str(pki.dir / "gone.key"))
-    with pytest.raises(WebConfigError, match=r"tls_server_config\.key_file: cannot read"):
-        make_ssl_context(tls)
-
-
-# --- basic auth -----------------------------------------------------------------------------
-
-USERS = {"alice": ALICE_2Y.encode(), "bob": BOB_2B.encode()}
-
-
-@pytest.fixture
-def checkpw_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Records the hash of every bcrypt.checkpw call the module makes."""
-    calls: list[bytes] = []
-    real = bcrypt.checkpw
-
-    def spy(password: bytes, hashed: bytes) -> bool:
-        calls.append(hashed)
-        return real(password, hashed)
-
-    monkeypatch.setattr(webconfig.bcrypt, "checkpw", spy)
-    return calls
-
-
-@pytest.mark.parametrize(
-    ("authorization", "ok"),
-    [
-        (basic("alice", PASSWORD), True),  # $2y$ hash
-        (basic("bob", BOB_PASSWORD), True),  # $2b$ hash
-        ("basic " + basic("bob", BOB_PASSWORD)[6:], True),  # scheme is case-insensitive
-        (basic("alice", BOB_PASSWORD), False),
-        (basic("alice", ""), False),
-        (basic("alice", PASSWORD + " "), False),
-        (basic("mallory", PASSWORD), False),
-        (None, False),
-        ("", False),
-        ("Basic", False),
-        ("Basic !!!not-base64!!!", False),
-        ("Basic " + base64.b64encode(b"alice").decode(), False),  # no colon
-        ("Basic " + base64.b64encode(b"\xff\xfe:pw").decode(), False),  # not UTF-8
-        ("Bearer " + base64.b64encode(f"alice:{PASSWORD}".encode()).decode(), False),
-    ],
-)
-def test_check(authorization: str | None, ok: bool) -> None:
-    assert BasicAuth().check(USERS, authorization) is ok
-
-
-def test_unknown_user_pays_one_bcrypt_check_of_the_same_cost(checkpw_calls: list[bytes]) -> None:
-    users = {"alice": bcrypt.hashpw(b"pw", bcrypt.gensalt(5))}
-    assert BasicAuth().check(users, basic("mallory", "pw")) is False
-    assert len(checkpw_calls) == 1
-    dummy = checkpw_calls[0]
-    assert dummy not in users.values()
-    assert dummy[4:6] == b"05"  # same cost as the configured hash
-
-
-def test_wrong_password_pays_one_bcrypt_check_and_is_not_cached(
-    checkpw_calls: list[bytes],
-) -> None:
-    auth = BasicAuth()
-    assert auth.check(USERS, basic("alice", "wrong")) is False
-    assert auth.check(USERS, basic("alice", "wrong")) is False
-    assert checkpw_calls == [USERS["alice"], USERS["alice"]]
-
-
-def test_success_is_cached(checkpw_calls: list[bytes]) -> None:
-    auth = BasicAuth()
-    for _ in range(5):
-        assert auth.check(USERS, basic("alice", PASSWORD)) is True
-    assert len(checkpw_calls) == 1
-    # A different password for the same user is not let in by the cache.
-    assert auth.check(USERS, basic("alice", PASSWORD + "x")) is False
-    assert len(checkpw_calls) == 2
-
-
-def test_changed_hash_is_not_answered_from_the_cache(checkpw_calls: list[bytes]) -> None:
-    auth = BasicAuth()
-    assert auth.check(USERS, basic("alice", PASSWORD)) is True
-    new_users = {"alice": bcrypt.hashpw(b"new password", bcrypt.gensalt(4))}
-    assert auth.check(new_users, basic("alice", PASSWORD)) is False
-    assert auth.check(new_users, basic("alice", "new password")) is True
-
-
-def test_cache_is_bounded(checkpw_calls: list[bytes]) -> None:
-    auth = BasicAuth(cache_size=2)
-    users = {"alice": USERS["alice"], "bob": USERS["bob"]}
-    other = bcrypt.hashpw(b"carol-pw", bcrypt.gensalt(4))
-    users["carol"] = other
-    for user, password in (("alice", PASSWORD), ("bob", BOB_PASSWORD), ("carol", "carol-pw")):
-        assert auth.check(users, basic(user, password))
-    assert len(checkpw_calls) == 3
-    assert auth.check(users, basic("carol", "carol-pw"))  # still cached
-    assert len(checkpw_calls) == 3
-    assert auth.check(users, basic("alice", PASSWORD))  # evicted, checked again
-    assert len(checkpw_calls) == 4
-
-
-def test_password_longer_than_bcrypt_allows_is_refused_after_equal_work(
-    checkpw_calls: list[bytes],
-) -> None:
-    long_password = "x" * 73
-    users = {"alice": bcrypt.hashpw(long_password[:72].encode(), bcrypt.gensalt(4))}
-    # bcrypt looks at 72 bytes only; refusing longer ones keeps the extra bytes from being ignored.
-    assert BasicAuth().check(users, basic("alice", long_password)) is False
-    assert checkpw_calls == [users["alice"]]
-    assert BasicAuth().check(users, basic("alice", long_password[:72])) is True
-
-
-def test_concurrent_checks_are_right_and_pay_bcrypt_once_per_credential(
-    checkpw_calls: list[bytes],
-) -> None:
-    auth = BasicAuth()
-    start = threading.Barrier(40)
-    results: dict[int, bool] = {}
-
-    def scrape(i: int) -> None:
-        start.wait()
-        if i % 4 == 0:
-            results[i] = auth.check(USERS, basic("alice", "wrong"))
-        else:
-            results[i] = auth.check(USERS, basic("alice", PASSWORD))
-
-    threads = [threading.Thread(target=scrape, args=(i,)) for i in range(40)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results == {i: i % 4 != 0 for i in range(40)}
-    # 10 wrong passwords each pay bcrypt; 30 concurrent right ones pay it once between them.
-    assert len(checkpw_calls) == 11
-
-
-def test_basic_auth_repr_shows_no_secret() -> None:
-    auth = BasicAuth()
-    assert auth.check(USERS, basic("alice", PASSWORD))
-    assert PASSWORD not in repr(auth)
-    assert ALICE_2Y not in repr(auth)
-
-
-# --- middleware (unit level; over real HTTP in test_server.py) ------------------------------
-
-
-def _app(environ: dict, start_response) -> Iterable[bytes]:  # type: ignore[no-untyped-def]
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"ok " + environ["PATH_INFO"].encode()]
-
-
-def _call(app, path: str, authorization: str | None = None) -> tuple[str, dict[str, str], bytes]:  # type: ignore[no-untyped-def]
-    environ: dict = {"PATH_INFO": path}
-    setup_testing_defaults(environ)
-    if authorization is not None:
-        environ["HTTP_AUTHORIZATION"] = authorization
-    captured: dict = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info=None):  # type: ignore[no-untyped-def]
-        captured["status"], captured["headers"] = status, dict(headers)
-
-    body = b"".join(app(environ, start_response))
-    return captured["status"], captured["headers"], body
-
-
-def test_middleware_without_users_lets_everyone_in(tmp_path: Path) -> None:
-    app = auth_middleware(_app, WebConfigWatcher(None))
-    assert _call(app, "/metrics")[0] == "200 OK"
-    app = auth_middleware(_app, WebConfigWatcher(str(write(tmp_path / "web.yml", ""))))
-    assert _call(app, "/metrics")[0] == "200 OK"
-
-
-def test_middleware_with_users(tmp_path: Path) -> None:
-    path = write(tmp_path / "web.yml", f"basic_auth_users:\n  alice: '{ALICE_2Y}'\n")
-    app = auth_middleware(_app, WebConfigWatcher(str(path)))
-    assert _call(app, "/metrics", basic("alice", PASSWORD)) == (
-        "200 OK",
-        {"Content-Type": "text/plain"},
-        b"ok /metrics",
-    )
-    status, headers, body = _call(app, "/metrics", basic("alice", "nope"))
-    assert status == "401 Unauthorized"
-    assert headers["WWW-Authenticate"] == 'Basic realm="okx-loan-exporter"'
-    assert body == b"Unauthorized\n"
-    assert _call(app, "/")[0] == "401 Unauthorized"
-    assert _call(app, "/-/ready")[0] == "401 Unauthorized"
-    assert _call(app, "/-/healthy")[0] == "200 OK"
-    assert _call(app, "/-/healthy/x")[0] == "401 Unauthorized"
-
-
-def test_middleware_exempt_paths_are_configurable(tmp_path: Path) -> None:
-    path = write(tmp_path / "web.yml", f"basic_auth_users:\n  alice: '{ALICE_2Y}'\n")
-    app = auth_middleware(_app, WebConfigWatcher(str(path)), exempt_paths=("/-/ready",))
-    assert _call(app, "/-/ready")[0] == "200 OK"
-    assert _call(app, "/-/healthy")[0] == "401 Unauthorized"
+    with pytest.raises(ConfigError, match=r"tls_server_config\.key_file: cannot read"):
+        make_ssl_context(tls, "web.yml")
 
 
 # --- the watcher ----------------------------------------------------------------------------
@@ -767,7 +581,7 @@ def test_watcher_without_file() -> None:
 
 def test_watcher_refuses_a_bad_file_at_start(tmp_path: Path) -> None:
     path = write(tmp_path / "web.yml", "basic_auth_users:\n  alice: plain\n")
-    with pytest.raises(WebConfigError, match=r"basic_auth_users\.alice: not a bcrypt hash"):
+    with pytest.raises(ConfigError, match=r"basic_auth_users\.alice: not a bcrypt hash"):
         WebConfigWatcher(str(path))
 
 
@@ -861,3 +675,54 @@ def test_a_missing_certificate_that_appears_later_is_picked_up(
     clock.now += 1.0
     assert watcher.ssl_context() is not None
     assert watcher.current().tls is not None
+
+
+# --- bcrypt cost limits and all problems at once --------------------------------------------
+
+
+def fake_hash(cost: int) -> str:
+    """A well-formed bcrypt hash of ``cost``; never checked, so a high cost costs nothing here."""
+    return f"$2b${cost:02d}$" + "A" * 53
+
+
+def test_bcrypt_cost_above_16_is_refused_naming_file_user_and_fix(tmp_path: Path) -> None:
+    path = write(tmp_path / "web.yml", f"basic_auth_users:\n  alice: '{fake_hash(17)}'\n")
+    with pytest.raises(ConfigError) as info:
+        load_web_config(str(path))
+    assert str(info.value) == (
+        f"web config file {path}: basic_auth_users.alice: bcrypt cost 17 is above 16: every"
+        " login would take seconds of CPU, and wrong passwords would keep the exporter busy;"
+        " make a hash of cost 10 to 12 with: htpasswd -nBC 10 \"\" | tr -d ':\\n'"
+    )
+    assert fake_hash(17) not in str(info.value)
+
+
+@pytest.mark.parametrize(("cost", "warns"), [(12, False), (13, True), (16, True)])
+def test_bcrypt_cost_above_12_warns(tmp_path: Path, cost: int, warns: bool) -> None:
+    path = write(tmp_path / "web.yml", f"basic_auth_users:\n  bob: '{fake_hash(cost)}'\n")
+    warnings = load_web_config(str(path)).warnings
+    if not warns:
+        assert warnings == ()
+        return
+    (warning,) = warnings
+    assert warning.startswith(f"web config file {path}: basic_auth_users.bob: bcrypt cost {cost}")
+    assert "make a hash of cost 10 to 12" in warning
+    assert fake_hash(cost) not in warning
+
+
+def test_every_problem_of_the_web_config_is_reported(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "web.yml",
+        "tls_config: {}\n"
+        f"basic_auth_users:\n  alice: {PLAIN_PASSWORD}\n  bob: '{fake_hash(20)}'\n"
+        f"  carol: '{ALICE_2Y}'\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_web_config(str(path))
+    assert [line.split(": ")[1] for line in info.value.lines] == [
+        "tls_config",
+        "basic_auth_users.alice",
+        "basic_auth_users.bob",
+    ]
+    assert all(line.startswith(f"web config file {path}: ") for line in info.value.lines)
+    assert PLAIN_PASSWORD not in str(info.value)
