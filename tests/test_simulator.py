@@ -833,10 +833,10 @@ def test_slow_bytes_fault_trickles_the_answer(sim, clock):
 
 
 def test_slow_fault_answers_normally_after_a_delay(sim, client, clock, monkeypatch):
-    from okx_loan_exporter import simulator
+    from okx_loan_exporter.simulator import faults
 
-    assert simulator.SLOW_FAULT_SECONDS == 3.0
-    monkeypatch.setattr(simulator, "SLOW_FAULT_SECONDS", 0.3)  # keeps the suite fast
+    assert faults.SLOW_FAULT_SECONDS == 3.0
+    monkeypatch.setattr(faults, "SLOW_FAULT_SECONDS", 0.3)  # keeps the suite fast
     sim.set_fault("btc-usdt", "slow", count=1)
     started = time.monotonic()
     assert entry_of(get_loan_info(client, BTC, clock))["curLTV"] == "0.45"
@@ -888,7 +888,11 @@ def test_control_endpoints_over_http(sim, client, clock):
     assert client.post("/sim/accounts/btc-usdt", json={"walk": True}).json()["walk"] is True
     view = client.get("/sim/accounts/btc-usdt").json()
     assert (view["ltv"], view["walk"], view["fault"]) == ("0.75", True, None)
-    assert client.get("/sim/config").json() == {"clock_skew": 0.0, "latency": 0.0}
+    assert client.get("/sim/config").json() == {
+        "clock_skew": 0.0,
+        "latency": 0.0,
+        "margin_call_cycle": 300.0,
+    }
     assert client.post("/sim/reset").json() == {"ok": True}
     assert client.get("/sim/stats").json()["accounts"]["btc-usdt"]["requests"] == 0
     assert entry_of(get_loan_info(client, BTC, clock))["curLTV"] == "0.45"
@@ -898,6 +902,7 @@ def test_clock_skew_fails_requests_until_the_client_syncs_from_public_time(sim, 
     assert client.post("/sim/config", json={"clock_skew": 120}).json() == {
         "clock_skew": 120.0,
         "latency": 0.0,
+        "margin_call_cycle": 300.0,
     }
     assert_okx_error(get_loan_info(client, BTC, clock), "50102")
     server_ms = int(client.get(TIME_PATH).json()["data"][0]["ts"])
@@ -1074,9 +1079,8 @@ def _read_line(stream, timeout: float) -> str:
 
 def _simulate(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    code = "import sys; from okx_loan_exporter.simulator import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.Popen(
-        [sys.executable, "-c", code, *args],
+        [sys.executable, "-m", "okx_loan_exporter.simulator", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -1094,6 +1098,10 @@ def test_simulate_command_writes_config_serves_and_stops_on_sigterm(tmp_path):
         str(config_path),
         "--seed",
         "4",
+        "--margin-call-cycle",
+        "20s",
+        "--log.level",
+        "warning",
     )
     try:
         line = _read_line(process.stdout, timeout=10)
@@ -1113,7 +1121,8 @@ def test_simulate_command_writes_config_serves_and_stops_on_sigterm(tmp_path):
         timestamp = okx_timestamp(time.time())
         with http_client(base_url=match.group(1)) as client:
             response = client.get(LOAN_INFO_PATH, headers=signed_headers(acct, timestamp))
-        assert response.json()["code"] == "0"
+            assert response.json()["code"] == "0"
+            assert client.get("/sim/config").json()["margin_call_cycle"] == 20.0
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=2) == 0
     finally:
@@ -1131,7 +1140,18 @@ def test_simulate_command_refuses_bad_flags_without_a_traceback():
     assert "Traceback" not in stderr
 
 
-@pytest.mark.parametrize("argv", [["--accounts-generate", "0"], ["--latency", "-1"], ["--bogus"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--accounts-generate", "0"],
+        ["--latency", "-1"],
+        ["--bogus"],
+        ["--margin-call-cycle", "0s"],
+        ["--margin-call-cycle", "soon"],
+        ["--log.level", "loud"],
+        ["--web.listen-address", "http://127.0.0.1:1"],
+    ],
+)
 def test_main_returns_2_on_bad_flags(argv, capsys):
     assert main(argv) == 2
     assert "usage:" in capsys.readouterr().err
