@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from conftest import account_config
 
 from okx_loan_exporter.simulator import (
     FAULTS,
@@ -329,6 +330,24 @@ def test_default_cycle_lets_a_for_1m_alert_fire_and_resolve_within_10_minutes(cl
     assert (first_above + streak + 1) * 15 <= 300  # and back below, so the alert resolves
 
 
+def test_the_exporter_sees_the_cycling_order_cross_its_margin_call_and_come_back(
+    start_simulator, start_exporter, fake_clock
+):
+    two = account("two-orders")
+    simulator = start_simulator([two], margin_call_cycle=20.0)
+    exporter = start_exporter([account_config(two, simulator.base_url)], cache_ttl=0.5)
+    above = []
+    for _ in range(40):  # two periods, a fresh answer every second of the shared fake clock
+        fake_clock.advance(1.0)
+        scrape = exporter.scrape()
+        assert scrape.value("okx_loan_up", account="two-orders") == 1
+        labels = {"account": "two-orders", "order": "2002"}
+        ltv = scrape.value("okx_loan_ltv_ratio", **labels)
+        assert ltv is not None and ltv < scrape.value("okx_loan_liquidation_ltv_ratio", **labels)
+        above.append(ltv >= scrape.value("okx_loan_margin_call_ltv_ratio", **labels))
+    assert above == [5 <= second % 20 <= 15 for second in range(1, 41)]
+
+
 def test_pinning_a_cycling_order_holds_it_and_walking_resumes_the_cycle(sim, client, clock):
     sim.set_ltv("two-orders", 0.72, order="2002")
     assert ltvs(client, clock, advance=100) == {"2001": "0.4", "2002": "0.72"}
@@ -595,6 +614,22 @@ def test_walk_stays_near_its_centre_over_long_runs(clock):
         clock.advance(86400)  # a day between looks: the n-step distribution in one draw
         btc = sim.prices["BTC"]
         assert 60000 * 0.75 < btc < 60000 * 1.25
+
+
+def test_market_walk_stops_prices_and_cycles_for_every_account_and_resumes(clock):
+    with (
+        Simulator(seed=2, clock=clock, margin_call_cycle=40) as sim,
+        http_client(base_url=sim.base_url) as client,
+    ):
+        assert ltvs(client, clock, advance=10)["2002"] == "0.7"  # a quarter of the period
+        assert client.post("/sim/config", json={"walk": False}).json()["walk"] is False
+        prices, held = sim.prices, ltvs(client, clock, advance=5)
+        for _ in range(3):
+            assert ltvs(client, clock, advance=7) == held
+            assert sim.prices == prices
+        assert client.post("/sim/config", json={"walk": "no"}).status_code == 400
+        sim.set_market_walk(True)  # market time goes on from where it stood
+        assert ltvs(client, clock, advance=10)["2002"] == "0.75"  # half the period
 
 
 def test_walk_moves_the_ltv_and_can_be_paused(clock):
@@ -892,6 +927,7 @@ def test_control_endpoints_over_http(sim, client, clock):
         "clock_skew": 0.0,
         "latency": 0.0,
         "margin_call_cycle": 300.0,
+        "walk": True,
     }
     assert client.post("/sim/reset").json() == {"ok": True}
     assert client.get("/sim/stats").json()["accounts"]["btc-usdt"]["requests"] == 0
@@ -903,6 +939,7 @@ def test_clock_skew_fails_requests_until_the_client_syncs_from_public_time(sim, 
         "clock_skew": 120.0,
         "latency": 0.0,
         "margin_call_cycle": 300.0,
+        "walk": True,
     }
     assert_okx_error(get_loan_info(client, BTC, clock), "50102")
     server_ms = int(client.get(TIME_PATH).json()["data"][0]["ts"])

@@ -43,14 +43,18 @@ def handle_control(sim: Simulator, method: str, path: str, body: bytes) -> Reply
         return control_reply(400, {"error": str(exc)})
 
 
-def _change_config(sim: Simulator, document: dict[str, Any]) -> dict[str, float]:
-    _only_keys(document, {"clock_skew", "latency"})
+def _change_config(sim: Simulator, document: dict[str, Any]) -> dict[str, Any]:
+    _only_keys(document, {"clock_skew", "latency", "walk"})
     skew = document.get("clock_skew")
     latency = document.get("latency")
     if skew is not None:
         _number(skew, "clock_skew")
     if latency is not None:
         _number(latency, "latency")
+    if "walk" in document and not isinstance(document["walk"], bool):
+        raise ValueError("'walk' must be true or false")
+    if "walk" in document:
+        sim.set_market_walk(document["walk"])
     if skew is not None:
         sim.set_clock_skew(skew)
     if latency is not None:

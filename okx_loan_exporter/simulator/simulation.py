@@ -94,6 +94,7 @@ class Simulator:
 
     def _reset_state(self) -> None:
         self._epoch = self._clock()
+        self._stopped_at: float | None = None  # market time while the market stands still
         self._skew = self._initial_skew
         self._latency = self._initial_latency
         self._time_requests = 0
@@ -102,8 +103,9 @@ class Simulator:
         self._states = {a.name: AccountState(copy.deepcopy(a)) for a in self._accounts}
 
     def _now_prices(self) -> tuple[dict[str, Decimal], float]:
-        """The market moved to the clock's step, and the seconds since the start."""
-        elapsed = self._clock() - self._epoch
+        """The market moved to the clock's step, and the seconds of market time since the start
+        (the time that moves prices and LTV cycles; it stops while the market stands still)."""
+        elapsed = self._clock() - self._epoch if self._stopped_at is None else self._stopped_at
         self._market.advance(math.floor(elapsed / self._walk_interval))
         return self._market.prices(), elapsed
 
@@ -128,13 +130,15 @@ class Simulator:
                 state.order(order)
             return self._view(state, order)
 
-    def config_view(self) -> dict[str, float]:
-        """Clock skew, latency for all accounts, the LTV cycle's period (``GET /sim/config``)."""
+    def config_view(self) -> dict[str, Any]:
+        """Clock skew, latency for all accounts, the LTV cycle's period and whether market time
+        runs (``GET /sim/config``)."""
         with self._lock:
             return {
                 "clock_skew": self._skew,
                 "latency": self._latency,
                 "margin_call_cycle": self._cycle,
+                "walk": self._stopped_at is None,
             }
 
     def _view(self, state: AccountState, order_id: str | None) -> dict[str, Any]:
@@ -243,6 +247,17 @@ class Simulator:
             elif chosen.moving:
                 chosen.moving = False
                 chosen.pinned_ltv = Decimal(entry["curLTV"]) if entry["curLTV"] else None
+
+    def set_market_walk(self, enabled: bool) -> None:
+        """Let market time run (prices walk, LTVs cycle) or stop it for every account at once,
+        so that two readers see the same answers; it resumes from where it stood."""
+        with self._lock:
+            _, elapsed = self._now_prices()
+            if enabled and self._stopped_at is not None:
+                self._epoch = self._clock() - self._stopped_at
+                self._stopped_at = None
+            elif not enabled:
+                self._stopped_at = elapsed
 
     def close_order(self, account: str, order: str | None = None) -> None:
         """Close ``order`` (None: the first), as when it is repaid: it leaves loan-info."""
