@@ -17,11 +17,9 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-import yaml
-
 from okx_loan_exporter import __version__
 from okx_loan_exporter.config import ConfigError, ExporterConfig, config_from_dict, load_config
-from okx_loan_exporter.logs import JsonFormatter, setup_logging
+from okx_loan_exporter.logs import LOG_FORMATS, LOG_LEVELS, JsonFormatter, setup_logging
 from okx_loan_exporter.server import ExporterHTTPServer, parse_listen_address
 from okx_loan_exporter.webconfig import WebConfigWatcher
 
@@ -64,12 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--log.level",
         dest="log_level",
         default="info",
-        choices=["debug", "info", "warn", "warning", "error"],
+        choices=LOG_LEVELS,
         help="debug, info, warn (or warning) or error",
     )
-    parser.add_argument(
-        "--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"]
-    )
+    parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=LOG_FORMATS)
     parser.add_argument(
         "--check-config",
         action="store_true",
@@ -96,8 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging("info", "json")
         parser.error = _json_flag_error  # type: ignore[method-assign]
     args = parser.parse_args(args_list)
-    if args.log_level == "warn":  # Prometheus' spelling
-        args.log_level = "warning"
     setup_logging(args.log_level, args.log_format)
     if args.demo and args.config_file:
         return _refuse("--demo and --config.file exclude each other; drop one of them")
@@ -200,13 +194,13 @@ def _serve(
 
 
 def _start_demo() -> tuple[Simulator, ExporterConfig]:
-    from okx_loan_exporter.simulator import Simulator, demo_accounts, exporter_config_yaml
+    from okx_loan_exporter.simulator import Simulator, demo_accounts, exporter_config
 
     accounts = demo_accounts()
     simulator = Simulator(accounts)
     base_url = simulator.start()
-    text = exporter_config_yaml(base_url, accounts, cache_ttl=DEMO_CACHE_TTL)
-    config = config_from_dict(yaml.safe_load(text), "demo", os.environ)
+    document = exporter_config(base_url, accounts, cache_ttl=DEMO_CACHE_TTL)
+    config = config_from_dict(document, "demo", os.environ)
     log.info(
         "demo mode: %d simulated accounts at %s; no OKX account is used", len(accounts), base_url
     )

@@ -59,12 +59,17 @@ def _logfmt_value(value: object) -> str:
     return f'"{escaped}"'
 
 
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error")
+"""``--log.level`` values of the exporter and the simulator; ``warn`` is Prometheus' spelling."""
+LOG_FORMATS = ("logfmt", "json")
+
+
 def setup_logging(level: str, fmt: str) -> None:
-    """Send log lines to stderr in ``fmt`` (logfmt or json) at ``level``."""
+    """Send log lines to stderr in ``fmt`` (one of LOG_FORMATS) at ``level`` (one of LOG_LEVELS)."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel("WARNING" if level == "warn" else level.upper())
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("httpcore").setLevel(max(logging.WARNING, root.level))

@@ -133,27 +133,24 @@ DOCS = parse_loan_info(DOCS_EXAMPLE)
 TWO_ORDERS = parse_loan_info(
     json.loads((Path(__file__).parent / "data" / "loan_info_two_orders.json").read_text())
 )
-
-
-def one_order(order_id: str = "", **fields) -> Position:
-    return Position((Order(order_id, **fields),))
-
-
-LIQUIDATION = one_order(
-    "1001",
-    loan_notional_usd=13500.0,
-    collateral_notional_usd=30000.0,
-    current_ltv=0.45,
-    margin_call_ltv=0.7,
-    liquidation_ltv=0.8,
-    loans={"USDT": 13500.0},
-    collateral={"BTC": 0.5},
-    liquidation_instrument="BTC-USDT",
-    liquidation_price=33750.0,
+LIQUIDATION = Position(
+    (
+        Order(
+            order_id="1001",
+            loan_notional_usd=13500.0,
+            collateral_notional_usd=30000.0,
+            current_ltv=0.45,
+            margin_call_ltv=0.7,
+            liquidation_ltv=0.8,
+            loans={"USDT": 13500.0},
+            collateral={"BTC": 0.5},
+            liquidation_instrument="BTC-USDT",
+            liquidation_price=33750.0,
+        ),
+    )
 )
 SCENES = {
     "docs example": [snapshot(position=DOCS)],
-    "two orders": [snapshot(position=TWO_ORDERS)],
     "no loan": [snapshot(position=NO_LOAN)],
     "never answered": [snapshot(position=None, up=False, last_success=None, requests=stats())],
     "failing, stale withheld": [
@@ -165,8 +162,10 @@ SCENES = {
             clock_offset=-1.5,
         )
     ],
+    "two orders": [snapshot(position=TWO_ORDERS)],
     "several accounts": [
         snapshot("a", DOCS),
+        snapshot("two", TWO_ORDERS),
         snapshot("b", LIQUIDATION, requests=stats(0, (), 0.01, 0.4, 3.0, 12.0)),
         snapshot("c", NO_LOAN, up=False),
     ],
@@ -175,7 +174,11 @@ SCENES = {
         snapshot("ünïcødé-€", LIQUIDATION),
     ],
     "empty fields": [
-        snapshot(position=one_order(loan_notional_usd=None, current_ltv=None, liquidation_ltv=0.8))
+        snapshot(
+            position=Position(
+                (Order("7", loan_notional_usd=None, current_ltv=None, liquidation_ltv=0.8),)
+            )
+        )
     ],
     "no accounts": [],
 }
@@ -206,12 +209,13 @@ def test_content_type_names_the_whole_format():
 def test_every_change_the_collector_would_show_renders_again():
     cache = RenderCache(__version__)
     encoder, content_type = choose_encoder(None)
-    reordered = one_order(collateral={"STX": 0.78, "COMP": 9.7e-06})
+    reordered = Position((Order("", collateral={"STX": 0.78, "COMP": 9.7e-06}),))
+    first, second = TWO_ORDERS.orders
     steps = [
         [snapshot(position=DOCS)],
         [snapshot(position=DOCS)],  # same position object, equal fields: reused
         [snapshot(position=parse_loan_info(DOCS_EXAMPLE))],  # a new answer with equal values
-        [snapshot(position=one_order(collateral={"COMP": 9.7e-06, "STX": 0.78}))],
+        [snapshot(position=Position((Order("", collateral={"COMP": 9.7e-06, "STX": 0.78}),)))],
         [snapshot(position=reordered)],  # equal to the previous position, other order
         [snapshot(position=reordered, up=False)],
         [snapshot(position=reordered, up=False, requests=stats(2))],
@@ -221,6 +225,9 @@ def test_every_change_the_collector_would_show_renders_again():
         [snapshot("renamed", position=None, up=False, last_success=1_700_000_100.0)],
         [snapshot("renamed"), snapshot("added")],
         [snapshot("renamed")],
+        [snapshot("renamed", position=TWO_ORDERS)],
+        [snapshot("renamed", position=Position((second, first)))],  # the orders swapped
+        [snapshot("renamed", position=Position((first,)))],  # one order closed
     ]
     seen = []
     for snapshots in steps:
@@ -232,6 +239,7 @@ def test_every_change_the_collector_would_show_renders_again():
     assert seen[0] == seen[1] == seen[2]
     assert seen[3] != seen[4]  # the currency order changed, so the text did
     assert len(set(seen[3:])) == len(seen) - 3
+    assert seen[-3] != seen[-2] != seen[-1]
 
 
 amounts = st.dictionaries(
@@ -240,28 +248,23 @@ amounts = st.dictionaries(
     max_size=4,
 )
 optional_ratio = st.one_of(st.none(), st.floats(min_value=0, max_value=5, allow_nan=False))
+orders = st.builds(
+    Order,
+    order_id=st.sampled_from(["", "1001", "2002", 'o"\\']),
+    loan_notional_usd=optional_ratio,
+    collateral_notional_usd=optional_ratio,
+    current_ltv=optional_ratio,
+    margin_call_ltv=optional_ratio,
+    liquidation_ltv=optional_ratio,
+    loans=amounts,
+    collateral=amounts,
+)
 positions = st.one_of(
     st.none(),
     st.just(NO_LOAN),
-    st.builds(
-        Position,
-        st.lists(
-            st.builds(
-                Order,
-                st.sampled_from(["", "1001", "1002", 'o"\\']),
-                loan_notional_usd=optional_ratio,
-                collateral_notional_usd=optional_ratio,
-                current_ltv=optional_ratio,
-                margin_call_ltv=optional_ratio,
-                liquidation_ltv=optional_ratio,
-                loans=amounts,
-                collateral=amounts,
-            ),
-            min_size=1,
-            max_size=3,
-            unique_by=lambda order: order.order_id,
-        ).map(tuple),
-    ),
+    st.lists(orders, min_size=1, max_size=3, unique_by=lambda order: order.order_id)
+    .map(tuple)
+    .map(Position),
 )
 snapshots_strategy = st.lists(
     st.builds(
