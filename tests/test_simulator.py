@@ -928,6 +928,8 @@ def test_control_endpoints_over_http(sim, client, clock):
         "latency": 0.0,
         "margin_call_cycle": 300.0,
         "walk": True,
+        "index_fault": None,
+        "index_fault_count": None,
     }
     assert client.post("/sim/reset").json() == {"ok": True}
     assert client.get("/sim/stats").json()["accounts"]["btc-usdt"]["requests"] == 0
@@ -940,6 +942,8 @@ def test_clock_skew_fails_requests_until_the_client_syncs_from_public_time(sim, 
         "latency": 0.0,
         "margin_call_cycle": 300.0,
         "walk": True,
+        "index_fault": None,
+        "index_fault_count": None,
     }
     assert_okx_error(get_loan_info(client, BTC, clock), "50102")
     server_ms = int(client.get(TIME_PATH).json()["data"][0]["ts"])

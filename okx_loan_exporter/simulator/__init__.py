@@ -1,6 +1,7 @@
 """An OKX-compatible HTTP server for the endpoints the exporter calls, with injectable faults.
 
-It serves ``GET /api/v5/public/time`` and the signed ``GET /api/v5/finance/flexible-loan/loan-info``
+It serves ``GET /api/v5/public/time``, the public ``GET /api/v5/market/index-tickers`` (the
+market's prices, 20 requests per 2 s) and the signed ``GET /api/v5/finance/flexible-loan/loan-info``
 (every loan order of the account, or the one its ``ordId`` asks for) and checks what OKX checks,
 in OKX's order: the four auth headers, the timestamp format and its 30 s window, the key, the
 passphrase, the demo-trading header and the HMAC-SHA256 signature, then the loan-info rate limit
@@ -29,10 +30,10 @@ from okx_loan_exporter.simulator.accounts import (
     generated_accounts,
 )
 from okx_loan_exporter.simulator.cli import exporter_config, exporter_config_yaml, main
-from okx_loan_exporter.simulator.faults import FAULTS, HUGE_BODY_BYTES
+from okx_loan_exporter.simulator.faults import FAULTS, HUGE_BODY_BYTES, MARKET_FAULTS
 from okx_loan_exporter.simulator.market import Market
 from okx_loan_exporter.simulator.orders import DEFAULT_MARGIN_CALL_CYCLE_SECONDS
-from okx_loan_exporter.simulator.server import LOAN_INFO_PATH, TIME_PATH
+from okx_loan_exporter.simulator.server import INDEX_TICKERS_PATH, LOAN_INFO_PATH, TIME_PATH
 from okx_loan_exporter.simulator.simulation import Simulator
 
 __all__ = [
@@ -40,7 +41,9 @@ __all__ = [
     "FAULTS",
     "HUGE_BODY_BYTES",
     "INDEX_PRICES",
+    "INDEX_TICKERS_PATH",
     "LOAN_INFO_PATH",
+    "MARKET_FAULTS",
     "STABLECOINS",
     "TIME_PATH",
     "Market",

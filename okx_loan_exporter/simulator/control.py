@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from okx_loan_exporter.simulator.faults import FAULTS
+from okx_loan_exporter.simulator.faults import FAULTS, MARKET_FAULTS
 from okx_loan_exporter.simulator.replies import Reply, control_reply
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def handle_control(sim: Simulator, method: str, path: str, body: bytes) -> Reply
 
 
 def _change_config(sim: Simulator, document: dict[str, Any]) -> dict[str, Any]:
-    _only_keys(document, {"clock_skew", "latency", "walk"})
+    _only_keys(document, {"clock_skew", "latency", "walk", "index_fault", "index_fault_count"})
     skew = document.get("clock_skew")
     latency = document.get("latency")
     if skew is not None:
@@ -53,8 +53,20 @@ def _change_config(sim: Simulator, document: dict[str, Any]) -> dict[str, Any]:
         _number(latency, "latency")
     if "walk" in document and not isinstance(document["walk"], bool):
         raise ValueError("'walk' must be true or false")
+    index_fault = document.get("index_fault")
+    index_count = document.get("index_fault_count")
+    if index_fault is not None and index_fault not in MARKET_FAULTS:
+        raise ValueError(
+            f"unknown index_fault {index_fault!r}; known faults: {', '.join(MARKET_FAULTS)}"
+        )
+    if index_count is not None and (
+        isinstance(index_count, bool) or not isinstance(index_count, int) or index_count < 1
+    ):
+        raise ValueError("'index_fault_count' must be a positive integer or null")
     if "walk" in document:
         sim.set_market_walk(document["walk"])
+    if "index_fault" in document:
+        sim.set_index_fault(index_fault, index_count)
     if skew is not None:
         sim.set_clock_skew(skew)
     if latency is not None:

@@ -48,6 +48,21 @@ FAULTS: tuple[str, ...] = (
 )
 """Every fault name :meth:`Simulator.set_fault` and ``POST /sim/accounts/<name>`` accept."""
 
+MARKET_FAULTS: tuple[str, ...] = (
+    "http_500_html",
+    "http_200_html",
+    "truncated_json",
+    "invalid_json",
+    "no_data",
+    "rate_limit",
+    "busy_50001",
+    "busy_50013",
+    "slow",
+    "hang",
+    "close",
+)
+"""The faults an index-tickers answer can show (:meth:`Simulator.set_index_fault`)."""
+
 SLOW_FAULT_SECONDS = 3.0
 HUGE_BODY_BYTES = 50 * 1024 * 1024
 

@@ -1,4 +1,5 @@
-"""The market: one set of USD index prices, shared by every account, that walks with the clock."""
+"""The market: one set of USD index prices, shared by every account, that walks with the clock,
+and OKX's index-tickers answer made from them."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import math
 import random
 from collections.abc import Mapping
 from decimal import Decimal
+from typing import Any
 
-from okx_loan_exporter.simulator.accounts import STABLECOINS, significant
+from okx_loan_exporter.simulator.accounts import STABLECOINS, plain, significant
 
 # The walk, in log-price space around a centre: x <- x * (1 - theta) + sigma * N(0, 1) per step.
 # sigma is "a few tenths of a percent" per step; the pull to the centre (stationary deviation about
@@ -15,6 +17,8 @@ from okx_loan_exporter.simulator.accounts import STABLECOINS, significant
 _WALK_SIGMA = 0.004
 _WALK_THETA = 0.01
 _WALK_MAX_STEPWISE = 1000  # larger clock jumps use the exact n-step distribution in one draw
+INDEX_QUOTES = ("USD", "USDT", "USDC", "BTC")
+"""The quote currencies OKX has indexes in."""
 
 
 class Market:
@@ -57,3 +61,42 @@ class Market:
                 spread = _WALK_SIGMA * math.sqrt((1.0 - decay * decay) / (1.0 - keep * keep))
                 x = x * decay + spread * rng.gauss(0.0, 1.0)
             self._prices[ccy] = significant(centre * Decimal(repr(math.exp(x))), 10)
+
+
+def index_tickers(
+    prices: Mapping[str, Decimal], quote: str, instrument: str, ts: str
+) -> list[dict[str, Any]]:
+    """``data`` of OKX's index-tickers answer at ``prices`` (USD): every index of ``quote``, or
+    the one ``instrument`` (``BTC-USDT``) when given, as OKX does.
+
+    LookupError carries OKX's code: 50014 with neither parameter, 51000 for a quote OKX has no
+    indexes in, 51001 for an unknown index. The 24 h fields repeat the price (no history here).
+    """
+    if instrument:
+        base, _, quote = instrument.partition("-")
+        if quote not in INDEX_QUOTES or base not in prices or base == quote:
+            raise LookupError("51001")
+        bases = [base]
+    elif quote:
+        if quote not in INDEX_QUOTES:
+            raise LookupError("51000")
+        bases = sorted(ccy for ccy in prices if ccy != quote)
+    else:
+        raise LookupError("50014")
+    unit = Decimal(1) if quote == "USD" else prices[quote]
+    entries = []
+    for base in bases:
+        price = plain(significant(prices[base] / unit, 12))
+        entries.append(
+            {
+                "instId": f"{base}-{quote}",
+                "idxPx": price,
+                "high24h": price,
+                "sodUtc0": price,
+                "open24h": price,
+                "low24h": price,
+                "sodUtc8": price,
+                "ts": ts,
+            }
+        )
+    return entries

@@ -24,6 +24,8 @@ DEFAULT_MARGIN_CALL_CYCLE_SECONDS = 300.0
 """Period of a cycling order's LTV: above its margin-call LTV from 1/4 to 3/4 of each period."""
 RATE_LIMIT_REQUESTS = 5
 RATE_LIMIT_PERIOD_SECONDS = 2.0
+INDEX_RATE_LIMIT_REQUESTS = 20
+"""index-tickers: 20 requests per 2 s per IP (every client of the simulator is one IP)."""
 
 
 def cycle_ltv(order: SimOrder, elapsed: float, period: float) -> Decimal:

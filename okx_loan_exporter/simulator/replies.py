@@ -16,6 +16,7 @@ _OKX_ERRORS: dict[str, tuple[int, str]] = {
         "Rate limit reached. Please refer to API documentation and throttle requests accordingly.",
     ),
     "50013": (200, "Systems are busy. Please try again later."),
+    "50014": (400, "Parameter quoteCcy can not be empty."),
     "50101": (401, "APIKey does not match current environment."),
     "50102": (401, "Timestamp request expired."),
     "50103": (401, 'Request header "OK-ACCESS-KEY" cannot be empty.'),
@@ -29,6 +30,8 @@ _OKX_ERRORS: dict[str, tuple[int, str]] = {
     "50113": (401, "Invalid signature."),
     "50115": (405, "Invalid request method."),
     "50120": (401, "API key doesn't have permission to use this function."),
+    "51000": (400, "Parameter quoteCcy error"),
+    "51001": (400, "Instrument ID does not exist"),
 }
 
 

@@ -1,5 +1,5 @@
 """The HTTP side: a threading server that can drop hanging connections on stop, and the request
-handler that routes OKX's two paths and ``/sim/*`` and carries out a :class:`Reply`."""
+handler that routes OKX's three paths and ``/sim/*`` and carries out a :class:`Reply`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 TIME_PATH = "/api/v5/public/time"
 LOAN_INFO_PATH = "/api/v5/finance/flexible-loan/loan-info"
+INDEX_TICKERS_PATH = "/api/v5/market/index-tickers"
 SLOW_BYTES_INTERVAL_SECONDS = 0.2
 MAX_REQUEST_BODY_BYTES = 1024 * 1024
 
@@ -115,6 +116,8 @@ class SimulatorRequestHandler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path == TIME_PATH:
             reply = sim.answer_public_time()
+        elif path == INDEX_TICKERS_PATH:
+            reply = sim.answer_index_tickers(self.command, self.path)
         elif path == LOAN_INFO_PATH:
             reply = sim.answer_loan_info(self.command, self.path, self.headers, body)
         elif path.startswith("/sim/"):

@@ -24,9 +24,15 @@ from okx_loan_exporter.simulator.accounts import (
     value_of,
 )
 from okx_loan_exporter.simulator.auth import Headers, auth_error
-from okx_loan_exporter.simulator.faults import FAULTS, fault_reply
-from okx_loan_exporter.simulator.market import Market
-from okx_loan_exporter.simulator.orders import DEFAULT_MARGIN_CALL_CYCLE_SECONDS, AccountState
+from okx_loan_exporter.simulator.faults import FAULTS, MARKET_FAULTS, fault_reply
+from okx_loan_exporter.simulator.market import Market, index_tickers
+from okx_loan_exporter.simulator.orders import (
+    DEFAULT_MARGIN_CALL_CYCLE_SECONDS,
+    INDEX_RATE_LIMIT_REQUESTS,
+    AccountState,
+    RateWindow,
+    Stats,
+)
 from okx_loan_exporter.simulator.replies import Reply, okx_error, okx_ok
 from okx_loan_exporter.simulator.server import (
     SimulatorHTTPServer,
@@ -99,6 +105,10 @@ class Simulator:
         self._latency = self._initial_latency
         self._time_requests = 0
         self._unattributed = 0
+        self._index_stats = Stats()
+        self._index_window = RateWindow(INDEX_RATE_LIMIT_REQUESTS)
+        self._index_fault: str | None = None
+        self._index_fault_remaining: int | None = None
         self._market = Market(self._prices, self._seed)
         self._states = {a.name: AccountState(copy.deepcopy(a)) for a in self._accounts}
 
@@ -139,6 +149,8 @@ class Simulator:
                 "latency": self._latency,
                 "margin_call_cycle": self._cycle,
                 "walk": self._stopped_at is None,
+                "index_fault": self._index_fault,
+                "index_fault_count": self._index_fault_remaining,
             }
 
     def _view(self, state: AccountState, order_id: str | None) -> dict[str, Any]:
@@ -214,6 +226,21 @@ class Simulator:
             state.fault = fault
             state.fault_remaining = count if fault is not None else None
             state.fault_order = order
+
+    def set_index_fault(self, fault: str | None, count: int | None = None) -> None:
+        """Make the next ``count`` index-tickers answers (all if None) show ``fault``: one of
+        :data:`MARKET_FAULTS`, the faults that do not spoil a loan-info entry."""
+        if fault is not None and fault not in MARKET_FAULTS:
+            raise ValueError(
+                f"unknown index-tickers fault {fault!r}; known: {', '.join(MARKET_FAULTS)}"
+            )
+        if count is not None and (
+            isinstance(count, bool) or not isinstance(count, int) or count < 1
+        ):
+            raise ValueError(f"fault count must be a positive integer or None, got {count!r}")
+        with self._lock:
+            self._index_fault = fault
+            self._index_fault_remaining = count if fault is not None else None
 
     def set_ltv(self, account: str, ltv: float, order: str | None = None) -> None:
         """Hold ``order``'s curLTV (None: the first order) at ``ltv`` to 4 decimals.
@@ -298,6 +325,7 @@ class Simulator:
                 },
                 "time_requests": self._time_requests,
                 "unattributed_requests": self._unattributed,
+                "index_tickers": dataclasses.asdict(self._index_stats),
             }
 
     def reset(self) -> None:
@@ -356,6 +384,44 @@ class Simulator:
             self._time_requests += 1
             now = self._clock() + self._skew
         return okx_ok([{"ts": str(math.floor(now * 1000))}])
+
+    def answer_index_tickers(self, method: str, target: str) -> Reply:
+        """The answer to the public ``GET /api/v5/market/index-tickers`` (``quoteCcy`` or
+        ``instId``): the market's prices now, behind OKX's 20 requests / 2 s limit and faults."""
+        if method != "GET":
+            return okx_error("50115")
+        query = parse_qs(urlsplit(target).query)
+        quote = (query.get("quoteCcy") or [""])[-1]
+        instrument = (query.get("instId") or [""])[-1]
+        with self._lock:
+            stats = self._index_stats
+            stats.requests += 1
+            delay = self._latency
+            if not self._index_window.allow(self._clock()):
+                stats.rate_limited += 1
+                reply = okx_error("50011")
+                reply.delay = delay
+                return reply
+            prices, _ = self._now_prices()
+            ts = str(math.floor((self._clock() + self._skew) * 1000))
+            fault = self._index_fault
+            if fault is not None and self._index_fault_remaining is not None:
+                self._index_fault_remaining -= 1
+                if self._index_fault_remaining <= 0:
+                    self._index_fault = self._index_fault_remaining = None
+            try:
+                data = index_tickers(prices, quote, instrument, ts)
+            except LookupError as error:
+                reply = okx_error(str(error.args[0]))
+            else:
+                if fault is not None:
+                    stats.faulted += 1
+                    reply = fault_reply(fault, data, None)
+                else:
+                    stats.ok += 1
+                    reply = okx_ok(data)
+        reply.delay += delay
+        return reply
 
     def answer_loan_info(self, method: str, target: str, headers: Headers, body: bytes) -> Reply:
         """The answer to a loan-info request: auth, rate limit, ``ordId`` filter, then faults."""
