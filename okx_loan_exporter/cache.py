@@ -19,6 +19,7 @@ from typing import Protocol
 
 from okx_loan_exporter.okx import FailureReason, OkxError
 from okx_loan_exporter.position import Position
+from okx_loan_exporter.pricefeed import PriceFeeds, PriceSnapshot
 from okx_loan_exporter.stats import RequestStats, RequestStatsSnapshot
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class AccountSnapshot:
     clock_offset: float
     last_hint: str | None = None
     """What to do about ``last_failure``, in one line (OkxError's hint), for the landing page."""
+    prices: PriceSnapshot | None = None
+    """The index prices of the account's base URL (None when prices are off)."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,15 @@ class AccountCache:
         task = self._task
         return (task is None or task.done()) and self._clock() < self._next_attempt
 
-    def snapshot(self, *, pending: bool = False) -> AccountSnapshot:
+    @property
+    def holds_orders(self) -> bool:
+        """True when the latest good answer held at least one loan order."""
+        position = self._outcome.position
+        return position is not None and position.active
+
+    def snapshot(
+        self, *, pending: bool = False, prices: PriceSnapshot | None = None
+    ) -> AccountSnapshot:
         outcome = self._outcome
         fresh = (
             outcome.last_success is not None
@@ -124,6 +135,7 @@ class AccountCache:
             requests=self.stats.snapshot(),
             clock_offset=self._source.clock_offset,
             last_hint=outcome.hint,
+            prices=prices,
         )
 
     async def _fetch(self) -> None:
@@ -243,29 +255,56 @@ def _log_order_changes(account: str, before: Position, after: Position) -> None:
 
 
 class PositionCache:
-    """All accounts' caches; scrapes call :meth:`refresh_async` on the cache's event loop."""
+    """All accounts' caches and the index-price feeds; scrapes call :meth:`refresh_async` on the
+    cache's event loop."""
 
-    def __init__(self, accounts: Sequence[AccountCache]) -> None:
+    def __init__(self, accounts: Sequence[AccountCache], prices: PriceFeeds | None = None) -> None:
         self.accounts = tuple(accounts)
+        self.prices = prices
+
+    def _holders(self) -> set[str]:
+        return {account.name for account in self.accounts if account.holds_orders}
 
     async def refresh_async(self, wait: float) -> list[AccountSnapshot]:
-        """Start due fetches, wait up to ``wait`` seconds for those in flight, snapshot all."""
+        """Start due fetches, wait up to ``wait`` seconds for those in flight, snapshot all.
+
+        Index prices are fetched beside the accounts; when an account's first orders arrive in
+        this scrape, its base URL's prices are fetched then, within the same ``wait``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
         tasks = {
             account.name: task
             for account in self.accounts
             if (task := account.fetch_if_due()) is not None
         }
-        if tasks and wait > 0:
-            await asyncio.wait(tasks.values(), timeout=wait)
+        price_tasks = self.prices.fetch_due(self._holders()) if self.prices else []
+        if (tasks or price_tasks) and wait > 0:
+            await asyncio.wait([*tasks.values(), *price_tasks], timeout=wait)
+        if self.prices is not None and tasks:
+            price_tasks = self.prices.fetch_due(self._holders())
+            left = deadline - loop.time()
+            if price_tasks and left > 0:
+                await asyncio.wait(price_tasks, timeout=left)
+        prices = self._prices()
         return [
-            account.snapshot(pending=account.name in tasks and not tasks[account.name].done())
+            account.snapshot(
+                pending=account.name in tasks and not tasks[account.name].done(),
+                prices=prices.get(account.name),
+            )
             for account in self.accounts
         ]
 
+    def _prices(self) -> dict[str, PriceSnapshot]:
+        return {} if self.prices is None else self.prices.by_account()
+
     def idle(self) -> bool:
         """True when :meth:`refresh_async` would neither start nor wait for a fetch."""
-        return all(account.idle() for account in self.accounts)
+        return all(account.idle() for account in self.accounts) and (
+            self.prices is None or self.prices.idle(self._holders())
+        )
 
     def snapshots(self) -> list[AccountSnapshot]:
         """The current state without asking OKX (for the landing page, and idle scrapes)."""
-        return [account.snapshot() for account in self.accounts]
+        prices = self._prices()
+        return [account.snapshot(prices=prices.get(account.name)) for account in self.accounts]

@@ -21,9 +21,15 @@ from prometheus_client.registry import Collector
 
 from okx_loan_exporter.cache import AccountSnapshot
 from okx_loan_exporter.okx import FailureReason
+from okx_loan_exporter.prices import STABLECOINS
 from okx_loan_exporter.stats import DURATION_BUCKETS
+from okx_loan_exporter.whatif import DROPS, order_risk
 
 CACHED = "Cached: refreshed from OKX at most once per cache_ttl."
+PRICED = (
+    "Computed from the order's loan-info and OKX index prices (market/index-tickers, refreshed "
+    "at most once per price_interval), OKX's haircut as collateralNotionalUsd / (amounts x prices)."
+)
 _BUCKET_BOUNDS = (*(repr(bound) for bound in DURATION_BUCKETS), "+Inf")
 
 
@@ -39,6 +45,7 @@ class LoanCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from _position_families(self._snapshots)
+        yield from _price_families(self._snapshots)
         yield from _health_families(self._snapshots)
         build = GaugeMetricFamily(
             "okx_loan_exporter_build_info", "The exporter's version; always 1.", labels=["version"]
@@ -139,6 +146,84 @@ def _position_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]
         liquidation_price,
         orders,
         active,
+    )
+
+
+def _price_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
+    """Index prices of the orders' currencies and the what-if figures of every order."""
+    index_price = GaugeMetricFamily(
+        "okx_loan_index_price",
+        "OKX index price of a currency of some loan order, in the quote currency (OKX "
+        "market/index-tickers idxPx; the quote itself is 1, a stablecoin without index is at par). "
+        "Refreshed at most once per price_interval.",
+        labels=["currency", "quote"],
+    )
+
+    def whatif(name: str, text: str, *labels: str) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            name, f"{text} {PRICED}", labels=["account", "order", "currency", *labels]
+        )
+
+    drop_liquidation = whatif(
+        "okx_loan_price_drop_to_liquidation_ratio",
+        "Fraction by which this collateral currency's price alone can fall before the order's "
+        "LTV reaches liqLTV (0: already there; 1: it alone can never get there).",
+    )
+    drop_margin_call = whatif(
+        "okx_loan_price_drop_to_margin_call_ratio",
+        "Fraction by which this collateral currency's price alone can fall before the order's "
+        "LTV reaches marginCallLTV (0: already there; 1: it alone can never get there).",
+    )
+    ltv_after = whatif(
+        "okx_loan_ltv_after_price_drop_ratio",
+        "The order's LTV if this collateral currency's price fell by the fraction drop "
+        '(currency="all": every currency but stablecoins, collateral and debt, falls together).',
+        "drop",
+    )
+    rise_liquidation = whatif(
+        "okx_loan_price_rise_to_liquidation_ratio",
+        "Fraction by which this volatile debt currency's price alone can rise before the order's "
+        "LTV reaches liqLTV (0: already there; +Inf: no rise gets there).",
+    )
+    rise_margin_call = whatif(
+        "okx_loan_price_rise_to_margin_call_ratio",
+        "Fraction by which this volatile debt currency's price alone can rise before the order's "
+        "LTV reaches marginCallLTV (0: already there; +Inf: no rise gets there).",
+    )
+    drop_labels = {drop: repr(drop) for drop in DROPS}
+    priced: set[str] = set()
+    for snapshot in snapshots:
+        position, feed = snapshot.position, snapshot.prices
+        if position is None or feed is None or feed.prices is None:
+            continue
+        prices = feed.prices
+        for order in position.orders:
+            found = prices.of((*order.collateral, *order.loans))
+            for currency, price in found.items():
+                if currency not in priced:
+                    priced.add(currency)
+                    index_price.add_metric([currency, prices.quote], price)
+            risk = order_risk(order, found, STABLECOINS)
+            if risk is None:
+                continue
+            labels = [snapshot.name, order.order_id]
+            for currency, value in risk.drop_to_liquidation.items():
+                drop_liquidation.add_metric([*labels, currency], value)
+            for currency, value in risk.drop_to_margin_call.items():
+                drop_margin_call.add_metric([*labels, currency], value)
+            for (currency, drop), value in risk.ltv_after_drop.items():
+                ltv_after.add_metric([*labels, currency, drop_labels[drop]], value)
+            for currency, value in risk.rise_to_liquidation.items():
+                rise_liquidation.add_metric([*labels, currency], value)
+            for currency, value in risk.rise_to_margin_call.items():
+                rise_margin_call.add_metric([*labels, currency], value)
+    yield from (
+        index_price,
+        drop_liquidation,
+        drop_margin_call,
+        ltv_after,
+        rise_liquidation,
+        rise_margin_call,
     )
 
 

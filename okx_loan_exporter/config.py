@@ -41,11 +41,21 @@ MAX_TIMEOUT = 60.0
 DEFAULT_CACHE_TTL = 10.0
 DEFAULT_MAX_STALE = 300.0
 DEFAULT_TIMEOUT = 5.0
+MIN_PRICE_INTERVAL = 0.5
+"""index-tickers allows 20 requests per 2 s per IP, for every base URL together."""
 
 ENVIRONMENT = "environment"
 """The source named in messages when the configuration comes from the environment."""
 
-_TOP_KEYS = ("cache_ttl", "max_stale", "timeout", "base_url", "region", "accounts")
+_TOP_KEYS = (
+    "cache_ttl",
+    "max_stale",
+    "timeout",
+    "price_interval",
+    "base_url",
+    "region",
+    "accounts",
+)
 _ACCOUNT_KEYS = (
     "name",
     *(f"{secret}{suffix}" for secret in secret_sources.SECRETS for suffix in ("", "_file", "_env")),
@@ -61,6 +71,7 @@ _ENV_VARS = (
     "OKX_CACHE_TTL",
     "OKX_MAX_STALE",
     "OKX_TIMEOUT",
+    "OKX_PRICE_INTERVAL",
 )
 
 _NAME_RE = re.compile(r"[a-zA-Z0-9_-]+")
@@ -98,6 +109,13 @@ class ExporterConfig:
     timeout: float = DEFAULT_TIMEOUT
     source: str = ENVIRONMENT
     warnings: tuple[str, ...] = ()
+    price_interval: float | None = None
+    """Seconds between index-price fetches per base URL; None is ``cache_ttl``, 0 turns them off."""
+
+    @property
+    def index_price_interval(self) -> float:
+        """``price_interval`` with its default applied (0: no index prices, no what-if figures)."""
+        return self.cache_ttl if self.price_interval is None else self.price_interval
 
 
 def parse_duration(value: object, source: str, key: str) -> float:
@@ -201,6 +219,7 @@ def _from_mapping(
         source,
         problems,
     )
+    price_interval = _price_interval(data.get("price_interval"), "price_interval", source, problems)
     default_url = problems.attempt(
         lambda: _base_url(
             data.get("base_url"),
@@ -248,6 +267,7 @@ def _from_mapping(
         timeout=timeout,
         source=source,
         warnings=tuple(warnings),
+        price_interval=price_interval,
     )
     return config, inline_keys
 
@@ -412,6 +432,9 @@ def _from_environ(environ: Mapping[str, str]) -> ExporterConfig:
         source,
         problems,
     )
+    price_interval = _price_interval(
+        environ.get("OKX_PRICE_INTERVAL") or None, "OKX_PRICE_INTERVAL", source, problems
+    )
     warnings: list[str] = []
     base_url = problems.attempt(
         lambda: _base_url(
@@ -438,6 +461,7 @@ def _from_environ(environ: Mapping[str, str]) -> ExporterConfig:
         timeout=timeout,
         source=source,
         warnings=(*warnings, *(str(typo) for typo in typos)),
+        price_interval=price_interval,
     )
 
 
@@ -549,6 +573,27 @@ def _durations(
         DEFAULT_MAX_STALE if max_stale is None else max_stale,
         DEFAULT_TIMEOUT if timeout is None else timeout,
     )
+
+
+def _price_interval(
+    value: object, key: str, source: str, problems: yamlload.Problems
+) -> float | None:
+    """``price_interval``: None (not given: ``cache_ttl``), 0 (off) or at least 0.5 s."""
+    if value is None:
+        return None
+    interval = problems.attempt(lambda: parse_duration(value, source, key), None)
+    if interval is not None and 0 < interval < MIN_PRICE_INTERVAL:
+        problems.add(
+            ConfigError(
+                source,
+                key,
+                f"{_seconds(interval)} is too short",
+                f"set {key} to 0s (no index prices) or at least {_seconds(MIN_PRICE_INTERVAL)};"
+                " OKX allows 20 index-tickers requests per 2 s per IP",
+            )
+        )
+        return None
+    return interval
 
 
 def _base_url(

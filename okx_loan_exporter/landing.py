@@ -12,6 +12,8 @@ from enum import Enum
 
 from okx_loan_exporter.cache import AccountSnapshot
 from okx_loan_exporter.position import Order
+from okx_loan_exporter.prices import STABLECOINS, IndexPrices
+from okx_loan_exporter.whatif import order_risk
 
 MARGIN_CALL_WARNING_FRACTION = 0.9
 """Warning from this fraction of the margin-call LTV: ``okx_loan:margin_call_warning_fraction``
@@ -94,6 +96,7 @@ def render_landing_page(
 <th scope="col" class="num">Headroom to margin call</th>
 <th scope="col" class="num">Liquidation LTV</th>
 <th scope="col" class="num">Headroom to liquidation</th>
+<th scope="col" class="num">Smallest drop to liquidation</th>
 <th scope="col" class="num">Data age</th></tr></thead>
 <tbody>
 {body}
@@ -101,7 +104,9 @@ def render_landing_page(
 <p class="legend">Headroom is in percentage points (pp) of LTV. <b>Warning</b>: LTV at or above
 {MARGIN_CALL_WARNING_FRACTION:.0%} of the margin-call LTV. <b>Margin call</b>: at or above it.
 <b>Liquidation zone</b>: at or above {LIQUIDATION_ZONE_FRACTION:.0%} of the liquidation LTV, where
-OKX sells the collateral. The same fractions as the alert rules.</p>
+OKX sells the collateral. The same fractions as the alert rules. <b>Smallest drop to
+liquidation</b>: the collateral currency whose price alone needs to fall least to reach the
+liquidation LTV, and by how much (from OKX's index prices; "never" when no single currency can).</p>
 <p class="legend">This page does not contact OKX: it shows what the last scrape of
 <a href="metrics">/metrics</a> fetched (at most one request per account every
 {cache_ttl:g} s). It reloads every {refresh} s. Version {html.escape(version)}.
@@ -119,7 +124,8 @@ def _rows(snapshot: AccountSnapshot) -> list[_Row]:
     name, position = snapshot.name, snapshot.position
     rows: list[_Row] = []
     if position is not None and position.orders:
-        rows = [_order_row(name, order) for order in position.orders]
+        prices = snapshot.prices.prices if snapshot.prices is not None else None
+        rows = [_order_row(name, order, prices) for order in position.orders]
     elif position is not None:
         rows = [_message_row(name, Status.NO_LOAN, "no loan: OKX reports no Flexible Loan order")]
     elif snapshot.last_success is None and snapshot.last_failure is None:
@@ -144,7 +150,7 @@ def _rows(snapshot: AccountSnapshot) -> list[_Row]:
     return rows
 
 
-def _order_row(account: str, order: Order) -> _Row:
+def _order_row(account: str, order: Order, prices: IndexPrices | None) -> _Row:
     ltv = order.current_ltv
     cells = "".join(
         f'<td class="num">{text}</td>'
@@ -154,13 +160,27 @@ def _order_row(account: str, order: Order) -> _Row:
             _headroom(ltv, order.margin_call_ltv),
             _percent(order.liquidation_ltv),
             _headroom(ltv, order.liquidation_ltv),
+            _smallest_drop(order, prices),
         )
     )
     return _Row(account, order.order_id, order_status(order), cells)
 
 
+def _smallest_drop(order: Order, prices: IndexPrices | None) -> str:
+    """The collateral currency that alone needs the smallest price drop to liquidate the order."""
+    risk = None
+    if prices is not None:
+        risk = order_risk(order, prices.of((*order.collateral, *order.loans)), STABLECOINS)
+    if risk is None or not risk.drop_to_liquidation:
+        return "\N{EM DASH}"
+    currency, drop = min(risk.drop_to_liquidation.items(), key=lambda item: item[1])
+    if drop >= 1.0:
+        return "never"
+    return f"{html.escape(currency)} \N{MINUS SIGN}{drop * 100:.2f} %"
+
+
 def _message_row(account: str, status: Status, message: str) -> _Row:
-    return _Row(account, "", status, f'<td colspan="5" class="message">{html.escape(message)}</td>')
+    return _Row(account, "", status, f'<td colspan="6" class="message">{html.escape(message)}</td>')
 
 
 def _failure_row(snapshot: AccountSnapshot) -> _Row:
@@ -172,7 +192,7 @@ def _failure_row(snapshot: AccountSnapshot) -> _Row:
     message = f'<span class="reason">{html.escape(reason)}</span>: {html.escape(detail)}'
     if hint:
         message += f'<br><span class="hint">What to do: {html.escape(hint)}</span>'
-    cells = f'<td colspan="5" class="message">{message}</td>'
+    cells = f'<td colspan="6" class="message">{message}</td>'
     return _Row(snapshot.name, "", Status.FAILING, cells)
 
 

@@ -10,7 +10,7 @@ replaces good prices.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from okx_loan_exporter.position import InvalidResponse, parse_decimal
@@ -39,6 +39,11 @@ class IndexPrices:
         if found is None and currency in STABLECOINS:
             return 1.0
         return found
+
+    def of(self, currencies: Iterable[str]) -> dict[str, float]:
+        """The prices of those ``currencies`` that have one."""
+        found = {currency: self.price(currency) for currency in currencies}
+        return {currency: price for currency, price in found.items() if price is not None}
 
 
 def parse_index_tickers(body: object, quote: str = QUOTE) -> IndexPrices:

@@ -7,6 +7,7 @@ reason and hint on the page are the ones the cache keeps from a failed fetch.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -23,6 +24,9 @@ from okx_loan_exporter.landing import (
 )
 from okx_loan_exporter.okx import HINTS, FailureReason, OkxError
 from okx_loan_exporter.position import NO_LOAN, Order, Position
+from okx_loan_exporter.pricefeed import PriceSnapshot
+from okx_loan_exporter.prices import IndexPrices
+from okx_loan_exporter.stats import RequestStats
 
 NOW = 1_700_000_000.0
 RULES = Path(__file__).resolve().parents[1] / "examples" / "prometheus" / "rules.yml"
@@ -35,6 +39,7 @@ HEADERS = [
     "Headroom to margin call",
     "Liquidation LTV",
     "Headroom to liquidation",
+    "Smallest drop to liquidation",
     "Data age",
 ]
 
@@ -273,6 +278,7 @@ def test_one_row_per_order_with_values_headroom_and_age():
             "Headroom to margin call": "16.32 pp",
             "Liquidation LTV": "83.74 %",
             "Headroom to liquidation": "26.32 pp",
+            "Smallest drop to liquidation": "\N{EM DASH}",  # no index prices here
             "Data age": "1 min 5 s",
         },
         {
@@ -284,6 +290,7 @@ def test_one_row_per_order_with_values_headroom_and_age():
             "Headroom to margin call": "-2.00 pp",
             "Liquidation LTV": "80.00 %",
             "Headroom to liquidation": "8.00 pp",
+            "Smallest drop to liquidation": "\N{EM DASH}",
             "Data age": "1 min 5 s",
         },
     ]
@@ -412,3 +419,24 @@ def test_page_links_the_endpoints_and_says_its_version():
     page = render(never_fetched())
     assert page.links == ["metrics", "-/healthy", "-/ready"]  # relative: works behind a prefix
     assert "Version 1.2.3" in " ".join("".join(page.text).split())
+
+
+def test_smallest_drop_to_liquidation_per_order_from_index_prices():
+    mixed = Order(
+        "7",
+        loan_notional_usd=40000.0,
+        collateral_notional_usd=80000.0,
+        current_ltv=0.5,
+        margin_call_ltv=0.7,
+        liquidation_ltv=0.8,
+        loans={"SOL": 200.0, "USDT": 10000.0},
+        collateral={"BTC": 1.0, "ETH": 10.0, "USDC": 10000.0},
+    )
+    hedged = Order("9", 30000.0, 120000.0, 0.25, 0.7, 0.8, {"BTC": 0.5}, {"BTC": 1.0, "ETH": 20.0})
+    unpriced = Order("11", 50.0, 100.0, 0.5, 0.7, 0.8, {"USDT": 50.0}, {"DOGE": 1000.0})
+    prices = IndexPrices("USDT", {"BTC": 60000.0, "ETH": 3000.0, "SOL": 150.0})
+    feed = PriceSnapshot("http://okx", prices, NOW, None, RequestStats().snapshot())
+    snapshot = dataclasses.replace(snapshot_after(loan(mixed, hedged, unpriced)), prices=feed)
+    drops = [row["Smallest drop to liquidation"] for row in table(render(snapshot))]
+    # BTC is 60 % of the collateral: (0.8 - 0.5) / (0.8 x 0.6); no price for DOGE: a dash.
+    assert drops == ["BTC \N{MINUS SIGN}62.50 %", "never", "\N{EM DASH}"]
