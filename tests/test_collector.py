@@ -1,8 +1,10 @@
 """The collector: every metric of the contract from snapshots, rendered and parsed back."""
 
+import dataclasses
 import json
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -10,6 +12,8 @@ from okx_loan_exporter.cache import AccountSnapshot
 from okx_loan_exporter.collector import LoanCollector
 from okx_loan_exporter.okx import FailureReason
 from okx_loan_exporter.position import NO_LOAN, Order, Position, parse_loan_info
+from okx_loan_exporter.pricefeed import PriceSnapshot
+from okx_loan_exporter.prices import IndexPrices
 from okx_loan_exporter.stats import RequestStats
 
 DATA = Path(__file__).parent / "data"
@@ -246,3 +250,72 @@ def test_label_values_are_escaped():
     families = {f.name: f for f in text_string_to_metric_families(text)}
     currencies = {s.labels["currency"] for s in families["okx_loan_borrowed_amount"].samples}
     assert currencies == {'US"D\\T\n'}
+
+
+def priced(snap: AccountSnapshot, prices: dict[str, float], base_url="https://www.okx.com"):
+    """``snap`` with index prices in USDT from the feed of ``base_url``."""
+    feed = PriceSnapshot(
+        base_url, IndexPrices("USDT", prices), 1700000000.0, None, RequestStats().snapshot()
+    )
+    return dataclasses.replace(snap, prices=feed)
+
+
+def exact(value: float) -> object:
+    return pytest.approx(value, rel=1e-12, abs=0)
+
+
+MIXED = Order(
+    "7",
+    loan_notional_usd=40000.0,
+    collateral_notional_usd=80000.0,
+    current_ltv=0.5,
+    margin_call_ltv=0.7,
+    liquidation_ltv=0.8,
+    loans={"SOL": 200.0, "USDT": 10000.0},
+    collateral={"BTC": 1.0, "ETH": 10.0, "USDC": 10000.0},
+)
+
+
+def test_index_prices_and_what_if_families_per_order_and_currency():
+    market = {"BTC": 60000.0, "ETH": 3000.0, "SOL": 150.0, "DOGE": 0.15}
+    registry, text = render(
+        priced(snapshot(position=Position((MIXED,))), market),
+        priced(snapshot(name="other", position=Position((MIXED,))), {**market, "BTC": 1.0}),
+    )
+    value = registry.get_sample_value
+    # Prices of the orders' currencies only, once each (the first account's feed), USDT at 1 as
+    # the quote, USDC at par without an index of its own; DOGE is in no order.
+    assert {
+        s.labels["currency"]: s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "okx_loan_index_price"
+        for s in f.samples
+    } == {"BTC": 60000.0, "ETH": 3000.0, "USDC": 1.0, "SOL": 150.0, "USDT": 1.0}
+    assert value("okx_loan_index_price", {"currency": "BTC", "quote": "USDT"}) == 60000.0
+    order = {"account": "main", "order": "7"}
+    btc = {**order, "currency": "BTC"}
+    assert value("okx_loan_price_drop_to_liquidation_ratio", btc) == exact(0.3 / 0.48)
+    assert value("okx_loan_price_drop_to_liquidation_ratio", {**order, "currency": "ETH"}) == 1.0
+    assert value("okx_loan_price_drop_to_margin_call_ratio", {**order, "currency": "USDC"}) == 1.0
+    sol = {**order, "currency": "SOL"}
+    assert value("okx_loan_price_rise_to_liquidation_ratio", sol) == exact(0.3 / 0.375)
+    assert value("okx_loan_price_rise_to_margin_call_ratio", {**order, "currency": "USDT"}) is None
+    assert value(
+        "okx_loan_ltv_after_price_drop_ratio", {**order, "currency": "BTC", "drop": "0.2"}
+    ) == exact(0.5 / 0.88)
+    assert value(
+        "okx_loan_ltv_after_price_drop_ratio", {**order, "currency": "all", "drop": "0.3"}
+    ) == exact(0.5 * 0.775 / 0.73)
+    # The other account is valued from its own base URL's prices.
+    other = {"account": "other", "order": "7", "currency": "BTC"}
+    assert value("okx_loan_price_drop_to_liquidation_ratio", other) == 1.0
+
+
+def test_no_what_if_without_prices_or_without_a_price_of_every_currency():
+    without_feed = snapshot(position=Position((MIXED,)))
+    missing_sol = priced(snapshot(name="b", position=Position((MIXED,))), {"BTC": 1.0, "ETH": 1.0})
+    _, text = render(without_feed, missing_sol)
+    names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    assert "okx_loan_price_drop_to_liquidation_ratio" not in names
+    assert "okx_loan_ltv_after_price_drop_ratio" not in names
+    assert "okx_loan_index_price" in names  # the prices it has are still shown
