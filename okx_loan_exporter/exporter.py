@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -21,6 +22,7 @@ from okx_loan_exporter import __version__
 from okx_loan_exporter.cache import AccountCache, AccountSnapshot, PositionCache
 from okx_loan_exporter.config import ExporterConfig
 from okx_loan_exporter.okx import Credentials, OkxClient
+from okx_loan_exporter.pricefeed import PriceFeed, PriceFeeds
 from okx_loan_exporter.stats import RequestStats
 
 T = TypeVar("T")
@@ -94,7 +96,41 @@ class Exporter:
                     clock=clock,
                 )
             )
-        self.cache = PositionCache(accounts)
+        self.cache = PositionCache(accounts, self._price_feeds(clock, transport))
+
+    def _price_feeds(
+        self, clock: Callable[[], float], transport: httpx.AsyncBaseTransport | None
+    ) -> PriceFeeds | None:
+        """One index-price feed per base URL (None when ``price_interval`` is 0)."""
+        config = self.config
+        if config.index_price_interval <= 0:
+            return None
+        feeds: dict[str, PriceFeed] = {}
+        labels: set[str] = set()
+        for url in dict.fromkeys(account.base_url for account in config.accounts):
+            parts = urlsplit(url)
+            label = f"{parts.scheme}://{parts.netloc}"  # a path may hold a token: never shown
+            if label in labels:
+                label = f"{label} ({len(feeds) + 1})"
+            labels.add(label)
+            stats = RequestStats()
+            public = OkxClient(
+                self._new_http_client(transport),
+                url,
+                None,
+                timeout=config.timeout,
+                clock=clock,
+                on_request=stats.observe,
+            )
+            feeds[url] = PriceFeed(
+                label,
+                public,
+                interval=config.index_price_interval,
+                max_stale=config.max_stale,
+                stats=stats,
+                clock=clock,
+            )
+        return PriceFeeds(feeds, {account.name: account.base_url for account in config.accounts})
 
     def _new_http_client(self, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
         """A client for up to ACCOUNTS_PER_POOL accounts: each has at most one request in flight."""

@@ -24,6 +24,7 @@ from typing import TypeVar
 import httpx
 
 from okx_loan_exporter.position import InvalidResponse, Position, parse_loan_info
+from okx_loan_exporter.prices import INDEX_TICKERS_PATH, QUOTE, IndexPrices, parse_index_tickers
 
 LOAN_INFO_PATH = "/api/v5/finance/flexible-loan/loan-info"
 PUBLIC_TIME_PATH = "/api/v5/public/time"
@@ -137,7 +138,7 @@ class OkxClient:
         self,
         http: httpx.AsyncClient,
         base_url: str,
-        credentials: Credentials,
+        credentials: Credentials | None,
         *,
         demo: bool = False,
         timeout: float = 5.0,
@@ -148,7 +149,7 @@ class OkxClient:
         self._http = http
         self._base_url = base_url.rstrip("/")
         self._credentials = credentials
-        self._fragments = credentials.fragments()
+        self._fragments = credentials.fragments() if credentials is not None else frozenset()
         self._demo = demo
         self._timeout = timeout
         self._clock = clock
@@ -175,7 +176,32 @@ class OkxClient:
                 "check the network path to OKX, or raise timeout",
             ) from None
 
+    async def index_prices(self, quote: str = QUOTE) -> IndexPrices:
+        """OKX's index prices in ``quote`` (public: no key, no signature), or raise OkxError."""
+
+        def parse(body: dict[str, object]) -> IndexPrices:
+            try:
+                return parse_index_tickers(body, quote)
+            except InvalidResponse as error:
+                raise OkxError(
+                    FailureReason.INVALID_RESPONSE,
+                    f"malformed index-tickers answer: {self._redact(str(error))}",
+                    "OKX changed its answer or a proxy rewrote it; the last good prices are kept",
+                ) from None
+
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._request(f"{INDEX_TICKERS_PATH}?quoteCcy={quote}", {}, parse)
+        except TimeoutError:
+            raise OkxError(
+                FailureReason.TIMEOUT,
+                f"no answer from {self._base_url} within {self._timeout:g}s",
+                "check the network path to OKX, or raise timeout",
+            ) from None
+
     async def _signed_loan_info(self) -> Position:
+        if self._credentials is None:
+            raise ValueError("loan-info needs credentials")
         timestamp = okx_timestamp(self._clock() + self.clock_offset)
         headers = {
             "OK-ACCESS-KEY": self._credentials.api_key,

@@ -3,12 +3,13 @@ index-tickers endpoint, which answers from the same market its loans are valued 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
-from conftest import FakeClock
+from conftest import FakeClock, Harness, account_config, sim_account
 
 from okx_loan_exporter.position import InvalidResponse
 from okx_loan_exporter.prices import IndexPrices, parse_index_tickers
@@ -151,3 +152,52 @@ def test_simulator_index_faults_count_down_and_are_set_over_http(fake_clock: Fak
         assert statuses == [500, 500, 200]
         assert client.post("/sim/config", json={"index_fault": "bogus"}).status_code == 400
         assert sim.stats()["index_tickers"]["faulted"] == 2
+
+
+def test_computed_liquidation_price_agrees_with_okx_liqpx_from_the_simulator(
+    start_simulator: Callable[..., Simulator],
+    start_exporter: Callable[..., Harness],
+    fake_clock: FakeClock,
+) -> None:
+    """For every one-collateral order, index price x (1 - drop to liquidation) is OKX's liqPx.
+
+    The simulator's liqPx is OKX's definition (the price at which the LTV reaches liqLTV, from
+    the order's amounts and haircut), computed independently of the exporter's formula. The
+    orders cover USDT, USDC and a volatile debt (ETH-BTC: liqPx in BTC), and one with a haircut
+    (its LTV pinned); the market walks between scrapes.
+    """
+    accounts = [
+        sim_account("btc-usdt", collateral={"BTC": "0.5"}, loans={"USDT": "13500"}),
+        sim_account("eth-usdc", collateral={"ETH": "4.2"}, loans={"USDC": "7560"}),
+        sim_account("eth-btc", collateral={"ETH": "10"}, loans={"BTC": "0.2"}),
+        sim_account("sol-usdt-haircut", collateral={"SOL": "100"}, loans={"USDT": "6000"}),
+    ]
+    sim = start_simulator(accounts, walk_interval=1.0)
+    sim.set_ltv("sol-usdt-haircut", 0.62)  # the haircut now differs from 1
+    harness = start_exporter([account_config(a, sim.base_url) for a in accounts], cache_ttl=0.5)
+    checked = 0
+    for _ in range(6):
+        scrape = harness.scrape()
+        for account in accounts:
+            samples = [
+                (dict(labels), value)
+                for (name, labels), value in scrape.samples.items()
+                if name == "okx_loan_liquidation_price" and ("account", account.name) in labels
+            ]
+            ((labels, liq_px),) = samples
+            base, quote = labels["instrument"].split("-")
+            price = scrape.value("okx_loan_index_price", currency=base, quote="USDT")
+            quote_price = scrape.value("okx_loan_index_price", currency=quote, quote="USDT")
+            drop = scrape.value(
+                "okx_loan_price_drop_to_liquidation_ratio",
+                account=account.name,
+                order="1",
+                currency=base,
+            )
+            assert price is not None and quote_price is not None and drop is not None
+            computed = price / quote_price * (1 - drop)
+            assert computed == pytest.approx(liq_px, rel=0.01), (account.name, computed, liq_px)
+            checked += 1
+        fake_clock.advance(37.0)  # 37 steps of the walk: every price moves
+    assert checked == 24
+    assert sim.stats()["index_tickers"]["requests"] == 6  # once per scrape for all accounts
