@@ -47,6 +47,7 @@ class LoanCollector(Collector):
         yield from _position_families(self._snapshots)
         yield from _price_families(self._snapshots)
         yield from _health_families(self._snapshots)
+        yield from _price_feed_families(self._snapshots)
         build = GaugeMetricFamily(
             "okx_loan_exporter_build_info", "The exporter's version; always 1.", labels=["version"]
         )
@@ -276,6 +277,50 @@ def _health_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
         duration.add_metric(account, cumulative, stats.duration_sum)
         offset.add_metric(account, snapshot.clock_offset)
     yield from (up, last_success, requests, failures, duration, offset)
+
+
+def _price_feed_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
+    """Requests to OKX's public index-tickers, per base URL: they belong to no account."""
+    feeds = {
+        snapshot.prices.base_url: snapshot.prices
+        for snapshot in snapshots
+        if snapshot.prices is not None
+    }
+    if not feeds:
+        return
+    requests = CounterMetricFamily(
+        "okx_loan_public_api_requests",
+        "Requests sent to OKX's public (key-less) endpoints, per base URL (index_tickers: the "
+        "index prices, at most once per price_interval).",
+        labels=["base_url", "endpoint"],
+    )
+    failures = CounterMetricFamily(
+        "okx_loan_public_api_request_failures",
+        "Requests to OKX's public endpoints that failed, by reason; they never change okx_loan_up.",
+        labels=["base_url", "endpoint", "reason"],
+    )
+    duration = HistogramMetricFamily(
+        "okx_loan_public_api_request_duration_seconds",
+        "Round-trip time of requests to OKX's public endpoints.",
+        labels=["base_url", "endpoint"],
+    )
+    last_success = GaugeMetricFamily(
+        "okx_loan_index_prices_last_success_timestamp_seconds",
+        "Unix time of the latest good index-tickers answer from OKX for the base URL.",
+        labels=["base_url"],
+    )
+    endpoint = "index_tickers"
+    for label, feed in feeds.items():
+        stats = feed.requests
+        labels = [label, endpoint]
+        requests.add_metric(labels, stats.requests)
+        for reason in FailureReason:
+            failures.add_metric([*labels, reason.value], stats.failures[reason])
+        cumulative = list(zip(_BUCKET_BOUNDS, accumulate(stats.bucket_counts), strict=True))
+        duration.add_metric(labels, cumulative, stats.duration_sum)
+        if feed.last_success is not None:
+            last_success.add_metric([label], feed.last_success)
+    yield from (requests, failures, duration, last_success)
 
 
 def _add_present(family: GaugeMetricFamily, labels: list[str], value: float | None) -> None:
