@@ -124,7 +124,13 @@ def test_failed_okx_call_is_up_zero_not_http_error(fake):
     assert sample(response.text, "okx_loan_up", account="main") == 0
     assert sample(response.text, "okx_loan_up", account="other") == 1
     assert (
-        sample(response.text, "okx_loan_api_request_failures_total", account="main", reason="auth")
+        sample(
+            response.text,
+            "okx_loan_api_request_failures_total",
+            account="main",
+            endpoint="loan_info",
+            reason="auth",
+        )
         == 1
     )
     assert sample(response.text, "okx_loan_ltv_ratio", account="main") is None
