@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from okx_loan_exporter.cache import AccountSnapshot
 from okx_loan_exporter.okx import FailureReason
 from okx_loan_exporter.prices import STABLECOINS
-from okx_loan_exporter.stats import DURATION_BUCKETS
+from okx_loan_exporter.stats import DURATION_BUCKETS, RequestStatsSnapshot
 from okx_loan_exporter.whatif import DROPS, order_risk
 
 CACHED = "Cached: refreshed from OKX at most once per cache_ttl."
@@ -243,18 +243,18 @@ def _health_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
     )
     requests = CounterMetricFamily(
         "okx_loan_api_requests",
-        "Requests sent to OKX (loan-info, and public/time after a clock-skew error).",
-        labels=["account"],
+        "Requests sent to OKX, by endpoint (public_time: OKX's clock, after a clock-skew error).",
+        labels=["account", "endpoint"],
     )
     failures = CounterMetricFamily(
         "okx_loan_api_request_failures",
-        "Requests to OKX that failed, by reason.",
-        labels=["account", "reason"],
+        "Requests to OKX that failed, by endpoint and reason.",
+        labels=["account", "endpoint", "reason"],
     )
     duration = HistogramMetricFamily(
         "okx_loan_api_request_duration_seconds",
-        "Round-trip time of requests to OKX.",
-        labels=["account"],
+        "Round-trip time of requests to OKX, by endpoint (from its first request).",
+        labels=["account", "endpoint"],
     )
     offset = GaugeMetricFamily(
         "okx_loan_clock_offset_seconds",
@@ -266,15 +266,10 @@ def _health_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
 
     for snapshot in snapshots:
         account = [snapshot.name]
-        stats = snapshot.requests
         up.add_metric(account, 1 if snapshot.up else 0)
         if snapshot.last_success is not None:
             last_success.add_metric(account, snapshot.last_success)
-        requests.add_metric(account, stats.requests)
-        for reason in FailureReason:
-            failures.add_metric([snapshot.name, reason.value], stats.failures[reason])
-        cumulative = list(zip(_BUCKET_BOUNDS, accumulate(stats.bucket_counts), strict=True))
-        duration.add_metric(account, cumulative, stats.duration_sum)
+        _add_requests((requests, failures, duration), account, snapshot.requests)
         offset.add_metric(account, snapshot.clock_offset)
     yield from (up, last_success, requests, failures, duration, offset)
 
@@ -309,18 +304,28 @@ def _price_feed_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metri
         "Unix time of the latest good index-tickers answer from OKX for the base URL.",
         labels=["base_url"],
     )
-    endpoint = "index_tickers"
     for label, feed in feeds.items():
-        stats = feed.requests
-        labels = [label, endpoint]
-        requests.add_metric(labels, stats.requests)
-        for reason in FailureReason:
-            failures.add_metric([*labels, reason.value], stats.failures[reason])
-        cumulative = list(zip(_BUCKET_BOUNDS, accumulate(stats.bucket_counts), strict=True))
-        duration.add_metric(labels, cumulative, stats.duration_sum)
+        _add_requests((requests, failures, duration), [label], feed.requests)
         if feed.last_success is not None:
             last_success.add_metric([label], feed.last_success)
     yield from (requests, failures, duration, last_success)
+
+
+def _add_requests(
+    families: tuple[CounterMetricFamily, CounterMetricFamily, HistogramMetricFamily],
+    owner: list[str],
+    stats: RequestStatsSnapshot,
+) -> None:
+    """One set of request series per endpoint of ``stats``, labelled ``owner`` + endpoint."""
+    requests, failures, duration = families
+    for endpoint, tally in stats.endpoints.items():
+        labels = [*owner, endpoint.value]
+        requests.add_metric(labels, tally.requests)
+        for reason in FailureReason:
+            failures.add_metric([*labels, reason.value], tally.failures[reason])
+        if tally.requests:
+            cumulative = list(zip(_BUCKET_BOUNDS, accumulate(tally.bucket_counts), strict=True))
+            duration.add_metric(labels, cumulative, tally.duration_sum)
 
 
 def _add_present(family: GaugeMetricFamily, labels: list[str], value: float | None) -> None:

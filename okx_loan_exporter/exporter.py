@@ -21,7 +21,7 @@ import httpx
 from okx_loan_exporter import __version__
 from okx_loan_exporter.cache import AccountCache, AccountSnapshot, PositionCache
 from okx_loan_exporter.config import ExporterConfig
-from okx_loan_exporter.okx import Credentials, OkxClient
+from okx_loan_exporter.okx import Credentials, Endpoint, OkxClient
 from okx_loan_exporter.pricefeed import PriceFeed, PriceFeeds
 from okx_loan_exporter.stats import RequestStats
 
@@ -113,7 +113,7 @@ class Exporter:
             if label in labels:
                 label = f"{label} ({len(feeds) + 1})"
             labels.add(label)
-            stats = RequestStats()
+            stats = RequestStats((Endpoint.INDEX_TICKERS,), always=())
             public = OkxClient(
                 self._new_http_client(transport),
                 url,

@@ -1,9 +1,9 @@
-"""Signed calls to OKX's loan-info endpoint and the classification of everything that can go wrong.
+"""Signed calls to OKX's flexible-loan endpoints, and the classification of what can go wrong.
 
-This module knows OKX and HTTP, nothing of Prometheus: it returns a :class:`Position` or raises
+This module knows OKX and HTTP, nothing of Prometheus: a call returns its parsed answer or raises
 :class:`OkxError` carrying one :class:`FailureReason`, a one-line detail and an operator's hint.
-Each HTTP request is reported to an optional ``on_request`` callback (duration and outcome), which
-is how the exporter counts requests without this module knowing about metrics.
+Each HTTP request is reported to an optional ``on_request`` callback (endpoint, duration and
+outcome), which is how the exporter counts requests without this module knowing about metrics.
 """
 
 from __future__ import annotations
@@ -15,18 +15,20 @@ import hmac
 import json
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TypeVar
+from urllib.parse import urlencode
 
 import httpx
 
 from okx_loan_exporter.position import InvalidResponse, Position, parse_loan_info
 from okx_loan_exporter.prices import INDEX_TICKERS_PATH, QUOTE, IndexPrices, parse_index_tickers
 
-LOAN_INFO_PATH = "/api/v5/finance/flexible-loan/loan-info"
+LOAN_PATH = "/api/v5/finance/flexible-loan"
+LOAN_INFO_PATH = f"{LOAN_PATH}/loan-info"
 PUBLIC_TIME_PATH = "/api/v5/public/time"
 MAX_CLOCK_OFFSET = 86_400.0
 """A clock difference to OKX beyond a day is taken for a broken answer, not corrected for."""
@@ -49,9 +51,33 @@ class FailureReason(StrEnum):
     INVALID_RESPONSE = "invalid_response"
 
 
-RequestObserver = Callable[[float, "FailureReason | None"], None]
-"""Called once per HTTP request sent to OKX with its duration in seconds and its failure reason
-(None on success)."""
+class Endpoint(StrEnum):
+    """The OKX endpoints the exporter calls; the values are the ``endpoint`` label of its request
+    metrics."""
+
+    LOAN_INFO = "loan_info"
+    LOAN_HISTORY = "loan_history"
+    INTEREST_ACCRUED = "interest_accrued"
+    MAX_LOAN = "max_loan"
+    MAX_REDEEM = "max_redeem"
+    PUBLIC_TIME = "public_time"
+    INDEX_TICKERS = "index_tickers"
+
+
+ENDPOINT_PATHS: dict[Endpoint, str] = {
+    Endpoint.LOAN_INFO: LOAN_INFO_PATH,
+    Endpoint.LOAN_HISTORY: f"{LOAN_PATH}/loan-history",
+    Endpoint.INTEREST_ACCRUED: f"{LOAN_PATH}/interest-accrued",
+    Endpoint.MAX_LOAN: f"{LOAN_PATH}/max-loan",
+    Endpoint.MAX_REDEEM: f"{LOAN_PATH}/max-collateral-redeem-amount",
+    Endpoint.PUBLIC_TIME: PUBLIC_TIME_PATH,
+    Endpoint.INDEX_TICKERS: INDEX_TICKERS_PATH,
+}
+
+RequestObserver = Callable[[Endpoint, float, "FailureReason | None"], None]
+"""Called once per HTTP request sent to OKX with its endpoint, its duration in seconds and its
+failure reason (None on success)."""
+
 
 RATE_LIMIT_CODES = frozenset({"50011", "50061"})
 CLOCK_SKEW_CODE = "50102"
@@ -84,7 +110,7 @@ HINTS: dict[str, str] = {
 
 
 class OkxError(Exception):
-    """A failed loan-info attempt: the reason label, OKX's code if any, and what to do about it."""
+    """A failed call to OKX: the reason label, OKX's code if any, and what to do about it."""
 
     def __init__(
         self, reason: FailureReason, detail: str, hint: str = "", code: str | None = None
@@ -128,10 +154,10 @@ def okx_timestamp(epoch_seconds: float) -> str:
 
 
 class OkxClient:
-    """Fetches one account's loan-info, signing each request and correcting for clock skew.
+    """Calls one account's OKX endpoints, signing each request and correcting for clock skew.
 
-    ``http`` is shared by every account with the same base URL, so connections are pooled. The
-    whole attempt, including a clock correction and its retry, is bounded by ``timeout``.
+    ``http`` is shared by every account with the same base URL, so connections are pooled. Each
+    call, including a clock correction and its retry, is bounded by ``timeout``.
     """
 
     def __init__(
@@ -160,73 +186,120 @@ class OkxClient:
 
     async def loan_info(self) -> Position:
         """Return the account's position, or raise :class:`OkxError`."""
+        return await self.signed(Endpoint.LOAN_INFO, parse_loan_info)
+
+    async def signed(
+        self,
+        endpoint: Endpoint,
+        parse: Callable[[dict[str, object]], T],
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Mapping[str, object] | None = None,
+    ) -> T:
+        """Call a private endpoint: GET with ``query``, or POST with the JSON ``body``.
+
+        The body is part of the signature, as the query string is. ``parse`` turns the ``code
+        "0"`` answer into the result and raises ``InvalidResponse`` when it is malformed. A 50102
+        re-measures OKX's clock and retries once; the whole call is bounded by ``timeout``.
+        """
+        path = ENDPOINT_PATHS[endpoint]
+        if query:
+            path += "?" + urlencode(query)
+        method, payload = ("GET", "") if body is None else ("POST", _json_body(body))
         try:
             async with asyncio.timeout(self._timeout):
                 try:
-                    return await self._signed_loan_info()
+                    return await self._signed_once(endpoint, method, path, payload, parse)
                 except OkxError as error:
                     if error.code != CLOCK_SKEW_CODE:
                         raise
                 await self._measure_clock_offset()
-                return await self._signed_loan_info()
+                return await self._signed_once(endpoint, method, path, payload, parse)
         except TimeoutError:
-            raise OkxError(
-                FailureReason.TIMEOUT,
-                f"no answer from {self._base_url} within {self._timeout:g}s",
-                "check the network path to OKX, or raise timeout",
-            ) from None
+            raise self._timeout_error() from None
 
-    async def index_prices(self, quote: str = QUOTE) -> IndexPrices:
-        """OKX's index prices in ``quote`` (public: no key, no signature), or raise OkxError."""
+    async def public(
+        self,
+        endpoint: Endpoint,
+        parse: Callable[[dict[str, object]], T],
+        *,
+        query: Mapping[str, str] | None = None,
+    ) -> T:
+        """Call a public endpoint: an unsigned GET with ``query``, bounded by ``timeout``.
 
-        def parse(body: dict[str, object]) -> IndexPrices:
-            try:
-                return parse_index_tickers(body, quote)
-            except InvalidResponse as error:
-                raise OkxError(
-                    FailureReason.INVALID_RESPONSE,
-                    f"malformed index-tickers answer: {self._redact(str(error))}",
-                    "OKX changed its answer or a proxy rewrote it; the last good prices are kept",
-                ) from None
-
+        Needs no credentials, so a client made with ``credentials=None`` serves a whole base URL.
+        """
+        path = ENDPOINT_PATHS[endpoint]
+        if query:
+            path += "?" + urlencode(query)
+        checked = self._checked(endpoint, parse)
         try:
             async with asyncio.timeout(self._timeout):
-                return await self._request(f"{INDEX_TICKERS_PATH}?quoteCcy={quote}", {}, parse)
+                return await self._request(endpoint, "GET", path, {}, checked)
         except TimeoutError:
-            raise OkxError(
-                FailureReason.TIMEOUT,
-                f"no answer from {self._base_url} within {self._timeout:g}s",
-                "check the network path to OKX, or raise timeout",
-            ) from None
+            raise self._timeout_error() from None
 
-    async def _signed_loan_info(self) -> Position:
+    async def index_prices(self, quote: str = QUOTE) -> IndexPrices:
+        """OKX's index prices in ``quote`` (public index-tickers), or raise :class:`OkxError`."""
+        return await self.public(
+            Endpoint.INDEX_TICKERS,
+            lambda body: parse_index_tickers(body, quote),
+            query={"quoteCcy": quote},
+        )
+
+    def _timeout_error(self) -> OkxError:
+        return OkxError(
+            FailureReason.TIMEOUT,
+            f"no answer from {self._base_url} within {self._timeout:g}s",
+            "check the network path to OKX, or raise timeout",
+        )
+
+    def _checked(
+        self, endpoint: Endpoint, parse: Callable[[dict[str, object]], T]
+    ) -> Callable[[dict[str, object]], T]:
+        """``parse`` with its InvalidResponse turned into OkxError (credentials redacted)."""
+
+        def checked(answer: dict[str, object]) -> T:
+            try:
+                return parse(answer)
+            except InvalidResponse as error:
+                name = ENDPOINT_PATHS[endpoint].rsplit("/", 1)[-1]
+                raise OkxError(
+                    FailureReason.INVALID_RESPONSE,
+                    f"malformed {name} answer: {self._redact(str(error))}",
+                    "OKX changed its answer or a proxy rewrote it; the last good values are kept",
+                ) from None
+
+        return checked
+
+    async def _signed_once(
+        self,
+        endpoint: Endpoint,
+        method: str,
+        path: str,
+        payload: str,
+        parse: Callable[[dict[str, object]], T],
+    ) -> T:
         if self._credentials is None:
-            raise ValueError("loan-info needs credentials")
+            raise ValueError(f"{endpoint.value} is a private endpoint: it needs credentials")
         timestamp = okx_timestamp(self._clock() + self.clock_offset)
         headers = {
             "OK-ACCESS-KEY": self._credentials.api_key,
-            "OK-ACCESS-SIGN": sign(self._credentials.secret_key, timestamp, "GET", LOAN_INFO_PATH),
+            "OK-ACCESS-SIGN": sign(self._credentials.secret_key, timestamp, method, path, payload),
             "OK-ACCESS-TIMESTAMP": timestamp,
             "OK-ACCESS-PASSPHRASE": self._credentials.passphrase,
             "Content-Type": "application/json",
         }
         if self._demo:
             headers["x-simulated-trading"] = "1"
-        return await self._request(LOAN_INFO_PATH, headers, self._parse_loan_info)
-
-    def _parse_loan_info(self, body: dict[str, object]) -> Position:
-        try:
-            return parse_loan_info(body)
-        except InvalidResponse as error:
-            raise OkxError(
-                FailureReason.INVALID_RESPONSE,
-                f"malformed loan-info answer: {self._redact(str(error))}",
-                "OKX changed its answer or a proxy rewrote it; the last good values are kept",
-            ) from None
+        checked = self._checked(endpoint, parse)
+        return await self._request(endpoint, method, path, headers, checked, payload)
 
     async def _measure_clock_offset(self) -> None:
         sent = self._clock()
-        okx_ms = await self._request(PUBLIC_TIME_PATH, {}, _parse_public_time)
+        okx_ms = await self._request(
+            Endpoint.PUBLIC_TIME, "GET", PUBLIC_TIME_PATH, {}, _parse_public_time
+        )
         received = self._clock()
         offset = okx_ms / 1000 - (sent + received) / 2
         if abs(offset) > MAX_CLOCK_OFFSET:
@@ -238,13 +311,19 @@ class OkxClient:
         self.clock_offset = offset
 
     async def _request(
-        self, path: str, headers: dict[str, str], parse: Callable[[dict[str, object]], T]
+        self,
+        endpoint: Endpoint,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        parse: Callable[[dict[str, object]], T],
+        payload: str = "",
     ) -> T:
-        """Send one GET, parse its ``code "0"`` answer, and report the request's outcome."""
+        """Send one request, parse its ``code "0"`` answer, and report the request's outcome."""
         started = time.perf_counter()
         reason: FailureReason | None = FailureReason.NETWORK
         try:
-            status, raw = await self._get(path, headers)
+            status, raw = await self._send(method, path, headers, payload)
             result = parse(self._decode(status, raw))
             reason = None
             return result
@@ -256,12 +335,17 @@ class OkxClient:
             raise
         finally:
             if self._on_request is not None:
-                self._on_request(time.perf_counter() - started, reason)
+                self._on_request(endpoint, time.perf_counter() - started, reason)
 
-    async def _get(self, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    async def _send(
+        self, method: str, path: str, headers: dict[str, str], payload: str
+    ) -> tuple[int, bytes]:
         url = self._base_url + path
+        content = payload.encode() if payload else None
+        if self._http.is_closed:  # a scrape that came in while the exporter shuts down
+            raise OkxError(FailureReason.NETWORK, "not sent: the exporter is shutting down")
         try:
-            async with self._http.stream("GET", url, headers=headers) as response:
+            async with self._http.stream(method, url, headers=headers, content=content) as response:
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in response.aiter_bytes():
@@ -371,3 +455,8 @@ def _parse_public_time(body: dict[str, object]) -> int:
             "malformed public/time answer",
             "cannot correct the clock; fix the machine's clock (NTP)",
         ) from None
+
+
+def _json_body(body: Mapping[str, object]) -> str:
+    """The exact text sent and signed as a POST body: compact JSON, as OKX's SDK sends it."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)

@@ -90,12 +90,14 @@ class Scrape:
         """The sample with exactly these labels, or None when the series is absent."""
         return self.samples.get((name, frozenset(labels.items())))
 
-    def failures(self, account: str) -> dict[str, float]:
-        """okx_loan_api_request_failures_total of ``account`` by reason."""
+    def failures(self, account: str, endpoint: str = "loan_info") -> dict[str, float]:
+        """okx_loan_api_request_failures_total of ``account`` and ``endpoint`` by reason."""
         return {
             dict(labels)["reason"]: value
             for (name, labels), value in self.samples.items()
-            if name == "okx_loan_api_request_failures_total" and ("account", account) in labels
+            if name == "okx_loan_api_request_failures_total"
+            and ("account", account) in labels
+            and ("endpoint", endpoint) in labels
         }
 
     def series(self, account: str) -> set[str]:

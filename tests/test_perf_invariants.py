@@ -34,7 +34,7 @@ from okx_loan_exporter.collector import LoanCollector
 from okx_loan_exporter.config import config_from_dict
 from okx_loan_exporter.exporter import ACCOUNTS_PER_POOL, Exporter
 from okx_loan_exporter.exposition import Exposition, ProcessMetrics, RenderCache
-from okx_loan_exporter.okx import FailureReason
+from okx_loan_exporter.okx import Endpoint, FailureReason
 from okx_loan_exporter.position import NO_LOAN, Order, Position, parse_loan_info
 from okx_loan_exporter.stats import RequestStats
 from okx_loan_exporter.web import create_app
@@ -74,9 +74,9 @@ class FixedProcess(Collector):
 def stats(requests: int = 0, failures: Iterable[FailureReason] = (), *durations: float):
     tally = RequestStats()
     for duration in durations or [0.03] * requests:
-        tally.observe(duration, None)
+        tally.observe(Endpoint.LOAN_INFO, duration, None)
     for reason in failures:
-        tally.observe(0.2, reason)
+        tally.observe(Endpoint.LOAN_INFO, 0.2, reason)
     return tally.snapshot()
 
 
@@ -468,8 +468,8 @@ def observable(snapshots: list[AccountSnapshot]) -> list[tuple]:
             s.up,
             s.last_success,
             s.last_failure,
-            s.requests.requests,
-            s.requests.failures,
+            s.requests.endpoints[Endpoint.LOAN_INFO].requests,
+            s.requests.endpoints[Endpoint.LOAN_INFO].failures,
             s.clock_offset,
         )
         for s in snapshots
@@ -540,6 +540,7 @@ def test_a_fetch_still_running_after_its_deadline_keeps_scrapes_on_the_loop():
         {
             "base_url": "https://okx.test",
             "cache_ttl": "1s",
+            "price_interval": "0s",  # only loan-info: the second request is the one that hangs
             "accounts": [{"name": "main", "api_key": "k", "secret_key": "s", "passphrase": "p"}],
         },
         "test.yml",

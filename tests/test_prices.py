@@ -3,6 +3,7 @@ index-tickers endpoint, which answers from the same market its loans are valued 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -11,6 +12,7 @@ import httpx
 import pytest
 from conftest import FakeClock, Harness, account_config, sim_account
 
+from okx_loan_exporter.okx import Endpoint, FailureReason, OkxClient, OkxError
 from okx_loan_exporter.position import InvalidResponse
 from okx_loan_exporter.prices import IndexPrices, parse_index_tickers
 from okx_loan_exporter.simulator import INDEX_TICKERS_PATH, MARKET_FAULTS, Simulator
@@ -201,3 +203,33 @@ def test_computed_liquidation_price_agrees_with_okx_liqpx_from_the_simulator(
         fake_clock.advance(37.0)  # 37 steps of the walk: every price moves
     assert checked == 24
     assert sim.stats()["index_tickers"]["requests"] == 6  # once per scrape for all accounts
+
+
+def test_client_asks_index_tickers_without_key_and_counts_the_request() -> None:
+    """The key-less client sends no auth header; its request is counted as index_tickers."""
+    asyncio.run(_ask_index_tickers_without_key())
+
+
+async def _ask_index_tickers_without_key() -> None:
+    seen: list[httpx.Request] = []
+    observed: list[tuple[Endpoint, FailureReason | None]] = []
+
+    def okx(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"code": "0", "msg": "", "data": [ticker("BTC-USDT", "5")]})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(okx)) as http:
+        client = OkxClient(
+            http, "https://okx.test/", None, on_request=lambda e, _d, f: observed.append((e, f))
+        )
+        assert await client.index_prices() == IndexPrices("USDT", {"BTC": 5.0})
+        with pytest.raises(ValueError, match="needs credentials"):
+            await client.loan_info()
+    (request,) = seen
+    assert str(request.url) == "https://okx.test/api/v5/market/index-tickers?quoteCcy=USDT"
+    assert not [name for name in request.headers if name.lower().startswith("ok-access")]
+    assert observed == [(Endpoint.INDEX_TICKERS, None)]
+    with pytest.raises(OkxError) as raised:  # a scrape during shutdown: counted, not a traceback
+        await client.index_prices()
+    assert raised.value.reason is FailureReason.NETWORK
+    assert "shutting down" in str(raised.value)

@@ -26,13 +26,16 @@ SECRETS = {
 
 
 class FakeOkx:
-    """An httpx transport answering loan-info per API key; counts requests."""
+    """An httpx transport answering loan-info per API key; counts loan-info requests (the index
+    prices, asked once the first orders are known, get an empty answer)."""
 
     def __init__(self):
         self.answers = {}
         self.requests = 0
 
     def __call__(self, request):
+        if request.url.path == "/api/v5/market/index-tickers":
+            return httpx.Response(200, json={"code": "0", "msg": "", "data": []})
         self.requests += 1
         key = request.headers["OK-ACCESS-KEY"]
         return self.answers.get(key, httpx.Response(200, json=DOCS_EXAMPLE))
@@ -124,7 +127,13 @@ def test_failed_okx_call_is_up_zero_not_http_error(fake):
     assert sample(response.text, "okx_loan_up", account="main") == 0
     assert sample(response.text, "okx_loan_up", account="other") == 1
     assert (
-        sample(response.text, "okx_loan_api_request_failures_total", account="main", reason="auth")
+        sample(
+            response.text,
+            "okx_loan_api_request_failures_total",
+            account="main",
+            endpoint="loan_info",
+            reason="auth",
+        )
         == 1
     )
     assert sample(response.text, "okx_loan_ltv_ratio", account="main") is None
