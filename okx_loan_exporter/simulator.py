@@ -44,16 +44,20 @@ from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any, Self
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
 __all__ = [
+    "DEFAULT_MARGIN_CALL_CYCLE_SECONDS",
     "FAULTS",
+    "INDEX_PRICES",
     "LOAN_INFO_PATH",
     "STABLECOINS",
     "TIME_PATH",
+    "Market",
     "SimAccount",
+    "SimOrder",
     "Simulator",
     "demo_accounts",
     "exporter_config_yaml",
@@ -97,7 +101,7 @@ FAULTS: tuple[str, ...] = (
     "slow_bytes",
     "huge_body",
     "close",
-    "multiple_entries",
+    "duplicate_order",
     "no_loan",
 )
 """Every fault name :meth:`Simulator.set_fault` and ``POST /sim/accounts/<name>`` accept."""
@@ -133,8 +137,8 @@ _OKX_ERRORS: dict[str, tuple[int, str]] = {
     "50120": (401, "API key doesn't have permission to use this function."),
 }
 
-# Prices the built-in accounts start from (USD).
-_BASE_PRICES: dict[str, float] = {
+# Index prices (USD) the market starts from: every currency of the built-in and generated accounts.
+INDEX_PRICES: dict[str, float] = {
     "BTC": 60000.0,
     "ETH": 3000.0,
     "SOL": 150.0,
@@ -143,7 +147,18 @@ _BASE_PRICES: dict[str, float] = {
     "DOGE": 0.15,
     "LTC": 80.0,
     "TON": 5.0,
+    # okx-docs-example: STX is chosen so collateralNotionalUsd starts at the example's 1.5078763.
+    "COMP": 45.0,
+    "STX": 1.889936513,
+    "DOT": 6.5,
+    "LUNA": 0.5,
+    "USDT": 1.0,
+    "USDC": 1.0,
 }
+_GENERATED_CURRENCIES = ("BTC", "DOGE", "ETH", "LTC", "OKB", "SOL", "TON", "XRP")
+
+DEFAULT_MARGIN_CALL_CYCLE_SECONDS = 300.0
+"""Period of a cycling order's LTV: above its margin-call LTV from 1/4 to 3/4 of each period."""
 
 # The walk, in log-price space around a centre: x <- x * (1 - theta) + sigma * N(0, 1) per step.
 # sigma is "a few tenths of a percent" per step; the pull to the centre (stationary deviation about
@@ -161,28 +176,40 @@ _TIMESTAMP = re.compile(
 
 
 # --------------------------------------------------------------------------------------------------
-# Accounts
+# Accounts and orders
+
+
+@dataclass
+class SimOrder:
+    """One loan order: OKX's ``ordId``, its amounts as OKX's decimal strings, and its thresholds.
+
+    ``order_id=""`` is an order from before OKX had orders: its entry has no ``ordId`` key (only
+    valid as an account's one order). ``margin_call_cycle`` makes its LTV drift through its
+    margin-call LTV and back once per period of the simulator's ``margin_call_cycle``.
+    """
+
+    order_id: str
+    collateral: dict[str, str]
+    loans: dict[str, str]
+    margin_call_ltv: str = "0.7"
+    liquidation_ltv: str = "0.8"
+    margin_call_cycle: bool = False
 
 
 @dataclass
 class SimAccount:
-    """One simulated OKX account: fake credentials and a Flexible Loan position.
+    """One simulated OKX account: fake credentials and its Flexible Loan orders.
 
-    Amounts are decimal strings exactly as OKX sends them (they are echoed unchanged in
-    ``collateralData``/``loanData``). ``prices`` are USD prices; USDT and USDC default to 1.
-    An account with no ``loans`` answers ``"data": []``. ``demo`` marks a demo-trading key, which
-    must be used with the header ``x-simulated-trading: 1``.
+    Amounts are echoed unchanged in ``collateralData``/``loanData``; values come from the
+    simulator's shared market of index prices. An account without orders answers ``"data": []``.
+    ``demo`` marks a demo-trading key, to be used with the header ``x-simulated-trading: 1``.
     """
 
     name: str
     api_key: str = field(repr=False)
     secret_key: str = field(repr=False)
     passphrase: str = field(repr=False)
-    collateral: dict[str, str]
-    loans: dict[str, str]
-    prices: dict[str, float]
-    margin_call_ltv: str = "0.7"
-    liquidation_ltv: str = "0.8"
+    orders: list[SimOrder] = field(default_factory=list)
     demo: bool = False
 
 
@@ -197,59 +224,55 @@ def _credentials(name: str) -> dict[str, str]:
 def demo_accounts() -> list[SimAccount]:
     """The built-in accounts: one per shape of answer an exporter has to handle.
 
-    - ``btc-usdt``: BTC collateral, USDT loan, LTV 0.45 (riskWarningData filled, liqPx 33750).
-    - ``okx-docs-example``: the amounts of OKX's loan-info documentation example, LTV about 0.574.
-    - ``eth-usdc``: ETH collateral, USDC loan, LTV 0.6, closer to the 0.7 margin call.
-    - ``no-loan``: no loan, so ``data`` is empty.
-    - ``demo-trading``: a demo-trading key (needs ``x-simulated-trading: 1``), LTV 0.25.
+    - ``btc-usdt``: order 1001, BTC collateral, USDT loan, LTV 0.45 (liqPx 33750).
+    - ``okx-docs-example``: the amounts of OKX's loan-info documentation example, LTV about 0.574,
+      without ``ordId`` as on that page (the exporter's ``order=""``).
+    - ``eth-usdc``: order 1101, ETH collateral, USDC loan, LTV 0.6, closer to the 0.7 margin call.
+    - ``no-loan``: no order, so ``data`` is empty.
+    - ``demo-trading``: order 1201 on a demo-trading key (needs ``x-simulated-trading: 1``).
+    - ``two-orders``: order 2001 (BTC for USDT, LTV 0.4, with a liqPx) and order 2002 (ETH and SOL
+      for USDC), whose LTV drifts from 0.65 through its 0.7 margin call to 0.75 and back.
     """
     return [
         SimAccount(
             name="btc-usdt",
             **_credentials("btc-usdt"),
-            collateral={"BTC": "0.5"},
-            loans={"USDT": "13500"},
-            prices={"BTC": 60000.0, "USDT": 1.0},
-            margin_call_ltv="0.7",
-            liquidation_ltv="0.8",
+            orders=[SimOrder("1001", {"BTC": "0.5"}, {"USDT": "13500"})],
         ),
         SimAccount(
             name="okx-docs-example",
             **_credentials("okx-docs-example"),
-            collateral={"COMP": "0.0000097", "STX": "0.78", "DOT": "0.001", "LUNA": "0.05357864"},
-            loans={"USDC": "0.86590608"},
-            # Chosen so collateralNotionalUsd starts at the example's 1.5078763.
-            prices={"COMP": 45.0, "STX": 1.889936513, "DOT": 6.5, "LUNA": 0.5, "USDC": 1.0},
-            margin_call_ltv="0.7374",
-            liquidation_ltv="0.8374",
+            orders=[
+                SimOrder(
+                    "",
+                    {"COMP": "0.0000097", "STX": "0.78", "DOT": "0.001", "LUNA": "0.05357864"},
+                    {"USDC": "0.86590608"},
+                    margin_call_ltv="0.7374",
+                    liquidation_ltv="0.8374",
+                )
+            ],
         ),
         SimAccount(
             name="eth-usdc",
             **_credentials("eth-usdc"),
-            collateral={"ETH": "4.2"},
-            loans={"USDC": "7560"},
-            prices={"ETH": 3000.0, "USDC": 1.0},
-            margin_call_ltv="0.7",
-            liquidation_ltv="0.8",
+            orders=[SimOrder("1101", {"ETH": "4.2"}, {"USDC": "7560"})],
         ),
-        SimAccount(
-            name="no-loan",
-            **_credentials("no-loan"),
-            collateral={},
-            loans={},
-            prices={},
-            margin_call_ltv="0.7",
-            liquidation_ltv="0.8",
-        ),
+        SimAccount(name="no-loan", **_credentials("no-loan")),
         SimAccount(
             name="demo-trading",
             **_credentials("demo-trading"),
-            collateral={"BTC": "0.1"},
-            loans={"USDC": "1500"},
-            prices={"BTC": 60000.0, "USDC": 1.0},
-            margin_call_ltv="0.7",
-            liquidation_ltv="0.8",
+            orders=[SimOrder("1201", {"BTC": "0.1"}, {"USDC": "1500"})],
             demo=True,
+        ),
+        SimAccount(
+            name="two-orders",
+            **_credentials("two-orders"),
+            orders=[
+                SimOrder("2001", {"BTC": "0.2"}, {"USDT": "4800"}),
+                SimOrder(
+                    "2002", {"ETH": "2", "SOL": "20"}, {"USDC": "5850"}, margin_call_cycle=True
+                ),
+            ],
         ),
     ]
 
@@ -257,44 +280,35 @@ def demo_accounts() -> list[SimAccount]:
 def generated_accounts(count: int, seed: int = 0) -> list[SimAccount]:
     """``count`` deterministic accounts ``acct-0001``... for load tests and benchmarks.
 
-    Each has one to three collateral currencies, a USDT or USDC loan and a starting LTV between 0.2
-    and 0.65; the same ``(count, seed)`` always gives the same accounts, and account *i* does not
-    depend on ``count``.
+    Each has one order (``ordId`` 90000001 for acct-0001...) with one to three collateral
+    currencies, a USDT or USDC loan and a starting LTV between 0.2 and 0.65; the same
+    ``(count, seed)`` always gives the same accounts, and account *i* does not depend on ``count``.
     """
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
     rng = random.Random(f"okx-sim-generated:{seed}")
-    currencies = sorted(_BASE_PRICES)
     accounts = []
     for index in range(1, count + 1):
         name = f"acct-{index:04d}"
-        chosen = rng.sample(currencies, rng.choice((1, 1, 1, 2, 3)))
+        chosen = rng.sample(_GENERATED_CURRENCIES, rng.choice((1, 1, 1, 2, 3)))
         collateral: dict[str, str] = {}
         collateral_usd = Decimal(0)
         for ccy in chosen:
-            amount = Decimal(repr(rng.uniform(500.0, 50000.0))) / Decimal(repr(_BASE_PRICES[ccy]))
+            price = Decimal(repr(INDEX_PRICES[ccy]))
+            amount = Decimal(repr(rng.uniform(500.0, 50000.0))) / price
             amount = amount.quantize(_Q8, rounding=ROUND_HALF_EVEN)
             collateral[ccy] = _plain(amount)
-            collateral_usd += amount * Decimal(repr(_BASE_PRICES[ccy]))
+            collateral_usd += amount * price
         loan_ccy = rng.choice(("USDT", "USDC"))
         ltv = Decimal(repr(round(rng.uniform(0.2, 0.65), 4)))
         loan = (collateral_usd * ltv).quantize(Decimal("1e-4"), rounding=ROUND_HALF_EVEN)
-        accounts.append(
-            SimAccount(
-                name=name,
-                **_credentials(name),
-                collateral=collateral,
-                loans={loan_ccy: _plain(loan)},
-                prices={ccy: _BASE_PRICES[ccy] for ccy in chosen},
-                margin_call_ltv="0.7",
-                liquidation_ltv="0.8",
-            )
-        )
+        order = SimOrder(f"9{index:07d}", collateral, {loan_ccy: _plain(loan)})
+        accounts.append(SimAccount(name=name, **_credentials(name), orders=[order]))
     return accounts
 
 
 # --------------------------------------------------------------------------------------------------
-# Decimal helpers and the loan-info entry
+# Decimal helpers
 
 
 def _plain(value: Decimal) -> str:
@@ -319,60 +333,156 @@ def _check_decimal(text: object, where: str, *, allow_empty: bool = False) -> No
         raise ValueError(f"{where}: {text!r} is not a plain non-negative decimal string")
 
 
-def _notional(amounts: Mapping[str, str], prices: Mapping[str, Decimal]) -> Decimal:
-    total = sum((Decimal(amt) * prices[ccy] for ccy, amt in amounts.items()), Decimal(0))
-    return total.quantize(_Q8, rounding=ROUND_HALF_EVEN)
+def _value(amounts: Mapping[str, str], prices: Mapping[str, Decimal]) -> Decimal:
+    """Amounts times index prices, unrounded."""
+    return sum((Decimal(amt) * prices[ccy] for ccy, amt in amounts.items()), Decimal(0))
 
 
-def _build_entry(
-    account: SimAccount, prices: Mapping[str, Decimal], loans: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """The loan-info ``data[0]`` object for ``account`` at ``prices`` (keys in OKX's order)."""
-    loans = account.loans if loans is None else loans
-    collateral_usd = _notional(account.collateral, prices)
-    loan_usd = _notional(loans, prices)
-    ltv = ""
-    if collateral_usd > 0:
-        ltv = _plain((loan_usd / collateral_usd).quantize(_Q4, rounding=ROUND_HALF_EVEN))
-    inst_id = liq_px = ""
-    if len(account.collateral) == 1 and len(loans) == 1:
-        (coll_ccy, coll_amt), (loan_ccy, loan_amt) = (
-            next(iter(account.collateral.items())),
-            next(iter(loans.items())),
-        )
-        inst_id = f"{coll_ccy}-{loan_ccy}"
-        liq_ltv = Decimal(account.liquidation_ltv) if account.liquidation_ltv else Decimal(0)
-        if Decimal(coll_amt) > 0 and liq_ltv > 0:
-            # LTV = loan_amt * p_loan / (coll_amt * p_coll) = liqLTV  =>  p_coll / p_loan = ...
-            liq_px = _plain(_significant(Decimal(loan_amt) / (Decimal(coll_amt) * liq_ltv), 8))
-    return {
-        "collateralData": [{"amt": amt, "ccy": ccy} for ccy, amt in account.collateral.items()],
-        "collateralNotionalUsd": _plain(collateral_usd),
-        "curLTV": ltv,
-        "liqLTV": account.liquidation_ltv,
-        "loanData": [{"amt": amt, "ccy": ccy} for ccy, amt in loans.items()],
-        "loanNotionalUsd": _plain(loan_usd),
-        "marginCallLTV": account.margin_call_ltv,
-        "riskWarningData": {"instId": inst_id, "liqPx": liq_px},
-    }
+# --------------------------------------------------------------------------------------------------
+# The market: one set of index prices that every order is valued from
 
 
-def _blank_entry(account: SimAccount) -> dict[str, Any]:
+class Market:
+    """USD index prices shared by every account; non-stablecoins follow a seeded walk.
+
+    Each currency walks with its own random stream (seeded by ``seed`` and the currency), mean
+    reverting to its starting price, one step per ``walk_interval`` of the simulator's clock; so
+    the prices at a given step depend only on the seed, never on which accounts exist.
+    """
+
+    def __init__(self, prices: Mapping[str, float], seed: int) -> None:
+        self._prices = {ccy: Decimal(repr(float(price))) for ccy, price in prices.items()}
+        self._centres = dict(self._prices)
+        self._walking = sorted(ccy for ccy in self._prices if ccy not in STABLECOINS)
+        self._rngs = {ccy: random.Random(f"okx-sim-walk:{seed}:{ccy}") for ccy in self._walking}
+        self._step = 0
+
+    def __contains__(self, currency: object) -> bool:
+        return currency in self._prices
+
+    def prices(self) -> dict[str, Decimal]:
+        """The current index price of every currency (a copy)."""
+        return dict(self._prices)
+
+    def advance(self, step: int) -> None:
+        """Walk forward to ``step`` (a no-op when the clock went back)."""
+        steps = step - self._step
+        if steps <= 0:
+            return
+        self._step = step
+        keep = 1.0 - _WALK_THETA
+        for ccy in self._walking:
+            centre, rng = self._centres[ccy], self._rngs[ccy]
+            x = math.log(float(self._prices[ccy] / centre))
+            if steps <= _WALK_MAX_STEPWISE:
+                for _ in range(steps):
+                    x = x * keep + _WALK_SIGMA * rng.gauss(0.0, 1.0)
+            else:
+                decay = keep**steps
+                spread = _WALK_SIGMA * math.sqrt((1.0 - decay * decay) / (1.0 - keep * keep))
+                x = x * decay + spread * rng.gauss(0.0, 1.0)
+            self._prices[ccy] = _significant(centre * Decimal(repr(math.exp(x))), 10)
+
+
+# --------------------------------------------------------------------------------------------------
+# Orders as they live: valuation, pinned and cycling LTVs, the loan-info entry
+
+
+def _cycle_ltv(order: SimOrder, elapsed: float, period: float) -> Decimal:
+    """The LTV of a cycling order ``elapsed`` seconds after the start, to 4 decimals.
+
+    A cosine around the margin-call LTV with half the gap to the liquidation LTV as amplitude:
+    below the margin call for the first quarter of each period, above it for the middle half,
+    below again for the last quarter, and never nearer liquidation than half that gap.
+    """
+    margin_call, liquidation = Decimal(order.margin_call_ltv), Decimal(order.liquidation_ltv)
+    phase = math.cos(2.0 * math.pi * ((elapsed % period) / period))
+    ltv = margin_call - (liquidation - margin_call) / 2 * Decimal(repr(phase))
+    return ltv.quantize(_Q4, rounding=ROUND_HALF_EVEN)
+
+
+class _OrderState:
+    """One open order and how its collateral is valued (guarded by the simulator's lock).
+
+    The collateral's USD value is amounts x index prices x ``collateral_ratio`` (OKX's haircut: 1
+    unless the LTV was pinned or cycles). A pinned order (``set_ltv``, walk off) or a cycling one
+    keeps the LTV it is given by adjusting that ratio, so the shared market is never bent for one
+    order and liqPx stays OKX's: the price at which the LTV would reach liqLTV.
+    """
+
+    def __init__(self, order: SimOrder) -> None:
+        self.order = order
+        self.collateral_ratio = Decimal(1)
+        self.pinned_ltv: Decimal | None = None
+        self.moving = True
+
+    def target_ltv(self, elapsed: float, period: float) -> Decimal | None:
+        if not self.moving:
+            return self.pinned_ltv
+        if self.order.margin_call_cycle:
+            return _cycle_ltv(self.order, elapsed, period)
+        return None
+
+    def entry(self, prices: Mapping[str, Decimal], target: Decimal | None) -> dict[str, Any]:
+        """The loan-info entry at ``prices`` (keys in OKX's order); holds ``target`` if given."""
+        order = self.order
+        with localcontext() as ctx:
+            ctx.prec = 40
+            raw_collateral = _value(order.collateral, prices)
+            loan_usd = _value(order.loans, prices).quantize(_Q8, rounding=ROUND_HALF_EVEN)
+            if target is not None and raw_collateral > 0 and loan_usd > 0:
+                self.collateral_ratio = loan_usd / (target * raw_collateral)
+            collateral_usd = (raw_collateral * self.collateral_ratio).quantize(
+                _Q8, rounding=ROUND_HALF_EVEN
+            )
+            ltv = ""
+            if collateral_usd > 0:
+                ltv = _plain((loan_usd / collateral_usd).quantize(_Q4, rounding=ROUND_HALF_EVEN))
+            inst_id = liq_px = ""
+            if len(order.collateral) == 1 and len(order.loans) == 1:
+                (coll_ccy, coll_amt), (loan_ccy, loan_amt) = (
+                    next(iter(order.collateral.items())),
+                    next(iter(order.loans.items())),
+                )
+                inst_id = f"{coll_ccy}-{loan_ccy}"
+                liq_ltv = Decimal(order.liquidation_ltv or 0)
+                if Decimal(coll_amt) > 0 and liq_ltv > 0:
+                    # loan_amt / (coll_amt * price * ratio) = liqLTV, the price in the loan currency
+                    price = Decimal(loan_amt) / (
+                        Decimal(coll_amt) * self.collateral_ratio * liq_ltv
+                    )
+                    liq_px = _plain(_significant(price, 8))
+        entry: dict[str, Any] = {
+            "collateralData": [{"amt": amt, "ccy": ccy} for ccy, amt in order.collateral.items()],
+            "collateralNotionalUsd": _plain(collateral_usd),
+            "curLTV": ltv,
+            "liqLTV": order.liquidation_ltv,
+            "loanData": [{"amt": amt, "ccy": ccy} for ccy, amt in order.loans.items()],
+            "loanNotionalUsd": _plain(loan_usd),
+            "marginCallLTV": order.margin_call_ltv,
+        }
+        if order.order_id:
+            entry["ordId"] = order.order_id
+        entry["riskWarningData"] = {"instId": inst_id, "liqPx": liq_px}
+        return entry
+
+
+def _blank_entry() -> dict[str, Any]:
     """An entry for a body fault on an account without a loan (so the fault still shows)."""
     return {
         "collateralData": [],
         "collateralNotionalUsd": "0",
         "curLTV": "",
-        "liqLTV": account.liquidation_ltv,
+        "liqLTV": "0.8",
         "loanData": [],
         "loanNotionalUsd": "0",
-        "marginCallLTV": account.margin_call_ltv,
+        "marginCallLTV": "0.7",
         "riskWarningData": {"instId": "", "liqPx": ""},
     }
 
 
 # --------------------------------------------------------------------------------------------------
-# Per-account mutable state: prices and their walk, faults, latency, rate window, counters
+# Per-account mutable state: open orders, faults, latency, rate window, counters
 
 
 @dataclass
@@ -406,81 +516,28 @@ class _RateWindow:
 class _AccountState:
     """Everything about one account that changes while the simulator runs (guarded by its lock)."""
 
-    def __init__(self, account: SimAccount, seed: int, step: int) -> None:
+    def __init__(self, account: SimAccount) -> None:
         self.account = account
-        self.rng = random.Random(f"okx-sim-walk:{seed}:{account.name}")
-        currencies = [*account.collateral, *account.loans]
-        self.prices: dict[str, Decimal] = {
-            ccy: Decimal(repr(float(account.prices.get(ccy, 1.0)))) for ccy in currencies
-        }
-        self.centres: dict[str, Decimal] = dict(self.prices)
-        self.walking = sorted(
-            ccy for ccy in account.collateral if ccy not in STABLECOINS and ccy not in account.loans
-        )
-        self.walk_enabled = True
-        self.walk_step = step
+        self.orders = [_OrderState(order) for order in account.orders]
         self.fault: str | None = None
         self.fault_remaining: int | None = None
+        self.fault_order: str | None = None
         self.latency = 0.0
         self.window = _RateWindow()
         self.stats = _Stats()
 
-    def advance(self, step: int) -> None:
-        """Move the walk forward to ``step`` (a no-op when paused or the clock went back)."""
-        steps = step - self.walk_step
-        if steps <= 0:
-            return
-        self.walk_step = step
-        if not self.walk_enabled:
-            return
-        keep = 1.0 - _WALK_THETA
-        for ccy in self.walking:
-            centre = self.centres[ccy]
-            x = math.log(float(self.prices[ccy] / centre))
-            if steps <= _WALK_MAX_STEPWISE:
-                for _ in range(steps):
-                    x = x * keep + _WALK_SIGMA * self.rng.gauss(0.0, 1.0)
-            else:
-                decay = keep**steps
-                spread = _WALK_SIGMA * math.sqrt((1.0 - decay * decay) / (1.0 - keep * keep))
-                x = x * decay + spread * self.rng.gauss(0.0, 1.0)
-            price = _significant(centre * Decimal(repr(math.exp(x))), 10)
-            self.prices[ccy] = price
+    def order(self, order_id: str | None) -> _OrderState:
+        """The open order ``order_id``; None is the first open order."""
+        for state in self.orders:
+            if order_id is None or state.order.order_id == order_id:
+                return state
+        if order_id is None:
+            raise ValueError(f"account {self.account.name!r} has no loan order")
+        raise KeyError(f"account {self.account.name!r} has no open order {order_id!r}")
 
-    def entry(self) -> dict[str, Any] | None:
-        if not self.account.loans:
-            return None
-        return _build_entry(self.account, self.prices)
-
-    def set_ltv(self, ltv: Decimal) -> None:
-        """Rescale collateral prices so that curLTV is ``ltv``; pause the walk there."""
-        account = self.account
-        loan_usd = _notional(account.loans, self.prices)
-        if loan_usd <= 0:
-            raise ValueError(f"account {account.name!r} has no loan, so it has no LTV to set")
-        with localcontext() as ctx:
-            ctx.prec = 40
-            target = loan_usd / ltv
-            scaled = [c for c in self.walking if Decimal(account.collateral[c]) > 0]
-            moving = sum(
-                (Decimal(account.collateral[c]) * self.prices[c] for c in scaled), Decimal(0)
-            )
-            fixed = (
-                sum(
-                    (Decimal(a) * self.prices[c] for c, a in account.collateral.items()), Decimal(0)
-                )
-                - moving
-            )
-            if moving <= 0 or target <= fixed:
-                scaled = [c for c, a in account.collateral.items() if Decimal(a) > 0]
-                moving, fixed = moving + fixed, Decimal(0)
-            if moving <= 0:
-                raise ValueError(f"account {account.name!r} has no collateral to reprice")
-            factor = (target - fixed) / moving
-            for ccy in scaled:
-                self.prices[ccy] = self.prices[ccy] * factor
-                self.centres[ccy] = self.prices[ccy]
-        self.walk_enabled = False
+    def close(self, order_id: str | None) -> None:
+        """Remove an order, as when it is repaid: it leaves loan-info's answer."""
+        self.orders.remove(self.order(order_id))
 
     def take_fault(self) -> str | None:
         fault = self.fault
@@ -489,18 +546,6 @@ class _AccountState:
             if self.fault_remaining <= 0:
                 self.fault, self.fault_remaining = None, None
         return fault
-
-    def control_view(self) -> dict[str, Any]:
-        entry = self.entry()
-        return {
-            "name": self.account.name,
-            "ltv": entry["curLTV"] if entry else None,
-            "prices": {ccy: _plain(price) for ccy, price in self.prices.items()},
-            "walk": self.walk_enabled,
-            "fault": self.fault,
-            "fault_count": self.fault_remaining,
-            "latency": self.latency,
-        }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -650,12 +695,12 @@ def _edit_entry(fault: str, entry: dict[str, Any]) -> None:
         raise AssertionError(fault)
 
 
-def _huge_reply(entry: dict[str, Any]) -> _Reply:
+def _huge_reply(data: list[dict[str, Any]], target: int) -> _Reply:
     """A valid loan-info answer padded to exactly HUGE_BODY_BYTES, produced chunk by chunk."""
     marker = "@@PADDING@@"
-    text = json.dumps(
-        {"code": "0", "data": [{**entry, "padding": marker}], "msg": ""}, separators=(",", ":")
-    )
+    padded = [dict(entry) for entry in data]
+    padded[target]["padding"] = marker
+    text = json.dumps({"code": "0", "data": padded, "msg": ""}, separators=(",", ":"))
     prefix, _, suffix = text.partition(marker)
     head, tail = prefix.encode(), suffix.encode()
     padding = HUGE_BODY_BYTES - len(head) - len(tail)
@@ -673,9 +718,12 @@ def _huge_reply(entry: dict[str, Any]) -> _Reply:
     return _Reply(action="stream", chunks=chunks, length=HUGE_BODY_BYTES)
 
 
-def _fault_reply(fault: str, state: _AccountState) -> _Reply:
-    account = state.account
-    entry = state.entry()
+def _fault_reply(fault: str, data: list[dict[str, Any]], order_id: str | None) -> _Reply:
+    """The answer ``fault`` makes of ``data`` (the entries the request asked for).
+
+    Faults that spoil an entry spoil the order ``order_id`` (the first entry when None or not in
+    ``data``); with no entry at all they spoil a blank one, so the fault still shows.
+    """
     if fault == "http_500_html":
         return _Reply(status=500, body=_HTML_500, content_type="text/html")
     if fault == "http_200_html":
@@ -690,7 +738,6 @@ def _fault_reply(fault: str, state: _AccountState) -> _Reply:
         return _Reply(action="hang")
     if fault == "no_data":
         return _Reply(body=_json_bytes({"code": "0", "msg": ""}))
-    data = [entry] if entry is not None else []
     if fault == "slow":
         reply = _okx_ok(data)
         reply.delay = SLOW_FAULT_SECONDS
@@ -704,18 +751,16 @@ def _fault_reply(fault: str, state: _AccountState) -> _Reply:
         if fault == "truncated_json":
             return _Reply(body=full[: len(full) // 2])
         return _Reply(body=b"{'code': '0', data: [" + full[30:60] + b",]")
-    if fault == "multiple_entries":
-        first = entry if entry is not None else _blank_entry(account)
-        bigger = {ccy: _plain(Decimal(amt) * Decimal("1.5")) for ccy, amt in account.loans.items()}
-        second = _build_entry(account, state.prices, bigger or {"USDT": "1"}) if entry else first
-        if second == first:
-            second = {**first, "curLTV": "0.1234"}
-        return _okx_ok([first, second])
+    spoiled = copy.deepcopy(data) or [_blank_entry()]
+    target = next((i for i, entry in enumerate(spoiled) if entry.get("ordId", "") == order_id), 0)
+    if fault == "duplicate_order":
+        # The target order twice with different values: the two cannot be told apart.
+        spoiled.insert(target + 1, {**spoiled[target], "curLTV": "0.1234"})
+        return _okx_ok(spoiled)
     if fault == "huge_body":
-        return _huge_reply(entry if entry is not None else _blank_entry(account))
-    spoiled = copy.deepcopy(entry) if entry is not None else _blank_entry(account)
-    _edit_entry(fault, spoiled)
-    return _okx_ok([spoiled])
+        return _huge_reply(spoiled, target)
+    _edit_entry(fault, spoiled[target])
+    return _okx_ok(spoiled)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -723,12 +768,14 @@ def _fault_reply(fault: str, state: _AccountState) -> _Reply:
 
 
 class Simulator:
-    """The OKX simulator: accounts, prices, faults and an HTTP server on a daemon thread.
+    """The OKX simulator: accounts, their orders, the market, faults and an HTTP server.
 
-    ``clock`` is every clock the simulator reads (timestamp window, rate limit, price walk);
-    ``clock_skew`` seconds are added to it for what OKX calls its time (public/time and the 30 s
-    window). ``latency`` delays every loan-info answer; ``walk_interval`` is the clock time between
-    two steps of the price walk. ``accounts=None`` means :func:`demo_accounts`.
+    ``clock`` is every clock the simulator reads (timestamp window, rate limit, price walk, LTV
+    cycle); ``clock_skew`` seconds are added to it for what OKX calls its time (public/time and the
+    30 s window). ``latency`` delays every loan-info answer; ``walk_interval`` is the clock time
+    between two steps of the price walk; ``margin_call_cycle`` is the period in seconds of the
+    orders whose LTV cycles through their margin call. ``prices`` are the market's starting index
+    prices (default :data:`INDEX_PRICES`). ``accounts=None`` means :func:`demo_accounts`.
     """
 
     def __init__(
@@ -740,13 +787,18 @@ class Simulator:
         clock_skew: float = 0.0,
         latency: float = 0.0,
         walk_interval: float = 1.0,
+        margin_call_cycle: float = DEFAULT_MARGIN_CALL_CYCLE_SECONDS,
+        prices: Mapping[str, float] | None = None,
     ) -> None:
         if not walk_interval > 0:
             raise ValueError(f"walk_interval must be > 0 seconds, got {walk_interval}")
+        if not 0 < margin_call_cycle < math.inf:
+            raise ValueError(f"margin_call_cycle must be > 0 seconds, got {margin_call_cycle}")
         if latency < 0:
             raise ValueError(f"latency must be >= 0 seconds, got {latency}")
+        self._prices = _validated_prices(INDEX_PRICES if prices is None else prices)
         chosen = demo_accounts() if accounts is None else list(accounts)
-        self._accounts = [_validated_copy(account) for account in chosen]
+        self._accounts = [_validated_copy(account, self._prices) for account in chosen]
         self._by_name: dict[str, SimAccount] = {}
         self._by_key: dict[str, SimAccount] = {}
         for account in self._accounts:
@@ -759,6 +811,7 @@ class Simulator:
         self._seed = seed
         self._clock = clock
         self._walk_interval = walk_interval
+        self._cycle = float(margin_call_cycle)
         self._initial_skew = float(clock_skew)
         self._initial_latency = float(latency)
         self._lock = threading.Lock()
@@ -767,7 +820,7 @@ class Simulator:
         self._base_url: str | None = None
         self._reset_state()
 
-    # -- state ------------------------------------------------------------------------------------
+    # -- state (called with the lock held) ---------------------------------------------------------
 
     def _reset_state(self) -> None:
         self._epoch = self._clock()
@@ -775,16 +828,53 @@ class Simulator:
         self._latency = self._initial_latency
         self._time_requests = 0
         self._unattributed = 0
-        self._states = {a.name: _AccountState(a, self._seed, 0) for a in self._accounts}
+        self._market = Market(self._prices, self._seed)
+        self._states = {a.name: _AccountState(copy.deepcopy(a)) for a in self._accounts}
 
-    def _step(self) -> int:
-        return math.floor((self._clock() - self._epoch) / self._walk_interval)
+    def _now_prices(self) -> tuple[dict[str, Decimal], float]:
+        """The market moved to the clock's step, and the seconds since the start."""
+        elapsed = self._clock() - self._epoch
+        self._market.advance(math.floor(elapsed / self._walk_interval))
+        return self._market.prices(), elapsed
+
+    def _entries(self, state: _AccountState) -> list[dict[str, Any]]:
+        prices, elapsed = self._now_prices()
+        return [
+            order.entry(prices, order.target_ltv(elapsed, self._cycle)) for order in state.orders
+        ]
 
     def _state(self, name: str) -> _AccountState:
         try:
             return self._states[name]
         except KeyError:
             raise KeyError(f"no simulator account named {name!r}") from None
+
+    def _view(self, state: _AccountState, order_id: str | None) -> dict[str, Any]:
+        """The control API's view of an account; ``ltv`` and ``walk`` are of the chosen order."""
+        entries = self._entries(state)
+        orders = [
+            {
+                "order": order.order.order_id,
+                "ltv": entry["curLTV"],
+                "walk": order.moving,
+                "cycle": order.order.margin_call_cycle,
+            }
+            for order, entry in zip(state.orders, entries, strict=True)
+        ]
+        chosen = next((o for o in orders if order_id in (None, o["order"])), None)
+        currencies = {c for o in state.orders for c in (*o.order.collateral, *o.order.loans)}
+        market = self._market.prices()
+        return {
+            "name": state.account.name,
+            "order": chosen["order"] if chosen else None,
+            "ltv": chosen["ltv"] if chosen else None,
+            "walk": chosen["walk"] if chosen else True,
+            "orders": orders,
+            "prices": {ccy: _plain(market[ccy]) for ccy in sorted(currencies)},
+            "fault": state.fault,
+            "fault_count": state.fault_remaining,
+            "latency": state.latency,
+        }
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -797,26 +887,29 @@ class Simulator:
 
     @property
     def accounts(self) -> list[SimAccount]:
-        """Copies of the accounts with their current ``prices`` (changing a copy does nothing)."""
+        """Copies of the accounts with their open orders (changing a copy does nothing)."""
         with self._lock:
-            step = self._step()
-            result = []
-            for account in self._accounts:
-                state = self._states[account.name]
-                state.advance(step)
-                prices = {ccy: float(price) for ccy, price in state.prices.items()}
-                result.append(
-                    dataclasses.replace(
-                        account,
-                        collateral=dict(account.collateral),
-                        loans=dict(account.loans),
-                        prices=prices,
-                    )
+            return [
+                dataclasses.replace(
+                    state.account, orders=[copy.deepcopy(o.order) for o in state.orders]
                 )
-            return result
+                for state in self._states.values()
+            ]
 
-    def set_fault(self, account: str, fault: str | None, count: int | None = None) -> None:
-        """Make the next ``count`` loan-info answers to ``account`` (all if None) show ``fault``."""
+    @property
+    def prices(self) -> dict[str, float]:
+        """The market's index prices (USD) now: what every order is valued from."""
+        with self._lock:
+            prices, _ = self._now_prices()
+        return {ccy: float(price) for ccy, price in prices.items()}
+
+    def set_fault(
+        self, account: str, fault: str | None, count: int | None = None, order: str | None = None
+    ) -> None:
+        """Make the next ``count`` loan-info answers to ``account`` (all if None) show ``fault``.
+
+        A fault that spoils an entry spoils the entry of ``order`` (None: the first).
+        """
         if fault is not None and fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; known faults: {', '.join(FAULTS)}")
         if count is not None and (
@@ -825,24 +918,49 @@ class Simulator:
             raise ValueError(f"fault count must be a positive integer or None, got {count!r}")
         with self._lock:
             state = self._state(account)
+            if order is not None:
+                state.order(order)
             state.fault = fault
             state.fault_remaining = count if fault is not None else None
+            state.fault_order = order
 
-    def set_ltv(self, account: str, ltv: float) -> None:
-        """Reprice ``account``'s collateral so curLTV is ``ltv`` (to 4 decimals); stop its walk."""
+    def set_ltv(self, account: str, ltv: float, order: str | None = None) -> None:
+        """Hold ``order``'s curLTV (None: the first order) at ``ltv`` to 4 decimals.
+
+        The order's collateral valuation is adjusted (not the shared market) and its LTV stops
+        following the market or its cycle until :meth:`set_walk` turns it back on.
+        """
         if isinstance(ltv, bool) or not isinstance(ltv, int | float) or not 0 < ltv < math.inf:
             raise ValueError(f"ltv must be a number > 0, got {ltv!r}")
         with self._lock:
             state = self._state(account)
-            state.advance(self._step())
-            state.set_ltv(Decimal(repr(float(ltv))))
+            chosen = state.order(order)
+            prices, _ = self._now_prices()
+            if _value(chosen.order.loans, prices) <= 0:
+                raise ValueError(f"account {account!r} has no loan, so it has no LTV to set")
+            if _value(chosen.order.collateral, prices) <= 0:
+                raise ValueError(f"account {account!r} has no collateral to reprice")
+            chosen.pinned_ltv = Decimal(repr(float(ltv)))
+            chosen.moving = False
 
-    def set_walk(self, account: str, enabled: bool) -> None:
-        """Start or stop ``account``'s price walk (it resumes from where it stands)."""
+    def set_walk(self, account: str, enabled: bool, order: str | None = None) -> None:
+        """Let ``order``'s LTV (None: the first order) follow the market and its cycle, or hold
+        it where it stands; it resumes from where it stands."""
         with self._lock:
             state = self._state(account)
-            state.advance(self._step())
-            state.walk_enabled = bool(enabled)
+            chosen = state.order(order)
+            prices, elapsed = self._now_prices()
+            entry = chosen.entry(prices, chosen.target_ltv(elapsed, self._cycle))
+            if enabled:
+                chosen.moving, chosen.pinned_ltv = True, None
+            elif chosen.moving:
+                chosen.moving = False
+                chosen.pinned_ltv = Decimal(entry["curLTV"]) if entry["curLTV"] else None
+
+    def close_order(self, account: str, order: str | None = None) -> None:
+        """Close ``order`` (None: the first), as when it is repaid: it leaves loan-info."""
+        with self._lock:
+            self._state(account).close(order)
 
     def set_latency(self, seconds: float, account: str | None = None) -> None:
         """Delay every loan-info answer (``account=None``) or the answers to one account."""
@@ -882,7 +1000,7 @@ class Simulator:
 
     def reset(self) -> None:
         """Back to the state after construction: faults, counters, latency, skew, rate windows,
-        prices and walks."""
+        prices, walks, cycles and closed orders."""
         with self._lock:
             self._reset_state()
 
@@ -964,15 +1082,14 @@ class Simulator:
                 stats.rate_limited += 1
                 reply = _okx_error("50011")
             else:
-                state.advance(self._step())
+                data = _only_order(self._entries(state), _order_filter(target))
                 fault = state.take_fault()
                 if fault is not None:
                     stats.faulted += 1
-                    reply = _fault_reply(fault, state)
+                    reply = _fault_reply(fault, data, state.fault_order)
                 else:
                     stats.ok += 1
-                    entry = state.entry()
-                    reply = _okx_ok([entry] if entry is not None else [])
+                    reply = _okx_ok(data)
         reply.delay += delay
         return reply
 
@@ -1019,14 +1136,24 @@ class Simulator:
             return {"clock_skew": self._skew, "latency": self._latency}
 
     def _control_account(self, name: str, document: dict[str, Any]) -> dict[str, Any]:
+        """``POST /sim/accounts/<name>``: every change is checked before any is made."""
+        _only_keys(document, {"order", "ltv", "walk", "fault", "fault_count", "latency", "close"})
+        order = document.get("order")
+        if order is not None and not isinstance(order, str):
+            raise ValueError("'order' must be an ordId string")
         with self._lock:
             state = self._state(name)
             current_fault = state.fault
-        _only_keys(document, {"ltv", "walk", "fault", "fault_count", "latency"})
+            if "ltv" in document or "walk" in document or "close" in document or order:
+                state.order(order)  # the order must exist: KeyError (404) or ValueError (400)
         if "ltv" in document:
             _number(document["ltv"], "ltv")
         if "walk" in document and not isinstance(document["walk"], bool):
             raise ValueError("'walk' must be true or false")
+        if "close" in document and document["close"] is not True:
+            raise ValueError("'close' must be true (closing cannot be undone, but /sim/reset can)")
+        if "close" in document and ("ltv" in document or "walk" in document):
+            raise ValueError("'close' cannot be combined with 'ltv' or 'walk'")
         if "latency" in document:
             _number(document["latency"], "latency")
         fault = document.get("fault", current_fault)
@@ -1038,45 +1165,81 @@ class Simulator:
         ):
             raise ValueError("'fault_count' must be a positive integer or null")
         if "ltv" in document:
-            self.set_ltv(name, document["ltv"])
+            self.set_ltv(name, document["ltv"], order)
         if "walk" in document:
-            self.set_walk(name, document["walk"])
+            self.set_walk(name, document["walk"], order)
         if "fault" in document or "fault_count" in document:
-            self.set_fault(name, fault, count)
+            self.set_fault(name, fault, count, order)
         if "latency" in document:
             self.set_latency(document["latency"], name)
+        if "close" in document:
+            self.close_order(name, order)
+            order = None
         with self._lock:
-            state.advance(self._step())
-            return state.control_view()
+            return self._view(state, order)
 
 
-def _validated_copy(account: SimAccount) -> SimAccount:
-    """A copy of ``account`` (fresh dicts) after checking that the simulator can serve it."""
+def _order_filter(target: str) -> str | None:
+    """The ``ordId`` query parameter of a request target; empty counts as absent, as on OKX."""
+    values = parse_qs(urlsplit(target).query, keep_blank_values=True).get("ordId", [])
+    return values[-1] if values and values[-1] else None
+
+
+def _only_order(entries: list[dict[str, Any]], order_id: str | None) -> list[dict[str, Any]]:
+    """The entries the ``ordId`` filter asks for: all without one, none for an unknown order."""
+    if order_id is None:
+        return entries
+    return [entry for entry in entries if entry.get("ordId") == order_id]
+
+
+def _validated_prices(prices: Mapping[str, float]) -> dict[str, float]:
+    """The market's starting prices, checked, with USDT and USDC at 1 unless given."""
+    checked = {ccy: 1.0 for ccy in STABLECOINS}
+    for ccy, price in prices.items():
+        if (
+            isinstance(price, bool)
+            or not isinstance(price, int | float)
+            or not 0 < price < math.inf
+        ):
+            raise ValueError(f"simulator price of {ccy!r} must be a number > 0, got {price!r}")
+        if price == math.inf:
+            raise ValueError(f"simulator price of {ccy!r} must be finite")
+        checked[ccy] = float(price)
+    return checked
+
+
+def _validated_copy(account: SimAccount, prices: Mapping[str, float]) -> SimAccount:
+    """A deep copy of ``account`` after checking that the simulator can serve it at ``prices``."""
     where = f"simulator account {account.name!r}"
     if not account.name or not account.api_key:
         raise ValueError(f"{where}: name and api_key must not be empty")
-    for kind, amounts in (("collateral", account.collateral), ("loans", account.loans)):
-        for ccy, amount in amounts.items():
-            _check_decimal(amount, f"{where}: {kind}[{ccy!r}]")
-            price = account.prices.get(ccy, 1.0 if ccy in STABLECOINS else None)
-            if price is None:
-                raise ValueError(f"{where}: no price for {ccy!r}")
-            if (
-                isinstance(price, bool)
-                or not isinstance(price, int | float)
-                or not (0 < price < math.inf)
-            ):
-                raise ValueError(f"{where}: the price of {ccy!r} must be a number > 0")
-    if account.loans and not any(Decimal(a) > 0 for a in account.collateral.values()):
-        raise ValueError(f"{where}: a loan needs some collateral")
-    _check_decimal(account.margin_call_ltv, f"{where}: margin_call_ltv", allow_empty=True)
-    _check_decimal(account.liquidation_ltv, f"{where}: liquidation_ltv", allow_empty=True)
-    return dataclasses.replace(
-        account,
-        collateral=dict(account.collateral),
-        loans=dict(account.loans),
-        prices={ccy: float(price) for ccy, price in account.prices.items()},
-    )
+    seen: set[str] = set()
+    for order in account.orders:
+        here = f"{where}, order {order.order_id!r}"
+        if not isinstance(order.order_id, str):
+            raise ValueError(f"{here}: order_id must be a string")
+        if order.order_id in seen or (not order.order_id and len(account.orders) > 1):
+            raise ValueError(
+                f"{here}: every order of an account needs its own non-empty order_id "
+                "(only an account's one order may have none)"
+            )
+        seen.add(order.order_id)
+        for kind, amounts in (("collateral", order.collateral), ("loans", order.loans)):
+            for ccy, amount in amounts.items():
+                _check_decimal(amount, f"{here}: {kind}[{ccy!r}]")
+                if ccy not in prices:
+                    raise ValueError(f"{here}: no price for {ccy!r} in the simulator's market")
+        if order.loans and not any(Decimal(a) > 0 for a in order.collateral.values()):
+            raise ValueError(f"{here}: a loan needs some collateral")
+        _check_decimal(order.margin_call_ltv, f"{here}: margin_call_ltv", allow_empty=True)
+        _check_decimal(order.liquidation_ltv, f"{here}: liquidation_ltv", allow_empty=True)
+        if order.margin_call_cycle and not (
+            order.margin_call_ltv
+            and order.liquidation_ltv
+            and Decimal(order.margin_call_ltv) < Decimal(order.liquidation_ltv)
+        ):
+            raise ValueError(f"{here}: a cycling order needs margin_call_ltv < liquidation_ltv")
+    return copy.deepcopy(account)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -1330,6 +1493,19 @@ def _seconds(text: str) -> float:
     return value
 
 
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?", re.ASCII)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(text: str) -> float:
+    """``300``, ``20s``, ``5m``, ``1.5h``: a positive number of seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"] if match else 0.0
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration > 0 (e.g. 20s or 5m)")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="okx-loan-exporter simulate",
@@ -1360,6 +1536,15 @@ def _parser() -> argparse.ArgumentParser:
         help="extra delay before every loan-info answer (default 0)",
     )
     parser.add_argument(
+        "--margin-call-cycle",
+        dest="margin_call_cycle",
+        type=_duration,
+        default=DEFAULT_MARGIN_CALL_CYCLE_SECONDS,
+        metavar="DURATION",
+        help="period of the demo order whose LTV drifts through its margin call and back "
+        "(two-orders, order 2002; default 5m: above the margin call from 1m15s to 3m45s)",
+    )
+    parser.add_argument(
         "--write-exporter-config",
         dest="exporter_config",
         metavar="PATH",
@@ -1387,7 +1572,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     accounts = generated_accounts(args.generate, args.seed) if args.generate else demo_accounts()
-    simulator = Simulator(accounts, seed=args.seed, latency=args.latency)
+    simulator = Simulator(
+        accounts, seed=args.seed, latency=args.latency, margin_call_cycle=args.margin_call_cycle
+    )
     host, port = args.listen_address
     try:
         base_url = simulator.start(host, port)

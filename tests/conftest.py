@@ -155,8 +155,9 @@ def sim_account(
     demo: bool = False,
     **credentials: str,
 ) -> SimAccount:
-    """A simulator account with a BTC-backed USDT loan (LTV 0.45 at BTC 60000) by default."""
-    from okx_loan_exporter.simulator import SimAccount
+    """A simulator account with one order "1" of a BTC-backed USDT loan (LTV 0.45 at BTC 60000)
+    by default; ``loans={}`` gives an account without any order."""
+    from okx_loan_exporter.simulator import SimAccount, SimOrder
 
     collateral = {"BTC": "0.5"} if collateral is None else dict(collateral)
     loans = {"USDT": "13500"} if loans is None else dict(loans)
@@ -165,9 +166,7 @@ def sim_account(
         api_key=credentials.get("api_key", f"test-{name}-key"),
         secret_key=credentials.get("secret_key", f"test-{name}-secret"),
         passphrase=credentials.get("passphrase", f"test-{name}-passphrase"),
-        collateral=collateral,
-        loans=loans,
-        prices={"BTC": 60000.0, "ETH": 3000.0, "USDT": 1.0, "USDC": 1.0},
+        orders=[SimOrder("1", collateral, loans)] if loans else [],
         demo=demo,
     )
 

@@ -29,6 +29,7 @@ from okx_loan_exporter.simulator import (
     LOAN_INFO_PATH,
     TIME_PATH,
     SimAccount,
+    SimOrder,
     Simulator,
     demo_accounts,
     exporter_config_yaml,
@@ -74,10 +75,12 @@ def okx_sign(secret: str, timestamp: str, method: str, path: str, body: str = ""
     return base64.b64encode(mac.digest()).decode()
 
 
-def signed_headers(account: SimAccount, timestamp: str, **overrides) -> dict[str, str]:
+def signed_headers(
+    account: SimAccount, timestamp: str, path: str = LOAN_INFO_PATH, **overrides
+) -> dict[str, str]:
     headers = {
         "OK-ACCESS-KEY": account.api_key,
-        "OK-ACCESS-SIGN": okx_sign(account.secret_key, timestamp, "GET", LOAN_INFO_PATH),
+        "OK-ACCESS-SIGN": okx_sign(account.secret_key, timestamp, "GET", path),
         "OK-ACCESS-TIMESTAMP": timestamp,
         "OK-ACCESS-PASSPHRASE": account.passphrase,
         "Content-Type": "application/json",
@@ -97,11 +100,17 @@ def account(name: str) -> SimAccount:
     return next(a for a in demo_accounts() if a.name == name)
 
 
-def get_loan_info(client: httpx.Client, acct: SimAccount, clock: FakeClock, **overrides):
+def get_loan_info(
+    client: httpx.Client,
+    acct: SimAccount,
+    clock: FakeClock,
+    path: str = LOAN_INFO_PATH,
+    **overrides,
+):
     """One signed request at the simulator's clock (pass ``advance=`` to move the clock first)."""
     clock.advance(overrides.pop("advance", 0.5))  # 0.5 s apart: never rate limited
     timestamp = okx_timestamp(clock())
-    return client.get(LOAN_INFO_PATH, headers=signed_headers(acct, timestamp, **overrides))
+    return client.get(path, headers=signed_headers(acct, timestamp, path, **overrides))
 
 
 def entry_of(response: httpx.Response) -> dict:
@@ -172,15 +181,15 @@ def test_docs_example_account_reproduces_the_documented_answer(sim, client, cloc
 @pytest.mark.parametrize("name", ["okx-docs-example", "btc-usdt", "eth-usdc", "demo-trading"])
 def test_notionals_and_ltv_are_computed_from_amounts_and_prices(sim, client, clock, name):
     acct = next(a for a in sim.accounts if a.name == name)
+    [order] = acct.orders
     entry = entry_of(get_loan_info(client, acct, clock))
+    prices = sim.prices  # the shared market's index prices
 
     def usd(amounts: dict[str, str]) -> Decimal:
-        total = sum(
-            Decimal(amt) * Decimal(repr(acct.prices.get(ccy, 1.0))) for ccy, amt in amounts.items()
-        )
+        total = sum(Decimal(amt) * Decimal(repr(prices[ccy])) for ccy, amt in amounts.items())
         return Decimal(total).quantize(Decimal("1e-8"), rounding=ROUND_HALF_EVEN)
 
-    collateral, loan = usd(acct.collateral), usd(acct.loans)
+    collateral, loan = usd(order.collateral), usd(order.loans)
     assert Decimal(entry["collateralNotionalUsd"]) == collateral
     assert Decimal(entry["loanNotionalUsd"]) == loan
     ltv = (loan / collateral).quantize(Decimal("1e-4"), rounding=ROUND_HALF_EVEN)
@@ -216,10 +225,172 @@ def test_answers_parse_with_the_exporters_parser(sim, client, clock):
     from okx_loan_exporter.position import parse_loan_info
 
     position = parse_loan_info(get_loan_info(client, account("btc-usdt"), clock).json())
-    assert position.active and position.current_ltv == 0.45
-    assert position.liquidation_price == 33750.0
-    assert position.collateral == {"BTC": 0.5}
+    [order] = position.orders
+    assert order.order_id == "1001" and order.current_ltv == 0.45
+    assert order.liquidation_price == 33750.0
+    assert order.collateral == {"BTC": 0.5}
     assert not parse_loan_info(get_loan_info(client, account("no-loan"), clock).json()).active
+    [docs] = parse_loan_info(
+        get_loan_info(client, account("okx-docs-example"), clock).json()
+    ).orders
+    assert docs.order_id == ""  # the documented answer has no ordId
+    two = parse_loan_info(get_loan_info(client, account("two-orders"), clock).json())
+    assert [o.order_id for o in two.orders] == ["2001", "2002"]
+
+
+# -- orders ---------------------------------------------------------------------------------------
+
+TWO = account("two-orders")
+
+
+def test_every_order_is_returned_with_its_ord_id(sim, client, clock):
+    data = _json(get_loan_info(client, TWO, clock))["data"]
+    assert [entry["ordId"] for entry in data] == ["2001", "2002"]
+    first, second = data
+    assert list(first) == sorted(first)  # ordId in OKX's (alphabetical) field order
+    assert first["collateralData"] == [{"amt": "0.2", "ccy": "BTC"}]
+    assert first["loanData"] == [{"amt": "4800", "ccy": "USDT"}]
+    assert (first["curLTV"], first["riskWarningData"]) == (
+        "0.4",
+        {"instId": "BTC-USDT", "liqPx": "30000"},
+    )
+    assert second["collateralData"] == [{"amt": "2", "ccy": "ETH"}, {"amt": "20", "ccy": "SOL"}]
+    assert second["loanData"] == [{"amt": "5850", "ccy": "USDC"}]
+    assert second["curLTV"] == "0.65"  # its cycle starts below the margin call
+    assert second["riskWarningData"] == {"instId": "", "liqPx": ""}
+    assert "ordId" not in entry_of(get_loan_info(client, account("okx-docs-example"), clock))
+    for name, order_id in (("btc-usdt", "1001"), ("eth-usdc", "1101"), ("demo-trading", "1201")):
+        assert entry_of(get_loan_info(client, account(name), clock))["ordId"] == order_id
+
+
+@pytest.mark.parametrize(
+    ("query", "orders"),
+    [
+        ("?ordId=2002", ["2002"]),
+        ("?ordId=2001", ["2001"]),
+        ("?ordId=", ["2001", "2002"]),  # empty is absent, as on OKX
+        ("?ordId=9999", []),  # OKX answers code 0 with no data for an unknown order
+        ("?ordId=1001", []),  # another account's order
+        ("?ccy=BTC&ordId=2002", ["2002"]),
+    ],
+)
+def test_ord_id_filter(sim, client, clock, query, orders):
+    body = _json(get_loan_info(client, TWO, clock, path=LOAN_INFO_PATH + query))
+    assert body["code"] == "0" and body["msg"] == ""
+    assert [entry["ordId"] for entry in body["data"]] == orders
+
+
+def test_ord_id_filter_is_signed_like_any_query(sim, client, clock):
+    unsigned_query = okx_sign(TWO.secret_key, TS, "GET", LOAN_INFO_PATH)
+    response = get_loan_info(
+        client, TWO, clock, path=LOAN_INFO_PATH + "?ordId=2002", OK_ACCESS_SIGN=unsigned_query
+    )
+    assert_okx_error(response, "50113")
+    data = _json(
+        get_loan_info(client, account("okx-docs-example"), clock, path=LOAN_INFO_PATH + "?ordId=1")
+    )["data"]
+    assert data == []  # an order without ordId never matches a filter
+
+
+def ltvs(client, clock, advance: float) -> dict[str, str]:
+    data = _json(get_loan_info(client, TWO, clock, advance=advance))["data"]
+    return {entry["ordId"]: entry["curLTV"] for entry in data}
+
+
+@pytest.mark.parametrize("period", [300.0, 20.0])
+def test_cycling_order_crosses_its_margin_call_and_comes_back(clock, period):
+    with (
+        Simulator(seed=3, clock=clock, margin_call_cycle=period) as sim,
+        http_client(base_url=sim.base_url) as client,
+    ):
+        step = period / 40  # 0.5 s at the shortest: inside the rate limit
+        seen = [Decimal(ltvs(client, clock, advance=step)["2002"]) for _ in range(80)]
+        above = [ltv >= Decimal("0.7") for ltv in seen]  # seen[i] is at (i + 1) * step
+        # Below at the start, above for the middle half of each period, below again at its end.
+        assert above[:8] == [False] * 8
+        assert above[10:29] == [True] * 19
+        assert above[31:48] == [False] * 17
+        assert above[50:69] == [True] * 19
+        assert max(seen) == Decimal("0.75") and min(seen) == Decimal("0.65")
+        assert max(seen) < Decimal("0.8")  # never at the liquidation LTV
+
+
+def test_default_cycle_lets_a_for_1m_alert_fire_and_resolve_within_10_minutes(clock):
+    with (
+        Simulator(seed=3, clock=clock) as sim,
+        http_client(base_url=sim.base_url) as client,
+    ):
+        samples = [Decimal(ltvs(client, clock, advance=15)["2002"]) for _ in range(40)]  # 10 min
+    above = [ltv >= Decimal("0.7") for ltv in samples]
+    first_above = above.index(True)
+    streak = above[first_above:].index(False)
+    assert (first_above + 1) * 15 <= 90  # above the margin call after about a minute
+    assert streak * 15 >= 60 + 2 * 15  # long enough for `for: 1m` at 15 s scrape and evaluation
+    assert (first_above + streak + 1) * 15 <= 300  # and back below, so the alert resolves
+
+
+def test_pinning_a_cycling_order_holds_it_and_walking_resumes_the_cycle(sim, client, clock):
+    sim.set_ltv("two-orders", 0.72, order="2002")
+    assert ltvs(client, clock, advance=100) == {"2001": "0.4", "2002": "0.72"}
+    assert ltvs(client, clock, advance=100)["2002"] == "0.72"
+    sim.set_walk("two-orders", True, order="2002")
+    assert ltvs(client, clock, advance=0)["2002"] != "0.72"
+    with pytest.raises(KeyError, match="no open order '3'"):
+        sim.set_ltv("two-orders", 0.5, order="3")
+
+
+def test_a_closed_order_leaves_the_answer_until_reset(sim, client, clock):
+    sim.close_order("two-orders", "2001")
+    assert list(ltvs(client, clock, advance=1)) == ["2002"]
+    assert [o.order_id for o in next(a for a in sim.accounts if a.name == "two-orders").orders] == [
+        "2002"
+    ]
+    view = client.post("/sim/accounts/two-orders", json={"order": "2002", "close": True}).json()
+    assert (view["orders"], view["ltv"]) == ([], None)
+    assert _json(get_loan_info(client, TWO, clock))["data"] == []
+    assert (
+        client.post("/sim/accounts/two-orders", json={"order": "2002", "close": True}).status_code
+        == 404
+    )
+    sim.reset()
+    assert list(ltvs(client, clock, advance=1)) == ["2001", "2002"]
+
+
+def test_faults_spoil_the_chosen_order_only(sim, client, clock):
+    sim.set_fault("two-orders", "missing_field", order="2002")
+    first, second = _json(get_loan_info(client, TWO, clock))["data"]
+    assert "curLTV" in first and "curLTV" not in second
+    sim.set_fault("two-orders", "duplicate_order", order="2002")
+    data = _json(get_loan_info(client, TWO, clock))["data"]
+    assert [entry["ordId"] for entry in data] == ["2001", "2002", "2002"]
+    sim.set_fault("two-orders", "negative_zero")  # the first order by default
+    first, second = _json(get_loan_info(client, TWO, clock))["data"]
+    assert (first["loanNotionalUsd"], second["loanNotionalUsd"]) == ("-0", "5850")
+    with pytest.raises(KeyError):
+        sim.set_fault("two-orders", "hang", order="nope")
+
+
+def test_control_api_takes_an_order(sim, client, clock):
+    view = client.post("/sim/accounts/two-orders", json={"order": "2002", "ltv": 0.71}).json()
+    assert (view["order"], view["ltv"], view["walk"]) == ("2002", "0.71", False)
+    assert [(o["order"], o["walk"], o["cycle"]) for o in view["orders"]] == [
+        ("2001", True, False),
+        ("2002", False, True),
+    ]
+    assert set(view["prices"]) == {"BTC", "ETH", "SOL", "USDC", "USDT"}
+    assert ltvs(client, clock, advance=1)["2002"] == "0.71"
+    for body, status in [
+        ({"order": "3", "ltv": 0.5}, 404),
+        ({"order": 2002, "ltv": 0.5}, 400),
+        ({"close": False}, 400),
+        ({"close": True, "ltv": 0.5}, 400),
+    ]:
+        assert client.post("/sim/accounts/two-orders", json=body).status_code == status, body
+    assert client.post("/sim/accounts/no-loan", json={"close": True}).status_code == 400
+    assert [o["order"] for o in client.get("/sim/accounts/two-orders").json()["orders"]] == [
+        "2001",
+        "2002",
+    ]
 
 
 # -- authentication -------------------------------------------------------------------------------
@@ -361,14 +532,32 @@ def test_set_ltv_makes_curltv_exactly_that_and_stops_the_walk(clock, name, ltv):
         http_client(base_url=sim.base_url) as client,
     ):
         acct = account(name)
+        [order] = acct.orders
         before = entry_of(get_loan_info(client, acct, clock))
+        market = sim.prices
         sim.set_ltv(name, ltv)
+        assert sim.prices == market  # the shared market is not bent for one order
         expected = format(Decimal(repr(ltv)).normalize(), "f")
         for _ in range(3):
             entry = entry_of(get_loan_info(client, acct, clock, advance=300))
             assert entry["curLTV"] == expected
-        assert entry["loanNotionalUsd"] == before["loanNotionalUsd"]  # only collateral repriced
-        assert entry["riskWarningData"] == before["riskWarningData"]  # liqPx is in amounts
+        # Debt is valued at the market; only the order's collateral valuation (haircut) moves.
+        loan = sum(Decimal(a) * Decimal(repr(sim.prices[c])) for c, a in order.loans.items())
+        assert Decimal(entry["loanNotionalUsd"]) == loan.quantize(Decimal("1e-8"))
+        if len(order.collateral) != 1 or len(order.loans) != 1:
+            assert (
+                entry["riskWarningData"] == before["riskWarningData"] == {"instId": "", "liqPx": ""}
+            )
+            return
+        # liqPx stays OKX's: the collateral price at which this LTV would reach liqLTV.
+        [(coll_ccy, coll_amt)] = order.collateral.items()
+        [loan_amt] = order.loans.values()
+        raw = Decimal(coll_amt) * Decimal(repr(sim.prices[coll_ccy]))
+        ratio = Decimal(entry["collateralNotionalUsd"]) / raw
+        ltv_at_liq_px = Decimal(loan_amt) / (
+            Decimal(coll_amt) * ratio * Decimal(entry["riskWarningData"]["liqPx"])
+        )
+        assert abs(ltv_at_liq_px / Decimal(entry["liqLTV"]) - 1) < Decimal("1e-6")
 
 
 def test_set_ltv_needs_a_loan_and_a_positive_ltv(sim):
@@ -381,29 +570,30 @@ def test_set_ltv_needs_a_loan_and_a_positive_ltv(sim):
 
 
 def test_prices_walk_with_the_clock_deterministically(clock):
-    def prices_over_time(seed: int) -> list[dict[str, float]]:
+    def prices_over_time(seed: int, accounts=None) -> list[dict[str, float]]:
         clock.now = START
-        sim = Simulator(seed=seed, clock=clock, walk_interval=1.0)
+        sim = Simulator(accounts, seed=seed, clock=clock, walk_interval=1.0)
         history = []
         for _ in range(5):
             clock.advance(30)
-            history.append({a.name: a.prices for a in sim.accounts})
+            history.append(sim.prices)
         return history
 
     first, again, other = prices_over_time(3), prices_over_time(3), prices_over_time(4)
     assert first == again
     assert first != other
-    btc = [step["btc-usdt"]["BTC"] for step in first]
+    # One market for every account: the walk does not depend on which accounts exist.
+    assert prices_over_time(3, generated_accounts(5)) == first
+    btc = [step["BTC"] for step in first]
     assert len(set(btc)) == 5  # it moved every time
-    assert all(step["btc-usdt"]["USDT"] == 1.0 for step in first)  # stablecoins stay at 1
-    assert all(step["eth-usdc"]["USDC"] == 1.0 for step in first)
+    assert all(step["USDT"] == step["USDC"] == 1.0 for step in first)  # stablecoins stay at 1
 
 
 def test_walk_stays_near_its_centre_over_long_runs(clock):
     sim = Simulator(seed=5, clock=clock, walk_interval=1.0)
     for _ in range(20):
         clock.advance(86400)  # a day between looks: the n-step distribution in one draw
-        btc = next(a for a in sim.accounts if a.name == "btc-usdt").prices["BTC"]
+        btc = sim.prices["BTC"]
         assert 60000 * 0.75 < btc < 60000 * 1.25
 
 
@@ -463,9 +653,10 @@ BODY_FAULT_CHECKS = {
     "empty_strings": lambda r: (
         [_json(r)["data"][0][k] for k in ("curLTV", "marginCallLTV", "liqLTV")] == ["", "", ""]
     ),
-    "multiple_entries": lambda r: (
+    "duplicate_order": lambda r: (
         len(_json(r)["data"]) == 2
         and _json(r)["data"][0]["curLTV"] == "0.45"
+        and [e["ordId"] for e in _json(r)["data"]] == ["1001", "1001"]
         and _json(r)["data"][1] != _json(r)["data"][0]
     ),
     "no_loan": lambda r: _json(r) == {"code": "0", "data": [], "msg": ""},
@@ -516,12 +707,14 @@ def test_invalid_json_fault_contents_are_rejected_by_the_exporters_parser(sim, c
         "huge_number",
         "negative_amount",
         "nested_type",
+        "duplicate_order",
     ):
         sim.set_fault("btc-usdt", fault)
         with pytest.raises(InvalidResponse):
             parse_loan_info(get_loan_info(client, BTC, clock).json())
     sim.set_fault("btc-usdt", "negative_zero")  # "-0" is a valid zero
-    assert parse_loan_info(get_loan_info(client, BTC, clock).json()).loan_notional_usd == 0
+    [order] = parse_loan_info(get_loan_info(client, BTC, clock).json()).orders
+    assert order.loan_notional_usd == 0
 
 
 @pytest.mark.parametrize("fault", sorted(ERROR_FAULTS))
@@ -810,9 +1003,23 @@ def test_simulator_refuses_unservable_accounts():
     with pytest.raises(ValueError, match="named 'btc-usdt'"):
         Simulator([good, good])
     with pytest.raises(ValueError, match="no price for 'SOL'"):
-        Simulator([SimAccount("a", "k", "s", "p", {"SOL": "1"}, {"USDT": "1"}, {})])
+        Simulator(
+            [SimAccount("a", "k", "s", "p", [SimOrder("1", {"SOL": "1"}, {"USDT": "1"})])],
+            prices={"BTC": 60000.0},
+        )
     with pytest.raises(ValueError, match="not a plain"):
-        Simulator([SimAccount("a", "k", "s", "p", {"BTC": "1e-3"}, {"USDT": "1"}, {"BTC": 1.0})])
+        Simulator([SimAccount("a", "k", "s", "p", [SimOrder("1", {"BTC": "1e-3"}, {"USDT": "1"})])])
+    two_without_ids = [SimOrder("", {"BTC": "1"}, {"USDT": "1"})] * 2
+    with pytest.raises(ValueError, match="own non-empty order_id"):
+        Simulator([SimAccount("a", "k", "s", "p", two_without_ids)])
+    same_ids = [SimOrder("7", {"BTC": "1"}, {"USDT": "1"})] * 2
+    with pytest.raises(ValueError, match="own non-empty order_id"):
+        Simulator([SimAccount("a", "k", "s", "p", same_ids)])
+    flat = SimOrder("7", {"BTC": "1"}, {"USDT": "1"}, "0.8", "0.8", margin_call_cycle=True)
+    with pytest.raises(ValueError, match="cycling order"):
+        Simulator([SimAccount("a", "k", "s", "p", [flat])])
+    with pytest.raises(ValueError, match="price of 'BTC'"):
+        Simulator(prices={"BTC": 0.0})
 
 
 def test_secrets_stay_out_of_reprs_and_stats():
@@ -825,11 +1032,12 @@ def test_secrets_stay_out_of_reprs_and_stats():
 
 
 def test_accounts_view_is_a_copy():
-    sim = Simulator()
-    sim.accounts[0].collateral["BTC"] = "1000"
-    sim.accounts[0].prices["BTC"] = 1.0
-    assert sim.accounts[0].collateral == {"BTC": "0.5"}
-    assert sim.accounts[0].prices["BTC"] == 60000.0
+    sim = Simulator(walk_interval=1e9)
+    sim.accounts[0].orders[0].collateral["BTC"] = "1000"
+    sim.accounts[0].orders.clear()
+    sim.prices["BTC"] = 1.0
+    assert sim.accounts[0].orders[0].collateral == {"BTC": "0.5"}
+    assert sim.prices["BTC"] == 60000.0
 
 
 def test_exporter_config_yaml_lists_every_account():
@@ -900,9 +1108,6 @@ def test_simulate_command_writes_config_serves_and_stops_on_sigterm(tmp_path):
             first["api_key"],
             first["secret_key"],
             first["passphrase"],
-            {},
-            {},
-            {},
             demo=first["demo"],
         )
         timestamp = okx_timestamp(time.time())
