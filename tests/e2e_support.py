@@ -363,7 +363,7 @@ def same(a: float | None, b: float | None) -> bool:
 # The simulator
 
 
-def simulator_argv(port: int, config_path: Path) -> list[str]:
+def simulator_argv(port: int, config_path: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -373,6 +373,7 @@ def simulator_argv(port: int, config_path: Path) -> list[str]:
         f"{LOOPBACK}:{port}",
         "--write-exporter-config",
         str(config_path),
+        *extra,
     ]
 
 
@@ -392,10 +393,13 @@ def exporter_argv(
     ]
 
 
-def start_simulator(group: ProcessGroup, config_path: Path) -> tuple[Process, SimulatorControl]:
-    """The simulator as its own process; it writes an exporter config to ``config_path``."""
+def start_simulator(
+    group: ProcessGroup, config_path: Path, *extra: str
+) -> tuple[Process, SimulatorControl]:
+    """The simulator as its own process (``extra``: more flags); it writes an exporter config to
+    ``config_path``."""
     process, port = group.start(
-        "simulator", lambda p: simulator_argv(p, config_path), ready_path="/sim/stats"
+        "simulator", lambda p: simulator_argv(p, config_path, *extra), ready_path="/sim/stats"
     )
     # The config file is written just after the server starts answering.
     wait_for(
