@@ -16,8 +16,6 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import yaml
-
 from okx_loan_exporter import __version__
 from okx_loan_exporter.config import ConfigError, ExporterConfig, config_from_dict, load_config
 from okx_loan_exporter.logs import setup_logging
@@ -30,6 +28,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("okx_loan_exporter")
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("logfmt", "json")
 DEMO_CACHE_TTL = "1s"  # the simulator moves prices every second
 
 
@@ -63,11 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--log.level",
         dest="log_level",
         default="info",
-        choices=["debug", "info", "warning", "error"],
+        choices=LOG_LEVELS,
     )
-    parser.add_argument(
-        "--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"]
-    )
+    parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=LOG_FORMATS)
     parser.add_argument(
         "--check-config",
         action="store_true",
@@ -161,13 +159,13 @@ def _serve(
 
 
 def _start_demo() -> tuple[Simulator, ExporterConfig]:
-    from okx_loan_exporter.simulator import Simulator, demo_accounts, exporter_config_yaml
+    from okx_loan_exporter.simulator import Simulator, demo_accounts, exporter_config
 
     accounts = demo_accounts()
     simulator = Simulator(accounts)
     base_url = simulator.start()
-    text = exporter_config_yaml(base_url, accounts, cache_ttl=DEMO_CACHE_TTL)
-    config = config_from_dict(yaml.safe_load(text), "demo", os.environ)
+    document = exporter_config(base_url, accounts, cache_ttl=DEMO_CACHE_TTL)
+    config = config_from_dict(document, "demo", os.environ)
     log.info(
         "demo mode: %d simulated accounts at %s; no OKX account is used", len(accounts), base_url
     )

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -352,6 +353,16 @@ def by_account(samples: Samples, name: str) -> dict[str, float]:
     }
 
 
+def by_order(samples: Samples, name: str) -> dict[tuple[str, str], float]:
+    """{(account, order): value} of a sample labelled by account and order only."""
+    found = {}
+    for (sample_name, labels), sample in samples.items():
+        named = dict(labels)
+        if sample_name == name and set(named) == {"account", "order"}:
+            found[(named["account"], named["order"])] = sample
+    return found
+
+
 def same(a: float | None, b: float | None) -> bool:
     """Equal, or both NaN."""
     if a is None or b is None:
@@ -396,8 +407,8 @@ def exporter_argv(
 def start_simulator(
     group: ProcessGroup, config_path: Path, *extra: str
 ) -> tuple[Process, SimulatorControl]:
-    """The simulator as its own process (``extra``: more flags); it writes an exporter config to
-    ``config_path``."""
+    """The simulator as its own process (``extra`` flags such as ``--margin-call-cycle 20s``);
+    it writes an exporter config to ``config_path``."""
     process, port = group.start(
         "simulator", lambda p: simulator_argv(p, config_path, *extra), ready_path="/sim/stats"
     )
@@ -424,13 +435,14 @@ class SimulatorControl:
         self.base_url = base_url
 
     def set_account(self, name: str, **changes: Any) -> dict[str, Any]:
-        """``POST /sim/accounts/<name>`` with ``changes`` (ltv, walk, fault, latency...)."""
+        """``POST /sim/accounts/<name>`` with ``changes`` (order, ltv, walk, fault, latency, close;
+        ltv and walk act on ``order``, by default the account's first)."""
         response = httpx.post(f"{self.base_url}/sim/accounts/{name}", json=changes, timeout=5.0)
         assert response.status_code == 200, f"simulator refused {changes}: {response.text}"
         return dict(response.json())
 
     def set_config(self, **changes: Any) -> dict[str, Any]:
-        """``POST /sim/config`` with ``changes`` (latency, clock_skew)."""
+        """``POST /sim/config`` with ``changes`` (latency, clock_skew, walk: market time)."""
         response = httpx.post(f"{self.base_url}/sim/config", json=changes, timeout=5.0)
         assert response.status_code == 200, f"simulator refused {changes}: {response.text}"
         return dict(response.json())
@@ -444,12 +456,16 @@ class SimulatorControl:
     def requests_by_account(self) -> dict[str, int]:
         return {name: int(counts["requests"]) for name, counts in self.stats()["accounts"].items()}
 
-    def loan_info(self, account: Mapping[str, Any]) -> dict[str, Any]:
+    def loan_info(self, account: Mapping[str, Any], order: str | None = None) -> dict[str, Any]:
         """A signed loan-info request for ``account`` (an entry of the exporter config's
-        ``accounts``), signed here as OKX documents it; the answer's JSON."""
+        ``accounts``), for one ``order`` (``?ordId=``) or all, signed here as OKX documents it;
+        the answer's JSON."""
         now = datetime.now(UTC)
         timestamp = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
-        prehash = f"{timestamp}GET{LOAN_INFO_PATH}".encode()
+        path = (
+            LOAN_INFO_PATH if order is None else f"{LOAN_INFO_PATH}?{urlencode({'ordId': order})}"
+        )
+        prehash = f"{timestamp}GET{path}".encode()
         digest = hmac.new(str(account["secret_key"]).encode(), prehash, hashlib.sha256).digest()
         headers = {
             "OK-ACCESS-KEY": str(account["api_key"]),
@@ -459,7 +475,7 @@ class SimulatorControl:
         }
         if account.get("demo"):
             headers["x-simulated-trading"] = "1"
-        response = httpx.get(f"{self.base_url}{LOAN_INFO_PATH}", headers=headers, timeout=5.0)
+        response = httpx.get(f"{self.base_url}{path}", headers=headers, timeout=5.0)
         document = dict(response.json())
         assert response.status_code == 200 and document.get("code") == "0", (
             f"signed loan-info for {account['name']} failed: {response.text}"

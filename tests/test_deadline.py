@@ -22,6 +22,7 @@ TTL = 0.5
 TIMEOUT = 2.0
 SLOW = "slow"
 QUICK = {"quick-a": 0.3, "quick-b": 0.6}
+ORDER = "1"  # conftest.sim_account's one order
 OLD_LTV, NEW_LTV = 0.4, 0.5
 
 
@@ -57,7 +58,7 @@ def world(start_simulator, start_exporter, fake_clock) -> World:
 
 
 def ltv(scrape: Scrape, account: str) -> float | None:
-    return scrape.value("okx_loan_ltv_ratio", account=account)
+    return scrape.value("okx_loan_ltv_ratio", account=account, order=ORDER)
 
 
 def up(scrape: Scrape, account: str) -> float | None:
@@ -93,7 +94,9 @@ def test_deadline_serves_cached_values_and_the_cut_off_fetch_completes_into_the_
 
     def fetched() -> bool:
         (slow,) = [s for s in world.exporter.exporter.snapshots() if s.name == SLOW]
-        return slow.position is not None and slow.position.current_ltv == NEW_LTV
+        return slow.position is not None and [
+            (order.order_id, order.current_ltv) for order in slow.position.orders
+        ] == [(ORDER, NEW_LTV)]
 
     wait_until(fetched)
     later = world.exporter.scrape("1")

@@ -28,6 +28,7 @@ from e2e_support import (
     ProcessGroup,
     SimulatorControl,
     by_account,
+    by_order,
     edit_config,
     exporter_argv,
     managed_processes,
@@ -44,8 +45,15 @@ from okx_loan_exporter import __version__
 pytestmark = pytest.mark.e2e
 
 CONSOLE_SCRIPT = "okx-loan-exporter"
-ACCOUNTS = ("btc-usdt", "okx-docs-example", "eth-usdc", "no-loan", "demo-trading")
-MOVING_DEMO_ACCOUNTS = ("btc-usdt", "okx-docs-example", "eth-usdc", "demo-trading")
+ACCOUNTS = ("btc-usdt", "okx-docs-example", "eth-usdc", "no-loan", "demo-trading", "two-orders")
+MOVING_DEMO_ORDERS = (
+    ("btc-usdt", "1001"),
+    ("okx-docs-example", ""),
+    ("eth-usdc", "1101"),
+    ("demo-trading", "1201"),
+    ("two-orders", "2001"),
+    ("two-orders", "2002"),
+)
 FAILURE_REASONS = (
     "rate_limited",
     "auth",
@@ -89,14 +97,28 @@ def config_accounts(config_path: Path) -> list[dict[str, Any]]:
     return list(yaml.safe_load(config_path.read_text(encoding="utf-8"))["accounts"])
 
 
-def series(samples: dict[Any, float], name: str, account: str, label: str) -> dict[str, float]:
-    """{label value: sample} of ``name`` for ``account`` (e.g. amounts by currency)."""
+def series(
+    samples: dict[Any, float], name: str, account: str, label: str, order: str | None = None
+) -> dict[str, float]:
+    """{label value: sample} of ``name`` for ``account`` (and ``order`` if given), e.g. amounts
+    by currency or LTVs by order."""
     found = {}
     for (sample_name, labels), sample in samples.items():
         labels_dict = dict(labels)
-        if sample_name == name and labels_dict.get("account") == account:
+        if sample_name != name or labels_dict.get("account") != account:
+            continue
+        if order is None or labels_dict.get("order") == order:
             found[labels_dict[label]] = sample
     return found
+
+
+def order_samples(samples: dict[Any, float], account: str, order: str) -> set[str]:
+    """Names of the samples that carry ``account`` and ``order``."""
+    return {
+        name
+        for name, labels in samples
+        if ("account", account) in labels and ("order", order) in labels
+    }
 
 
 def console_script() -> str:
@@ -196,8 +218,7 @@ def test_scraped_values_equal_the_simulators_answer(
 ) -> None:
     edit_config(simulator.config_path, cache_ttl="60s")
     accounts = config_accounts(simulator.config_path)
-    for account in accounts:  # freeze prices, so both readers see the same answer
-        simulator.control.set_account(account["name"], walk=False)
+    simulator.control.set_config(walk=False)  # stop market time: both readers see one answer
     answers = {a["name"]: simulator.control.loan_info(a)["data"] for a in accounts}
     _, base_url = start_exporter(processes, simulator.config_path)
 
@@ -205,46 +226,120 @@ def test_scraped_values_equal_the_simulators_answer(
 
     for name, data in answers.items():
         assert value(samples, "okx_loan_up", account=name) == 1, name
-        if not data:  # no loan: active 0 and no position values
-            assert value(samples, "okx_loan_active", account=name) == 0
-            assert value(samples, "okx_loan_ltv_ratio", account=name) is None
-            assert series(samples, "okx_loan_borrowed_amount", name, "currency") == {}
-            continue
-        entry = data[0]
-        assert value(samples, "okx_loan_active", account=name) == 1
-        for metric, field in (
-            ("okx_loan_ltv_ratio", "curLTV"),
-            ("okx_loan_margin_call_ltv_ratio", "marginCallLTV"),
-            ("okx_loan_liquidation_ltv_ratio", "liqLTV"),
-            ("okx_loan_borrowed_notional_usd", "loanNotionalUsd"),
-            ("okx_loan_collateral_notional_usd", "collateralNotionalUsd"),
-        ):
-            assert value(samples, metric, account=name) == float(entry[field]), (name, metric)
-        assert series(samples, "okx_loan_borrowed_amount", name, "currency") == {
-            item["ccy"]: float(item["amt"]) for item in entry["loanData"]
-        }, name
-        assert series(samples, "okx_loan_collateral_amount", name, "currency") == {
-            item["ccy"]: float(item["amt"]) for item in entry["collateralData"]
-        }, name
-        warning = entry["riskWarningData"]
-        expected_liq = {warning["instId"]: float(warning["liqPx"])} if warning["liqPx"] else {}
-        assert series(samples, "okx_loan_liquidation_price", name, "instrument") == expected_liq
+        assert value(samples, "okx_loan_orders", account=name) == len(data), name
+        assert value(samples, "okx_loan_active", account=name) == (1 if data else 0), name
+        orders = [entry.get("ordId", "") for entry in data]
+        assert set(series(samples, "okx_loan_ltv_ratio", name, "order")) == set(orders), name
+        for entry, order in zip(data, orders, strict=True):
+            for metric, field in (
+                ("okx_loan_ltv_ratio", "curLTV"),
+                ("okx_loan_margin_call_ltv_ratio", "marginCallLTV"),
+                ("okx_loan_liquidation_ltv_ratio", "liqLTV"),
+                ("okx_loan_borrowed_notional_usd", "loanNotionalUsd"),
+                ("okx_loan_collateral_notional_usd", "collateralNotionalUsd"),
+            ):
+                scraped = value(samples, metric, account=name, order=order)
+                assert scraped == float(entry[field]), (name, order, metric)
+            assert series(samples, "okx_loan_borrowed_amount", name, "currency", order) == {
+                item["ccy"]: float(item["amt"]) for item in entry["loanData"]
+            }, (name, order)
+            assert series(samples, "okx_loan_collateral_amount", name, "currency", order) == {
+                item["ccy"]: float(item["amt"]) for item in entry["collateralData"]
+            }, (name, order)
+            warning = entry["riskWarningData"]
+            expected_liq = {warning["instId"]: float(warning["liqPx"])} if warning["liqPx"] else {}
+            liquidation = series(samples, "okx_loan_liquidation_price", name, "instrument", order)
+            assert liquidation == expected_liq, (name, order)
 
-    # The amounts of OKX's documentation example come through exactly.
-    assert series(samples, "okx_loan_collateral_amount", "okx-docs-example", "currency") == {
+    # The account with two orders shows both, each with its own currencies and liquidation price.
+    assert value(samples, "okx_loan_orders", account="two-orders") == 2
+    assert [entry["ordId"] for entry in answers["two-orders"]] == ["2001", "2002"]
+    assert series(samples, "okx_loan_collateral_amount", "two-orders", "currency", "2001") == {
+        "BTC": 0.2
+    }
+    assert series(samples, "okx_loan_collateral_amount", "two-orders", "currency", "2002") == {
+        "ETH": 2.0,
+        "SOL": 20.0,
+    }
+    assert series(samples, "okx_loan_liquidation_price", "two-orders", "order") == {"2001": 30000.0}
+    # The ordId filter: one order of the two, or none for an order the account does not hold.
+    two = next(a for a in accounts if a["name"] == "two-orders")
+    assert simulator.control.loan_info(two, order="2002")["data"] == answers["two-orders"][1:]
+    assert simulator.control.loan_info(two, order="1001")["data"] == []
+    # The amounts of OKX's documentation example come through exactly, as order "" (no ordId).
+    assert series(samples, "okx_loan_collateral_amount", "okx-docs-example", "currency", "") == {
         "COMP": 9.7e-06,
         "STX": 0.78,
         "DOT": 0.001,
         "LUNA": 0.05357864,
     }
-    assert series(samples, "okx_loan_borrowed_amount", "okx-docs-example", "currency") == {
+    assert series(samples, "okx_loan_borrowed_amount", "okx-docs-example", "currency", "") == {
         "USDC": 0.86590608
     }
     assert (
-        value(samples, "okx_loan_liquidation_price", account="btc-usdt", instrument="BTC-USDT")
+        value(
+            samples,
+            "okx_loan_liquidation_price",
+            account="btc-usdt",
+            order="1001",
+            instrument="BTC-USDT",
+        )
         == 33750.0
     )
     assert value(samples, "okx_loan_exporter_build_info", version=__version__) == 1
+
+
+def test_a_closed_order_leaves_metrics_with_its_currencies_on_the_next_fresh_answer(
+    processes: ProcessGroup, simulator: Simulated
+) -> None:
+    edit_config(simulator.config_path, cache_ttl="1s")
+    _, base_url = start_exporter(processes, simulator.config_path)
+
+    def both_orders() -> dict[Any, float] | None:
+        samples = scrape(base_url)
+        return samples if value(samples, "okx_loan_orders", account="two-orders") == 2 else None
+
+    before = wait_for(
+        "both orders of two-orders", both_orders, 10, interval=0.2, details=processes.tails
+    )
+    assert order_samples(before, "two-orders", "2001") >= {
+        "okx_loan_ltv_ratio",
+        "okx_loan_borrowed_amount",
+        "okx_loan_collateral_amount",
+        "okx_loan_liquidation_price",
+    }
+    assert series(before, "okx_loan_collateral_amount", "two-orders", "currency") == {
+        "BTC": 0.2,
+        "ETH": 2.0,
+        "SOL": 20.0,
+    }
+    requests = simulator.control.requests_by_account()["two-orders"]
+
+    view = simulator.control.set_account("two-orders", order="2001", close=True)
+    assert [order["order"] for order in view["orders"]] == ["2002"]
+
+    def fresh_answer() -> dict[Any, float] | None:
+        samples = scrape(base_url)
+        fetched = simulator.control.requests_by_account()["two-orders"] > requests
+        return (
+            samples
+            if fetched and value(samples, "okx_loan_orders", account="two-orders") == 1
+            else None
+        )
+
+    after = wait_for(
+        "the next fresh answer", fresh_answer, 10, interval=0.2, details=processes.tails
+    )
+    assert order_samples(after, "two-orders", "2001") == set()  # every series of the order
+    assert series(after, "okx_loan_collateral_amount", "two-orders", "currency") == {
+        "ETH": 2.0,
+        "SOL": 20.0,
+    }
+    assert series(after, "okx_loan_borrowed_amount", "two-orders", "currency") == {"USDC": 5850.0}
+    assert series(after, "okx_loan_liquidation_price", "two-orders", "order") == {}
+    assert value(after, "okx_loan_active", account="two-orders") == 1
+    assert value(after, "okx_loan_up", account="two-orders") == 1
+    assert order_samples(after, "two-orders", "2002") == order_samples(before, "two-orders", "2002")
 
 
 def test_fifty_concurrent_scrapes_make_one_upstream_request_per_account(
@@ -274,7 +369,8 @@ def test_fifty_concurrent_scrapes_make_one_upstream_request_per_account(
     for samples in parsed:
         assert by_account(samples, "okx_loan_up") == dict.fromkeys(ACCOUNTS, 1.0)
         assert by_account(samples, "okx_loan_api_requests_total") == dict.fromkeys(ACCOUNTS, 1.0)
-    ltvs = [by_account(samples, "okx_loan_ltv_ratio") for samples in parsed]
+    ltvs = [by_order(samples, "okx_loan_ltv_ratio") for samples in parsed]
+    assert {account for account, _ in ltvs[0]} == set(ACCOUNTS) - {"no-loan"}
     assert all(ltv == ltvs[0] for ltv in ltvs), "concurrent scrapes saw different values"
     print(f"50 concurrent scrapes with 0.5 s upstream latency took {elapsed:.2f} s")
 
@@ -295,7 +391,7 @@ def test_a_failing_account_is_down_with_its_reason_and_recovers(
         return by_account(scrape(base_url), "okx_loan_up") == dict.fromkeys(ACCOUNTS, 1.0)
 
     wait_for("every account up", all_up, 10, interval=0.2, details=processes.tails)
-    ltv_before = by_account(scrape(base_url), "okx_loan_ltv_ratio")
+    ltv_before = by_order(scrape(base_url), "okx_loan_ltv_ratio")
 
     for name, (fault, _) in faults.items():
         simulator.control.set_account(name, fault=fault)
@@ -327,7 +423,7 @@ def test_a_failing_account_is_down_with_its_reason_and_recovers(
                     == 0
                 ), (name, other)
         # The last good values are still served (within max_stale), so LTV alerts keep working.
-        assert value(samples, "okx_loan_ltv_ratio", account=name) is not None, name
+        assert series(samples, "okx_loan_ltv_ratio", name, "order"), name
     for name in healthy:
         assert value(samples, "okx_loan_up", account=name) == 1, name
         for reason in FAILURE_REASONS:
@@ -335,7 +431,7 @@ def test_a_failing_account_is_down_with_its_reason_and_recovers(
                 value(samples, "okx_loan_api_request_failures_total", account=name, reason=reason)
                 == 0
             ), (name, reason)
-    assert set(by_account(samples, "okx_loan_ltv_ratio")) == set(ltv_before)
+    assert set(by_order(samples, "okx_loan_ltv_ratio")) == set(ltv_before)
 
     for name in faults:
         simulator.control.set_account(name, fault=None)
@@ -361,18 +457,22 @@ def test_demo_mode_serves_moving_ltv_within_5_seconds(processes: ProcessGroup) -
     )
     base_url = f"http://{LOOPBACK}:{port}"
     ready_after = time.monotonic() - process.started_at
-    first: dict[str, float] = {}
+    first: dict[tuple[str, str], float] = {}
     first_after: list[float] = []
 
     def two_accounts_moved() -> list[str] | None:
-        ltv = by_account(scrape(base_url), "okx_loan_ltv_ratio")
+        ltv = by_order(scrape(base_url), "okx_loan_ltv_ratio")
         if not first:
-            if set(MOVING_DEMO_ACCOUNTS) <= set(ltv):
+            if set(MOVING_DEMO_ORDERS) <= set(ltv):
                 first.update(ltv)
                 first_after.append(time.monotonic() - process.started_at)
             return None
-        moved = [name for name in MOVING_DEMO_ACCOUNTS if ltv.get(name) != first[name]]
-        return moved if len(moved) >= 2 else None
+        moved = {
+            name
+            for name, order in MOVING_DEMO_ORDERS
+            if ltv.get((name, order)) != first[(name, order)]
+        }
+        return sorted(moved) if len(moved) >= 2 else None
 
     remaining = 5.0 - (time.monotonic() - process.started_at)
     moved = wait_for(

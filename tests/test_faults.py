@@ -23,7 +23,13 @@ from conftest import FakeClock, Harness, Scrape, account_config, sim_account
 
 from okx_loan_exporter.cache import MAX_AUTH_BACKOFF
 from okx_loan_exporter.okx import MAX_BODY_BYTES
-from okx_loan_exporter.simulator import FAULTS, HUGE_BODY_BYTES, SimAccount, Simulator
+from okx_loan_exporter.simulator import (
+    FAULTS,
+    HUGE_BODY_BYTES,
+    SimAccount,
+    Simulator,
+    demo_accounts,
+)
 
 TTL = 0.5
 TIMEOUT = 1.0
@@ -34,6 +40,8 @@ FAULTY = "faulty"
 BYSTANDERS = {"steady-a": 0.3, "steady-b": 0.6}
 """Accounts that never fail, with the LTV each keeps throughout."""
 GOOD_LTV = 0.4
+ORDER = "1"
+"""The one order of every account here (conftest.sim_account)."""
 RECOVERED_LTV = 0.55
 POSITION_SERIES = {
     "okx_loan_borrowed_notional_usd",
@@ -44,6 +52,7 @@ POSITION_SERIES = {
     "okx_loan_margin_call_ltv_ratio",
     "okx_loan_liquidation_ltv_ratio",
     "okx_loan_liquidation_price",
+    "okx_loan_orders",
     "okx_loan_active",
 }
 
@@ -109,6 +118,11 @@ FAILING: list[Row] = [
         (MALFORMED, "data[0].curLTV: expected a decimal string, got dict", KEPT),
     ),
     Row(
+        "duplicate_order",
+        "invalid_response",
+        (MALFORMED, "data[1].ordId: '1' appears twice (also data[0])", KEPT),
+    ),
+    Row(
         "rate_limit",
         "rate_limited",
         ("OKX code 50011", "HTTP 429", "raise cache_ttl", "other programs using this account"),
@@ -143,7 +157,7 @@ FAILING: list[Row] = [
 EMPTY = Scrape(200, 0.0, "")
 """A scrape before the first one: every counter at 0."""
 
-VALID = ("negative_zero", "empty_strings", "no_loan", "multiple_entries")
+VALID = ("negative_zero", "empty_strings", "no_loan")
 """Faults whose answers are odd but valid: the account stays up."""
 
 
@@ -228,13 +242,13 @@ def world(make_world: Callable[..., World]) -> World:
 def assert_bystanders_unharmed(scrape: Scrape) -> None:
     for name, ltv in BYSTANDERS.items():
         assert scrape.value("okx_loan_up", account=name) == 1, name
-        assert scrape.value("okx_loan_ltv_ratio", account=name) == pytest.approx(ltv), name
+        assert scrape.value("okx_loan_ltv_ratio", account=name, order=ORDER) == pytest.approx(ltv)
         assert set(scrape.failures(name).values()) == {0}, name
 
 
 def assert_up_with(scrape: Scrape, ltv: float, account: str = FAULTY) -> None:
     assert scrape.value("okx_loan_up", account=account) == 1
-    assert scrape.value("okx_loan_ltv_ratio", account=account) == pytest.approx(ltv)
+    assert scrape.value("okx_loan_ltv_ratio", account=account, order=ORDER) == pytest.approx(ltv)
 
 
 def failure_delta(after: Scrape, before: Scrape, account: str = FAULTY) -> dict[str, float]:
@@ -280,7 +294,9 @@ def test_fault(row: Row, world: World):
     assert failed.value("okx_loan_up", account=FAULTY) == 0
     assert failure_delta(failed, good) == {row.reason: 1}
     assert failed.series(FAULTY) & POSITION_SERIES == served  # last good values still served
-    assert failed.value("okx_loan_ltv_ratio", account=FAULTY) == pytest.approx(GOOD_LTV)
+    assert failed.value("okx_loan_ltv_ratio", account=FAULTY, order=ORDER) == pytest.approx(
+        GOOD_LTV
+    )
     assert failed.value("okx_loan_last_success_timestamp_seconds", account=FAULTY) == good.value(
         "okx_loan_last_success_timestamp_seconds", account=FAULTY
     )
@@ -294,7 +310,9 @@ def test_fault(row: Row, world: World):
         again = world.scrape()
         assert failure_delta(again, failed) == {row.reason: 1}, "not retried after the TTL"
         assert again.value("okx_loan_up", account=FAULTY) == 0
-        assert again.value("okx_loan_ltv_ratio", account=FAULTY) == pytest.approx(GOOD_LTV)
+        assert again.value("okx_loan_ltv_ratio", account=FAULTY, order=ORDER) == pytest.approx(
+            GOOD_LTV
+        )
         retry_wait = TTL
     only_warning(world, *row.says)  # the same fault again is no news
 
@@ -337,35 +355,61 @@ def test_odd_but_valid_answer_keeps_the_account_up(fault: str, world: World):
         assert odd.value("okx_loan_up", account=FAULTY) == 1
         assert failure_delta(odd, good) == {}
         assert_bystanders_unharmed(odd)
-    borrowed = odd.value("okx_loan_borrowed_notional_usd", account=FAULTY)
+    borrowed = odd.value("okx_loan_borrowed_notional_usd", account=FAULTY, order=ORDER)
     if fault == "negative_zero":  # "-0" is a valid zero, not a negative amount
         assert borrowed == 0.0
-        assert odd.value("okx_loan_ltv_ratio", account=FAULTY) == pytest.approx(GOOD_LTV)
+        assert odd.value("okx_loan_ltv_ratio", account=FAULTY, order=ORDER) == pytest.approx(
+            GOOD_LTV
+        )
     elif fault == "empty_strings":  # "" is absent, never 0
-        assert borrowed == good.value("okx_loan_borrowed_notional_usd", account=FAULTY)
+        assert borrowed == good.value("okx_loan_borrowed_notional_usd", account=FAULTY, order=ORDER)
         for name in (
             "okx_loan_ltv_ratio",
             "okx_loan_margin_call_ltv_ratio",
             "okx_loan_liquidation_ltv_ratio",
         ):
-            assert odd.value(name, account=FAULTY) is None, name
-    elif fault == "no_loan":
+            assert odd.value(name, account=FAULTY, order=ORDER) is None, name
+    else:  # no_loan: no order, so no per-order series at all
+        assert fault == "no_loan"
         assert odd.value("okx_loan_active", account=FAULTY) == 0
-        assert borrowed == 0.0
-        assert odd.value("okx_loan_ltv_ratio", account=FAULTY) is None
-        assert odd.value("okx_loan_borrowed_amount", account=FAULTY, currency="USDT") is None
-    else:  # multiple_entries: the first is used, and that is said once
-        assert odd.value("okx_loan_ltv_ratio", account=FAULTY) == pytest.approx(GOOD_LTV)
-    if fault == "multiple_entries":
-        only_warning(world, "OKX returned 2 loan-info entries; using the first")
-    else:
-        assert world.warnings() == []
+        assert odd.value("okx_loan_orders", account=FAULTY) == 0
+        assert odd.series(FAULTY) & POSITION_SERIES == {"okx_loan_active", "okx_loan_orders"}
+    assert odd.value("okx_loan_orders", account=FAULTY) == (0 if fault == "no_loan" else 1)
+    assert world.warnings() == []
 
     world.simulator.set_fault(FAULTY, None)
     world.simulator.set_ltv(FAULTY, RECOVERED_LTV)
     world.clock.advance(TTL + 0.01)
     assert_up_with(world.scrape(), RECOVERED_LTV)
     assert world.errors() == []
+
+
+def test_a_spoiled_second_order_keeps_the_last_good_values_of_both(
+    start_simulator, start_exporter, fake_clock: FakeClock, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO, logger="okx_loan_exporter")
+    two = next(account for account in demo_accounts() if account.name == "two-orders")
+    simulator = start_simulator([two])
+    world = World(
+        simulator,
+        start_exporter([account_config(two, simulator.base_url)], cache_ttl=TTL, timeout=TIMEOUT),
+        fake_clock,
+        caplog,
+    )
+    good = world.scrape()
+    assert good.value("okx_loan_orders", account=two.name) == 2
+    simulator.set_fault(two.name, "missing_field", order="2002")
+    world.clock.advance(TTL + 0.01)
+    failed = world.scrape()
+    assert failed.value("okx_loan_up", account=two.name) == 0
+    assert failure_delta(failed, good, two.name) == {"invalid_response": 1}
+    for order in ("2001", "2002"):  # one bad order spoils the answer, not the other's values
+        labels = {"account": two.name, "order": order}
+        assert failed.value("okx_loan_ltv_ratio", **labels) == good.value(
+            "okx_loan_ltv_ratio", **labels
+        )
+    assert failed.value("okx_loan_orders", account=two.name) == 2
+    only_warning(world, MALFORMED, "data[1] has no 'curLTV'", KEPT, account=two.name)
 
 
 # --- faults outside the simulator's answers ------------------------------------------------------

@@ -47,7 +47,7 @@ from okx_loan_exporter.okx import (
     OkxClient,
     OkxError,
 )
-from okx_loan_exporter.position import NO_LOAN, InvalidResponse, Position, parse_loan_info
+from okx_loan_exporter.position import NO_LOAN, InvalidResponse, Order, Position, parse_loan_info
 from okx_loan_exporter.stats import RequestStats
 from okx_loan_exporter.web import create_app
 
@@ -58,7 +58,7 @@ SECRETS = (CREDENTIALS.api_key, CREDENTIALS.secret_key, CREDENTIALS.passphrase)
 FRAGMENTS = CREDENTIALS.fragments()
 
 DECIMAL_KEYS = ("loanNotionalUsd", "collateralNotionalUsd", "curLTV", "marginCallLTV", "liqLTV")
-ENTRY_KEYS = (*DECIMAL_KEYS, "loanData", "collateralData", "riskWarningData")
+ENTRY_KEYS = (*DECIMAL_KEYS, "loanData", "collateralData", "riskWarningData", "ordId")
 
 FUZZ_SETTINGS = settings(
     max_examples=2500,
@@ -161,11 +161,11 @@ def run_counted(name: str, minimum: int, run: Callable[[], None]) -> None:
 
 
 def reference_position(body: dict[str, Any]) -> Position:
-    """What an accepted answer must give, written from OKX's documentation, not from the parser."""
+    """What an accepted answer must give, written from OKX's documentation, not from the parser:
+    one order per entry, in OKX's order, named by its ordId ("" for the one entry without)."""
     data = body["data"]
     if not data:
         return NO_LOAN
-    entry = data[0]
 
     def number(text: str) -> float | None:
         # Surrounding whitespace is tolerated, as str.strip() sees it (which includes
@@ -179,22 +179,24 @@ def reference_position(body: dict[str, Any]) -> Position:
             if item["ccy"] != "" and item["amt"] != ""
         }
 
-    risk = entry["riskWarningData"]
-    price = number(risk["liqPx"])
-    has_price = risk["instId"] != "" and price is not None
-    return Position(
-        active=True,
-        loan_notional_usd=number(entry["loanNotionalUsd"]),
-        collateral_notional_usd=number(entry["collateralNotionalUsd"]),
-        current_ltv=number(entry["curLTV"]),
-        margin_call_ltv=number(entry["marginCallLTV"]),
-        liquidation_ltv=number(entry["liqLTV"]),
-        loans=amounts(entry["loanData"]),
-        collateral=amounts(entry["collateralData"]),
-        liquidation_instrument=risk["instId"] if has_price else None,
-        liquidation_price=price if has_price else None,
-        ignored_entries=len(data) - 1,
-    )
+    def order(entry: dict[str, Any]) -> Order:
+        risk = entry["riskWarningData"]
+        price = number(risk["liqPx"])
+        has_price = risk["instId"] != "" and price is not None
+        return Order(
+            order_id=entry.get("ordId", ""),
+            loan_notional_usd=number(entry["loanNotionalUsd"]),
+            collateral_notional_usd=number(entry["collateralNotionalUsd"]),
+            current_ltv=number(entry["curLTV"]),
+            margin_call_ltv=number(entry["marginCallLTV"]),
+            liquidation_ltv=number(entry["liqLTV"]),
+            loans=amounts(entry["loanData"]),
+            collateral=amounts(entry["collateralData"]),
+            liquidation_instrument=risk["instId"] if has_price else None,
+            liquidation_price=price if has_price else None,
+        )
+
+    return Position(tuple(order(entry) for entry in data))
 
 
 def leaks(text: str) -> bool:
@@ -255,16 +257,62 @@ def samples_by_name(text: str, parse: Callable[[str], Iterator[Any]]) -> dict[st
     return grouped
 
 
-def by_label(samples: list[Any], label: str) -> dict[str, float]:
-    values: dict[str, float] = {}
+def keyed(samples: list[Any], labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+    """Sample values by the values of ``labels`` (besides ``account``); no key may repeat."""
+    values: dict[tuple[str, ...], float] = {}
     for sample in samples:
-        assert sample.labels[label] not in values, "a label value appears twice"
-        values[sample.labels[label]] = sample.value
+        assert set(sample.labels) == {"account", *labels}, sample.labels
+        key = tuple(sample.labels[label] for label in labels)
+        assert key not in values, f"{key} appears twice"
+        values[key] = sample.value
     return values
 
 
+PER_ORDER_LABELS = {
+    "okx_loan_ltv_ratio": ("order",),
+    "okx_loan_borrowed_notional_usd": ("order",),
+    "okx_loan_collateral_notional_usd": ("order",),
+    "okx_loan_margin_call_ltv_ratio": ("order",),
+    "okx_loan_liquidation_ltv_ratio": ("order",),
+    "okx_loan_borrowed_amount": ("order", "currency"),
+    "okx_loan_collateral_amount": ("order", "currency"),
+    "okx_loan_liquidation_price": ("order", "instrument"),
+    "okx_loan_orders": (),
+    "okx_loan_active": (),
+    "okx_loan_up": (),
+}
+
+
+def expected_series(position: Position) -> dict[str, dict[tuple[str, ...], float]]:
+    """Every position series the exposition must hold, by name and label values."""
+    expected: dict[str, dict[tuple[str, ...], float]] = {name: {} for name in PER_ORDER_LABELS}
+    expected["okx_loan_orders"][()] = float(len(position.orders))
+    expected["okx_loan_active"][()] = 1.0 if position.active else 0.0
+    expected["okx_loan_up"][()] = 1.0
+    for order in position.orders:
+        key = (order.order_id,)
+        for name, value in (
+            ("okx_loan_ltv_ratio", order.current_ltv),
+            ("okx_loan_borrowed_notional_usd", order.loan_notional_usd),
+            ("okx_loan_collateral_notional_usd", order.collateral_notional_usd),
+            ("okx_loan_margin_call_ltv_ratio", order.margin_call_ltv),
+            ("okx_loan_liquidation_ltv_ratio", order.liquidation_ltv),
+        ):
+            if value is not None:
+                expected[name][key] = value
+        for currency, amount in order.loans.items():
+            expected["okx_loan_borrowed_amount"][(*key, currency)] = amount
+        for currency, amount in order.collateral.items():
+            expected["okx_loan_collateral_amount"][(*key, currency)] = amount
+        if order.liquidation_instrument and order.liquidation_price is not None:
+            instrument = (*key, order.liquidation_instrument)
+            expected["okx_loan_liquidation_price"][instrument] = order.liquidation_price
+    return expected
+
+
 def check_exposition(position: Position) -> None:
-    """(c): both formats parse back, and currencies, instrument and values come back exactly."""
+    """(c): both formats parse back, and orders, currencies, instruments and values come back
+    exactly."""
     snapshot = AccountSnapshot(
         name="fuzz",
         position=position,
@@ -277,32 +325,11 @@ def check_exposition(position: Position) -> None:
     )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LoanCollector([snapshot], "fuzz"))
-    instruments = (
-        {position.liquidation_instrument: position.liquidation_price}
-        if position.liquidation_instrument
-        else {}
-    )
-    single_values = {
-        "okx_loan_ltv_ratio": position.current_ltv,
-        "okx_loan_borrowed_notional_usd": position.loan_notional_usd,
-        "okx_loan_collateral_notional_usd": position.collateral_notional_usd,
-        "okx_loan_margin_call_ltv_ratio": position.margin_call_ltv,
-        "okx_loan_liquidation_ltv_ratio": position.liquidation_ltv,
-        "okx_loan_active": 1.0 if position.active else 0.0,
-        "okx_loan_up": 1.0,
-    }
+    expected = expected_series(position)
     for encode, parse in ((generate_latest, parse_text), (generate_openmetrics, parse_openmetrics)):
         samples = samples_by_name(encode(registry).decode("utf-8"), parse)
-        assert by_label(samples.get("okx_loan_borrowed_amount", []), "currency") == dict(
-            position.loans
-        )
-        assert by_label(samples.get("okx_loan_collateral_amount", []), "currency") == dict(
-            position.collateral
-        )
-        assert by_label(samples.get("okx_loan_liquidation_price", []), "instrument") == instruments
-        for name, value in single_values.items():
-            found = [sample.value for sample in samples.get(name, [])]
-            assert found == ([] if value is None else [value]), name
+        for name, labels in PER_ORDER_LABELS.items():
+            assert keyed(samples.get(name, []), labels) == expected[name], name
 
 
 def check_answer(
@@ -554,9 +581,50 @@ NOT_AN_OBJECT = st.one_of(json_leaves, st.lists(json_leaves, max_size=2))
 # ONE_IN[n] draws True about once in n (hypothesis favours the first element, so it is False).
 ONE_IN = {n: st.sampled_from([False] * (n - 1) + [True]) for n in (5, 10, 20, 30)}
 ENTRY_KEY = st.sampled_from(ENTRY_KEYS)
-EXTRA_COUNTS = st.integers(1, 3)
 CURRENCY_LIST_KEY = st.sampled_from(["loanData", "collateralData"])
 NOT_A_LIST = st.one_of(st.dictionaries(st.text(max_size=3), json_leaves, max_size=2), json_leaves)
+
+
+ORDER_COUNTS = st.sampled_from([1] * 12 + [2] * 3 + [3])
+# Mostly distinct OKX-like IDs; sometimes from two IDs (so: duplicates), absent or "" (the
+# pre-orders answer, good only alone), or not a string (bad).
+ORDER_ID_SHAPES = st.sampled_from(["id"] * 40 + ["few", "absent", "empty", "not a string"])
+plain_order_id = st.one_of(
+    st.integers(1, 10**18).map(str), st.sampled_from(["1001", "2001", "2002", "0"])
+)
+unicode_order_id = st.one_of(st.text(min_size=1, max_size=24), st.sampled_from(TRICKY_TEXTS))
+
+
+def order_id_of(
+    draw: st.DrawFn,
+    entry: dict[str, JsonValue],
+    ids: st.SearchStrategy[str],
+    seen: list[str | None],
+) -> None:
+    """Give ``entry`` an ordId (or none) and remember it in ``seen`` ("" for none, None for one
+    that is not a string)."""
+    shape = draw(ORDER_ID_SHAPES)
+    if shape == "absent":
+        seen.append("")
+        return
+    if shape == "not a string":
+        entry["ordId"] = draw(st.one_of(st.integers(), st.none(), st.lists(st.text(), max_size=1)))
+        seen.append(None)
+        return
+    order_id = {"id": None, "few": None, "empty": ""}[shape]
+    if order_id is None:
+        order_id = draw(st.sampled_from(["7", "8"]) if shape == "few" else ids)
+    entry["ordId"] = order_id
+    seen.append(order_id)
+
+
+def order_ids_are_bad(seen: list[str | None]) -> bool:
+    """OKX's rule as the issue states it: ordIds tell the orders apart, or the answer is bad."""
+    if None in seen:
+        return True
+    if len(seen) > 1 and "" in seen:
+        return True
+    return len(set(seen)) != len(seen)
 
 
 def instruments_for(currencies: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
@@ -639,28 +707,35 @@ def near_valid_answers(
     draw: st.DrawFn,
     currencies: st.SearchStrategy[str] = plain_currency,
     instruments: st.SearchStrategy[str] = plain_instrument,
+    order_ids: st.SearchStrategy[str] = plain_order_id,
 ) -> Case:
-    """``code "0"`` answers shaped like loan-info, each field drawn good, bad or in between."""
+    """``code "0"`` answers shaped like loan-info, one entry per order, each field drawn good,
+    bad or in between."""
     verdict = Verdict()
     data: list[JsonValue] = []
-    if not draw(ONE_IN[20]):  # 1 in 20: no loan, data []
+    seen: list[str | None] = []
+    for _ in range(0 if draw(ONE_IN[20]) else draw(ORDER_COUNTS)):  # 1 in 20: no loan, data []
         entry: dict[str, JsonValue] = {
             key: verdict.take(draw(decimal_field)) for key in DECIMAL_KEYS
         }
         entry["loanData"] = currency_items(draw, currencies, verdict)
         entry["collateralData"] = currency_items(draw, currencies, verdict)
         entry["riskWarningData"] = risk_warning(draw, verdict, instruments)
+        order_id_of(draw, entry, order_ids, seen)
         if draw(ONE_IN[30]):
-            del entry[draw(ENTRY_KEY)]
-            verdict.bad = True
+            key = draw(ENTRY_KEY)
+            verdict.bad |= key != "ordId"  # ordId is optional; the others are not
+            if key == "ordId" and "ordId" in entry:
+                seen[-1] = ""
+            entry.pop(key, None)
         if draw(ONE_IN[10]):
             entry[draw(CURRENCY_LIST_KEY)] = draw(NOT_A_LIST)
             verdict.bad = True
         data.append(entry)
-        if draw(ONE_IN[5]):
-            # More entries than OKX documents: the first is used, the rest only counted.
-            for _ in range(draw(EXTRA_COUNTS)):
-                data.append(entry if draw(st.booleans()) else draw(hostile_json))
+    if data and draw(ONE_IN[30]):
+        data.append(draw(hostile_json))  # a stray entry that is no order at all
+        verdict.bad = True
+    verdict.bad |= order_ids_are_bad(seen)
     body = {"code": "0", "msg": draw(messages), "data": data}
     return Case(
         body,
@@ -749,7 +824,7 @@ def test_near_valid_answers_against_the_reference(harness: ClientHarness) -> Non
 
 def test_unicode_currency_codes_round_trip_through_metrics(harness: ClientHarness) -> None:
     @FUZZ_SETTINGS
-    @given(case=near_valid_answers(unicode_currency, unicode_instrument))
+    @given(case=near_valid_answers(unicode_currency, unicode_instrument, unicode_order_id))
     def run(case: Case) -> None:
         check_answer(
             harness,
@@ -863,6 +938,13 @@ def test_lone_surrogate_currency_is_refused() -> None:
 def test_lone_surrogate_instrument_is_refused() -> None:
     body = json.loads(LONE_SURROGATE_ANSWER.replace(b"BTC\\ud800", b"BTC"))
     body["data"][0]["riskWarningData"] = {"instId": "BTC-\ud800", "liqPx": "1.5"}
+    with pytest.raises(InvalidResponse):
+        parse_loan_info(body)
+
+
+def test_lone_surrogate_order_id_is_refused() -> None:
+    body = json.loads(LONE_SURROGATE_ANSWER.replace(b"BTC\\ud800", b"BTC"))
+    body["data"][0]["ordId"] = "12\ud800"
     with pytest.raises(InvalidResponse):
         parse_loan_info(body)
 

@@ -81,7 +81,8 @@ def test_signed_headers_and_parsed_answer():
         "secret-Zp4Rt9Wx", "2020-12-08T09:08:57.715Z", "GET", LOAN_INFO_PATH
     )
     assert "x-simulated-trading" not in request.headers
-    assert position.current_ltv == 0.5742
+    [order] = position.orders
+    assert (order.order_id, order.current_ltv) == ("", 0.5742)
     assert observed == [None]
 
 
@@ -202,7 +203,8 @@ def test_clock_skew_corrects_from_public_time_and_retries_once():
     )
     observed = []
     position, client = fetch(observed=observed)
-    assert position.current_ltv == 0.5742
+    [order] = position.orders
+    assert (order.order_id, order.current_ltv) == ("", 0.5742)
     assert client.clock_offset == pytest.approx(120, abs=0.01)
     assert loan.calls[1].request.headers["OK-ACCESS-TIMESTAMP"] == okx_timestamp(
         FIXED_TIME + client.clock_offset

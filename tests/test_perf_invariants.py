@@ -34,7 +34,7 @@ from okx_loan_exporter.collector import LoanCollector, ProcessMetrics, RenderCac
 from okx_loan_exporter.config import config_from_dict
 from okx_loan_exporter.exporter import ACCOUNTS_PER_POOL, Exporter
 from okx_loan_exporter.okx import FailureReason
-from okx_loan_exporter.position import NO_LOAN, Position, parse_loan_info
+from okx_loan_exporter.position import NO_LOAN, Order, Position, parse_loan_info
 from okx_loan_exporter.stats import RequestStats
 from okx_loan_exporter.web import create_app
 
@@ -124,17 +124,24 @@ def exporter():
 
 
 DOCS = parse_loan_info(DOCS_EXAMPLE)
+TWO_ORDERS = parse_loan_info(
+    json.loads((Path(__file__).parent / "data" / "loan_info_two_orders.json").read_text())
+)
 LIQUIDATION = Position(
-    active=True,
-    loan_notional_usd=13500.0,
-    collateral_notional_usd=30000.0,
-    current_ltv=0.45,
-    margin_call_ltv=0.7,
-    liquidation_ltv=0.8,
-    loans={"USDT": 13500.0},
-    collateral={"BTC": 0.5},
-    liquidation_instrument="BTC-USDT",
-    liquidation_price=33750.0,
+    (
+        Order(
+            order_id="1001",
+            loan_notional_usd=13500.0,
+            collateral_notional_usd=30000.0,
+            current_ltv=0.45,
+            margin_call_ltv=0.7,
+            liquidation_ltv=0.8,
+            loans={"USDT": 13500.0},
+            collateral={"BTC": 0.5},
+            liquidation_instrument="BTC-USDT",
+            liquidation_price=33750.0,
+        ),
+    )
 )
 SCENES = {
     "docs example": [snapshot(position=DOCS)],
@@ -149,8 +156,10 @@ SCENES = {
             clock_offset=-1.5,
         )
     ],
+    "two orders": [snapshot(position=TWO_ORDERS)],
     "several accounts": [
         snapshot("a", DOCS),
+        snapshot("two", TWO_ORDERS),
         snapshot("b", LIQUIDATION, requests=stats(0, (), 0.01, 0.4, 3.0, 12.0)),
         snapshot("c", NO_LOAN, up=False),
     ],
@@ -161,7 +170,7 @@ SCENES = {
     "empty fields": [
         snapshot(
             position=Position(
-                active=True, loan_notional_usd=None, current_ltv=None, liquidation_ltv=0.8
+                (Order("7", loan_notional_usd=None, current_ltv=None, liquidation_ltv=0.8),)
             )
         )
     ],
@@ -182,12 +191,13 @@ def test_exposition_equals_a_fresh_registry_rendering(exporter, scene, accept):
 def test_every_change_the_collector_would_show_renders_again():
     cache = RenderCache(__version__)
     encoder, _ = choose_encoder(None)
-    reordered = Position(active=True, collateral={"STX": 0.78, "COMP": 9.7e-06})
+    reordered = Position((Order("", collateral={"STX": 0.78, "COMP": 9.7e-06}),))
+    first, second = TWO_ORDERS.orders
     steps = [
         [snapshot(position=DOCS)],
         [snapshot(position=DOCS)],  # same position object, equal fields: reused
         [snapshot(position=parse_loan_info(DOCS_EXAMPLE))],  # a new answer with equal values
-        [snapshot(position=Position(active=True, collateral={"COMP": 9.7e-06, "STX": 0.78}))],
+        [snapshot(position=Position((Order("", collateral={"COMP": 9.7e-06, "STX": 0.78}),)))],
         [snapshot(position=reordered)],  # equal to the previous position, other order
         [snapshot(position=reordered, up=False)],
         [snapshot(position=reordered, up=False, requests=stats(2))],
@@ -197,6 +207,9 @@ def test_every_change_the_collector_would_show_renders_again():
         [snapshot("renamed", position=None, up=False, last_success=1_700_000_100.0)],
         [snapshot("renamed"), snapshot("added")],
         [snapshot("renamed")],
+        [snapshot("renamed", position=TWO_ORDERS)],
+        [snapshot("renamed", position=Position((second, first)))],  # the orders swapped
+        [snapshot("renamed", position=Position((first,)))],  # one order closed
     ]
     seen = []
     for snapshots in steps:
@@ -208,6 +221,7 @@ def test_every_change_the_collector_would_show_renders_again():
     assert seen[0] == seen[1] == seen[2]
     assert seen[3] != seen[4]  # the currency order changed, so the text did
     assert len(set(seen[3:])) == len(seen) - 3
+    assert seen[-3] != seen[-2] != seen[-1]
 
 
 amounts = st.dictionaries(
@@ -216,20 +230,23 @@ amounts = st.dictionaries(
     max_size=4,
 )
 optional_ratio = st.one_of(st.none(), st.floats(min_value=0, max_value=5, allow_nan=False))
+orders = st.builds(
+    Order,
+    order_id=st.sampled_from(["", "1001", "2002", 'o"\\']),
+    loan_notional_usd=optional_ratio,
+    collateral_notional_usd=optional_ratio,
+    current_ltv=optional_ratio,
+    margin_call_ltv=optional_ratio,
+    liquidation_ltv=optional_ratio,
+    loans=amounts,
+    collateral=amounts,
+)
 positions = st.one_of(
     st.none(),
     st.just(NO_LOAN),
-    st.builds(
-        Position,
-        active=st.just(True),
-        loan_notional_usd=optional_ratio,
-        collateral_notional_usd=optional_ratio,
-        current_ltv=optional_ratio,
-        margin_call_ltv=optional_ratio,
-        liquidation_ltv=optional_ratio,
-        loans=amounts,
-        collateral=amounts,
-    ),
+    st.lists(orders, min_size=1, max_size=3, unique_by=lambda order: order.order_id)
+    .map(tuple)
+    .map(Position),
 )
 snapshots_strategy = st.lists(
     st.builds(

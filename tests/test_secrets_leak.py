@@ -231,9 +231,7 @@ def error_texts(errors: Iterable[OkxError]) -> list[str]:
 def test_okx_errors_of_every_fault_carry_no_secret(start_simulator, fake_clock: FakeClock):
     simulator = start_simulator([leak_account()])
     faults = [
-        fault
-        for fault in FAULTS
-        if fault not in ("negative_zero", "empty_strings", "no_loan", "multiple_entries")
+        fault for fault in FAULTS if fault not in ("negative_zero", "empty_strings", "no_loan")
     ]
 
     def inject(attempt: int) -> None:
@@ -562,6 +560,7 @@ def test_demo_leaks_neither_its_own_secrets_nor_others(exporter_process):
         "eth-usdc": "rate_limit",
         "no-loan": "http_500_html",
         "demo-trading": "auth_50105",
+        "two-orders": "duplicate_order",
     }
     texts = []
     with httpx.Client(trust_env=False, timeout=10) as http:

@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from conftest import account_config
 
 from okx_loan_exporter.simulator import (
     FAULTS,
@@ -329,6 +330,24 @@ def test_default_cycle_lets_a_for_1m_alert_fire_and_resolve_within_10_minutes(cl
     assert (first_above + streak + 1) * 15 <= 300  # and back below, so the alert resolves
 
 
+def test_the_exporter_sees_the_cycling_order_cross_its_margin_call_and_come_back(
+    start_simulator, start_exporter, fake_clock
+):
+    two = account("two-orders")
+    simulator = start_simulator([two], margin_call_cycle=20.0)
+    exporter = start_exporter([account_config(two, simulator.base_url)], cache_ttl=0.5)
+    above = []
+    for _ in range(40):  # two periods, a fresh answer every second of the shared fake clock
+        fake_clock.advance(1.0)
+        scrape = exporter.scrape()
+        assert scrape.value("okx_loan_up", account="two-orders") == 1
+        labels = {"account": "two-orders", "order": "2002"}
+        ltv = scrape.value("okx_loan_ltv_ratio", **labels)
+        assert ltv is not None and ltv < scrape.value("okx_loan_liquidation_ltv_ratio", **labels)
+        above.append(ltv >= scrape.value("okx_loan_margin_call_ltv_ratio", **labels))
+    assert above == [5 <= second % 20 <= 15 for second in range(1, 41)]
+
+
 def test_pinning_a_cycling_order_holds_it_and_walking_resumes_the_cycle(sim, client, clock):
     sim.set_ltv("two-orders", 0.72, order="2002")
     assert ltvs(client, clock, advance=100) == {"2001": "0.4", "2002": "0.72"}
@@ -597,6 +616,22 @@ def test_walk_stays_near_its_centre_over_long_runs(clock):
         assert 60000 * 0.75 < btc < 60000 * 1.25
 
 
+def test_market_walk_stops_prices_and_cycles_for_every_account_and_resumes(clock):
+    with (
+        Simulator(seed=2, clock=clock, margin_call_cycle=40) as sim,
+        http_client(base_url=sim.base_url) as client,
+    ):
+        assert ltvs(client, clock, advance=10)["2002"] == "0.7"  # a quarter of the period
+        assert client.post("/sim/config", json={"walk": False}).json()["walk"] is False
+        prices, held = sim.prices, ltvs(client, clock, advance=5)
+        for _ in range(3):
+            assert ltvs(client, clock, advance=7) == held
+            assert sim.prices == prices
+        assert client.post("/sim/config", json={"walk": "no"}).status_code == 400
+        sim.set_market_walk(True)  # market time goes on from where it stood
+        assert ltvs(client, clock, advance=10)["2002"] == "0.75"  # half the period
+
+
 def test_walk_moves_the_ltv_and_can_be_paused(clock):
     with (
         Simulator(seed=2, clock=clock, walk_interval=1.0) as sim,
@@ -833,10 +868,10 @@ def test_slow_bytes_fault_trickles_the_answer(sim, clock):
 
 
 def test_slow_fault_answers_normally_after_a_delay(sim, client, clock, monkeypatch):
-    from okx_loan_exporter import simulator
+    from okx_loan_exporter.simulator import faults
 
-    assert simulator.SLOW_FAULT_SECONDS == 3.0
-    monkeypatch.setattr(simulator, "SLOW_FAULT_SECONDS", 0.3)  # keeps the suite fast
+    assert faults.SLOW_FAULT_SECONDS == 3.0
+    monkeypatch.setattr(faults, "SLOW_FAULT_SECONDS", 0.3)  # keeps the suite fast
     sim.set_fault("btc-usdt", "slow", count=1)
     started = time.monotonic()
     assert entry_of(get_loan_info(client, BTC, clock))["curLTV"] == "0.45"
@@ -888,7 +923,12 @@ def test_control_endpoints_over_http(sim, client, clock):
     assert client.post("/sim/accounts/btc-usdt", json={"walk": True}).json()["walk"] is True
     view = client.get("/sim/accounts/btc-usdt").json()
     assert (view["ltv"], view["walk"], view["fault"]) == ("0.75", True, None)
-    assert client.get("/sim/config").json() == {"clock_skew": 0.0, "latency": 0.0}
+    assert client.get("/sim/config").json() == {
+        "clock_skew": 0.0,
+        "latency": 0.0,
+        "margin_call_cycle": 300.0,
+        "walk": True,
+    }
     assert client.post("/sim/reset").json() == {"ok": True}
     assert client.get("/sim/stats").json()["accounts"]["btc-usdt"]["requests"] == 0
     assert entry_of(get_loan_info(client, BTC, clock))["curLTV"] == "0.45"
@@ -898,6 +938,8 @@ def test_clock_skew_fails_requests_until_the_client_syncs_from_public_time(sim, 
     assert client.post("/sim/config", json={"clock_skew": 120}).json() == {
         "clock_skew": 120.0,
         "latency": 0.0,
+        "margin_call_cycle": 300.0,
+        "walk": True,
     }
     assert_okx_error(get_loan_info(client, BTC, clock), "50102")
     server_ms = int(client.get(TIME_PATH).json()["data"][0]["ts"])
@@ -1074,9 +1116,8 @@ def _read_line(stream, timeout: float) -> str:
 
 def _simulate(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    code = "import sys; from okx_loan_exporter.simulator import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.Popen(
-        [sys.executable, "-c", code, *args],
+        [sys.executable, "-m", "okx_loan_exporter.simulator", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -1094,6 +1135,10 @@ def test_simulate_command_writes_config_serves_and_stops_on_sigterm(tmp_path):
         str(config_path),
         "--seed",
         "4",
+        "--margin-call-cycle",
+        "20s",
+        "--log.level",
+        "warning",
     )
     try:
         line = _read_line(process.stdout, timeout=10)
@@ -1113,7 +1158,8 @@ def test_simulate_command_writes_config_serves_and_stops_on_sigterm(tmp_path):
         timestamp = okx_timestamp(time.time())
         with http_client(base_url=match.group(1)) as client:
             response = client.get(LOAN_INFO_PATH, headers=signed_headers(acct, timestamp))
-        assert response.json()["code"] == "0"
+            assert response.json()["code"] == "0"
+            assert client.get("/sim/config").json()["margin_call_cycle"] == 20.0
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=2) == 0
     finally:
@@ -1131,7 +1177,18 @@ def test_simulate_command_refuses_bad_flags_without_a_traceback():
     assert "Traceback" not in stderr
 
 
-@pytest.mark.parametrize("argv", [["--accounts-generate", "0"], ["--latency", "-1"], ["--bogus"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--accounts-generate", "0"],
+        ["--latency", "-1"],
+        ["--bogus"],
+        ["--margin-call-cycle", "0s"],
+        ["--margin-call-cycle", "soon"],
+        ["--log.level", "loud"],
+        ["--web.listen-address", "http://127.0.0.1:1"],
+    ],
+)
 def test_main_returns_2_on_bad_flags(argv, capsys):
     assert main(argv) == 2
     assert "usage:" in capsys.readouterr().err
