@@ -19,21 +19,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from deploy_support import copy_checkout
 from e2e_support import free_port, parse_samples, wait_for
 from tooling import in_ci
 
 ROOT = Path(__file__).resolve().parent.parent
 DEBIAN_PYTHON = Path("/usr/bin/python3")
-#: Left out of the copy: what a fresh clone does not have, and what would make the test slow.
-NOT_COPIED = shutil.ignore_patterns(
-    ".git", ".venv", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache", "build", "dist"
-)
-
-
-def copy_checkout(target: Path) -> Path:
-    """The checkout's files as a fresh clone would have them (no .venv, no build residue)."""
-    shutil.copytree(ROOT, target, ignore=NOT_COPIED, symlinks=True)
-    return target
 
 
 def clean_env() -> dict[str, str]:
