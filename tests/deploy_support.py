@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -40,13 +41,16 @@ def shared_schema(name: str) -> Path:
     pytest.skip(f"{message}: copy the project's shared/ folder beside the checkout")
 
 
-def check_jsonschema(schema: Path, *documents: Path) -> subprocess.CompletedProcess[str]:
+def check_jsonschema(
+    schema: Path, *documents: Path, options: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
     """Run check-jsonschema (the [test] extra's) on ``documents``; its result, not checked."""
     return subprocess.run(
         [
             sys.executable,
             "-m",
             "check_jsonschema",
+            *options,
             "--schemafile",
             str(schema),
             *map(str, documents),
