@@ -361,7 +361,7 @@ def test_the_image_reports_its_version(built: Built, container: str) -> None:
 
 
 def test_the_image_serves_the_demo_as_uid_65532_and_passes_its_healthcheck(
-    built: Built, container: str, request: pytest.FixtureRequest
+    built: Built, container: str
 ) -> None:
     port = free_port()
     log = built.work / f"demo-{port}.log"
@@ -402,7 +402,6 @@ def test_the_image_serves_the_demo_as_uid_65532_and_passes_its_healthcheck(
         if process.poll() is None:
             process.terminate()
             process.wait(15)
-    show(request, f"\n{log.name}: {log.read_text().count(chr(10))} log lines, clean stop\n")
 
 
 def test_the_venv_is_read_only_for_the_images_user(built: Built, container: str) -> None:

@@ -40,17 +40,18 @@ def header(source: Path) -> str:
 
 
 def prometheus_rule(rules_text: str) -> str:
-    """A PrometheusRule whose spec is the rules file (from its top-level ``groups:`` on)."""
-    document = yaml.safe_load(rules_text)
-    if not isinstance(document, dict) or set(document) != {"groups"}:
+    """A PrometheusRule whose spec is the rules file, from its ``groups:`` on, comments kept."""
+    rules = yaml.safe_load(rules_text)
+    if not isinstance(rules, dict) or set(rules) != {"groups"}:
         raise ValueError(f"{RULES}: expected a rules file with the one top-level key 'groups'")
     lines = rules_text.splitlines()
-    try:
-        start = lines.index("groups:")
-    except ValueError:
-        raise ValueError(f"{RULES}: 'groups:' must stand alone on a line at column 0") from None
-    body = "\n".join(f"  {line}" if line.strip() else "" for line in lines[start:])
-    return (
+    if "groups:" in lines:
+        body = "\n".join(
+            f"  {line}" if line.strip() else "" for line in lines[lines.index("groups:") :]
+        )
+    else:  # e.g. `groups: [...]` on one line: the same data, without the comments
+        body = textwrap.indent(yaml.safe_dump(rules, sort_keys=False).rstrip("\n"), "  ")
+    text = (
         header(RULES) + "apiVersion: monitoring.coreos.com/v1\n"
         "kind: PrometheusRule\n"
         "metadata:\n"
@@ -62,13 +63,18 @@ def prometheus_rule(rules_text: str) -> str:
         "spec:\n"
         f"{body}\n"
     )
+    if yaml.safe_load(text)["spec"] != rules:
+        raise ValueError(f"{RULES}: the PrometheusRule would not hold the same rules")
+    return text
 
 
 def dashboard_config_map(dashboard_text: str) -> str:
     """A ConfigMap holding the dashboard JSON as a literal block, found by Grafana's sidecar."""
-    if not dashboard_text.endswith("\n") or "\t" in dashboard_text:
-        raise ValueError(f"{DASHBOARD}: expected JSON ending with a newline, without tabs")
-    return (
+    # Literal block chomping: keep exactly the file's final newlines (none, one, or more).
+    newlines = len(dashboard_text) - len(dashboard_text.rstrip("\n"))
+    chomping = {0: "-", 1: ""}.get(newlines, "+")
+    content = textwrap.indent(dashboard_text.rstrip("\n"), "    ", lambda line: bool(line.strip()))
+    text = (
         header(DASHBOARD) + "apiVersion: v1\n"
         "kind: ConfigMap\n"
         "metadata:\n"
@@ -78,9 +84,12 @@ def dashboard_config_map(dashboard_text: str) -> str:
         "    # The label kube-prometheus-stack's Grafana dashboard sidecar looks for.\n"
         '    grafana_dashboard: "1"\n'
         "data:\n"
-        f"  {DASHBOARD_KEY}: |\n"
-        f"{textwrap.indent(dashboard_text, '    ', lambda line: bool(line.strip()))}"
+        f"  {DASHBOARD_KEY}: |{chomping}\n"
+        f"{content}\n" + "\n" * max(newlines - 1, 0)
     )
+    if yaml.safe_load(text)["data"][DASHBOARD_KEY] != dashboard_text:
+        raise ValueError(f"{DASHBOARD}: a YAML literal block cannot hold this text unchanged")
+    return text
 
 
 #: Each generated file: its source and how it is made from the source's text.
