@@ -19,7 +19,17 @@ from tooling import in_ci
 ROOT = Path(__file__).resolve().parent.parent
 #: Left out of a copy of the checkout: what a fresh clone does not have.
 NOT_IN_A_CLONE = shutil.ignore_patterns(
-    ".git", ".venv", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache", "build", "dist"
+    ".git",
+    ".venv",
+    "__pycache__",
+    "*.egg-info",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".mypy_cache",
+    ".hypothesis",
+    ".benchmarks",
+    "build",
+    "dist",
 )
 
 
