@@ -461,6 +461,124 @@ def loan_row() -> list[Builder[model.Panel]]:
     ]
 
 
+_EXPORTER = 'job=~"$job", instance=~"$instance"'
+INDEX_PRICE = f"okx_loan_index_price{{{_EXPORTER}}}"
+LIQUIDATION_PRICE = order_series("okx_loan_liquidation_price")
+
+
+def index_price_of(per_order: str, currency_from: str | None = None) -> str:
+    """The index price (USDT) of a currency, on each series of ``per_order`` naming it in
+    ``currency`` (or, with ``currency_from``, in that label after ``label_replace``)."""
+    keyed = per_order
+    if currency_from is not None:
+        keyed = f'label_replace({per_order}, "currency", "$1", {currency_from})'
+    labels = "job, instance, account, order, currency"
+    join = "on (job, instance, currency) group_right ()"
+    return f"({INDEX_PRICE} * {join} group by ({labels}) ({keyed}))"
+
+
+# The price of a one-collateral order's collateral in its instrument's quote currency (BTC-USDT:
+# BTC in USDT; ETH-BTC: ETH in BTC), per order, as OKX quotes its liqPx.
+_BASE = '"instrument", "([^-]+)-.+"'
+_QUOTE = '"instrument", "[^-]+-(.+)"'
+PRICE_IN_QUOTE = (
+    f"({index_price_of(LIQUIDATION_PRICE, _BASE)} "
+    f"/ ignoring (currency) {index_price_of(LIQUIDATION_PRICE, _QUOTE)})"
+)
+
+
+def price_row() -> list[Builder[model.Panel]]:
+    drop_mc = order_series("okx_loan_price_drop_to_margin_call_ratio")
+    drop_liq = order_series("okx_loan_price_drop_to_liquidation_ratio")
+    after = order_series("okx_loan_ltv_after_price_drop_ratio")
+    rise_mc = order_series("okx_loan_price_rise_to_margin_call_ratio")
+    rise_liq = order_series("okx_loan_price_rise_to_liquidation_ratio")
+
+    def per_currency(
+        title: str, description: str, columns: dict[str, str], hidden: Sequence[str] = ()
+    ) -> table.Panel:
+        """A table of percentages, one row per order and currency."""
+        return table_panel(
+            title,
+            description,
+            "percentunit",
+            columns,
+            first={"account": "Account", "order": "Order", "currency": "Currency"},
+            hidden=["job", "instance", *hidden],
+            width=12,
+            height=8,
+        )
+
+    return [
+        table_panel(
+            "Liquidation price beside the index price",
+            "Per one-collateral loan order: OKX's liquidation price (riskWarningData.liqPx), the "
+            "collateral's current index price in the same quote currency (OKX index-tickers), "
+            "and how far that price may fall before liquidation (1 - liqPx / price).",
+            "none",
+            {
+                "Liquidation price": f"{LIQUIDATION_PRICE} * on (job, instance, account, order) "
+                f"group_left () group by (job, instance, account, order) ({PRICE_IN_QUOTE})",
+                "Index price": PRICE_IN_QUOTE,
+                "Distance to liquidation": f"1 - {LIQUIDATION_PRICE} "
+                f"/ on (job, instance, account, order) {PRICE_IN_QUOTE}",
+            },
+            first={"account": "Account", "order": "Order", "instrument": "Instrument"},
+            hidden=["job", "instance", "currency"],
+            width=12,
+            height=8,
+        ).override_by_name("Distance to liquidation", [setting("unit", "percentunit")]),
+        per_currency(
+            "How far each collateral currency can fall",
+            "Per loan order and collateral currency: by how much that currency's index price "
+            "alone may fall (the others holding) before the order reaches OKX's margin-call and "
+            "liquidation LTV (okx_loan_price_drop_to_*_ratio). 100 % means that currency alone "
+            "can never get there. Computed by the exporter from loan-info and OKX index prices "
+            "(see the README, Price risk).",
+            {"Before margin call": drop_mc, "Before liquidation": drop_liq},
+        ),
+        per_currency(
+            "LTV if prices fall",
+            "Per loan order: the LTV if one collateral currency's index price falls by 10, 20 or "
+            "30 % (okx_loan_ltv_after_price_drop_ratio); currency all: every currency but "
+            "USDT and USDC falls together, the debt's too.",
+            {
+                f"-{drop} %": f'{after.removesuffix("}")}, drop="0.{drop // 10}"}}'
+                for drop in (10, 20, 30)
+            },
+            hidden=["drop"],
+        ),
+        per_currency(
+            "How far a volatile debt can rise",
+            "Per loan order and borrowed currency other than USDT and USDC: by how much its "
+            "index price alone may rise before the order reaches OKX's margin-call and "
+            "liquidation LTV (okx_loan_price_rise_to_*_ratio); +Inf: no rise gets there.",
+            {"Before margin call": rise_mc, "Before liquidation": rise_liq},
+        ),
+        graph_panel(
+            "Smallest fall to liquidation",
+            "Per loan order: the smallest fall of any single collateral currency's price that "
+            "liquidates it (min over currencies of okx_loan_price_drop_to_liquidation_ratio). "
+            "OkxLoanCollateralDropRisk warns below 15 %.",
+            "percentunit",
+            [query(f"min without (currency) ({drop_liq})", PER_ORDER)],
+            width=12,
+            height=8,
+        )
+        .min(0)
+        .max(1),
+        graph_panel(
+            "Index prices",
+            "OKX index price of each currency of the loan orders (okx_loan_index_price, from "
+            "market/index-tickers), in its quote currency.",
+            "none",
+            [query(INDEX_PRICE, "{{currency}}-{{quote}}")],
+            width=12,
+            height=8,
+        ),
+    ]
+
+
 def health_stat(title: str, description: str, unit: str, expr: str, legend: str) -> stat.Panel:
     """A stat of the health row: the latest value, without a graph."""
     return stat_panel(title, description, unit, expr, legend, width=6, height=5).graph_mode(
@@ -491,7 +609,11 @@ def health_row() -> list[Builder[model.Panel]]:
 
     requests = per_account_rate("okx_loan_api_requests_total")
     failures = per_account_rate("okx_loan_api_request_failures_total")
-    exporter = 'job=~"$job", instance=~"$instance"'
+    exporter = _EXPORTER
+
+    def public_rate(name: str, by: str) -> str:
+        return f"sum by ({by}) (rate({name}{{{exporter}}}[$__rate_interval]))"
+
     return [
         up_down_stat(
             "OKX reachable",
@@ -593,6 +715,59 @@ def health_row() -> list[Builder[model.Panel]]:
             width=12,
             height=8,
         ),
+        graph_panel(
+            "Index-price requests and failures per second",
+            "Per base URL: requests to OKX's public index-tickers (okx_loan_public_api_requests_"
+            "total, at most one per price_interval while an account holds an order) and failed "
+            "ones by reason. They never change okx_loan_up.",
+            "reqps",
+            [
+                query(
+                    public_rate("okx_loan_public_api_requests_total", "base_url"),
+                    "{{base_url}} requests",
+                    "A",
+                ),
+                query(
+                    public_rate("okx_loan_public_api_request_failures_total", "base_url, reason"),
+                    "{{base_url}} {{reason}}",
+                    "B",
+                ),
+            ],
+            width=8,
+            height=8,
+        ).min(0),
+        graph_panel(
+            "Index-price request latency",
+            "Per base URL: the 90th percentile of the time an index-tickers request took "
+            "(okx_loan_public_api_request_duration_seconds).",
+            "s",
+            [
+                query(
+                    "histogram_quantile(0.9, "
+                    + public_rate(
+                        "okx_loan_public_api_request_duration_seconds_bucket", "base_url, le"
+                    )
+                    + ")",
+                    "{{base_url}} p90",
+                )
+            ],
+            width=8,
+            height=8,
+        ).min(0),
+        stat_panel(
+            "Index-price age",
+            "Per base URL: seconds since the last good index-tickers answer "
+            "(okx_loan_index_prices_last_success_timestamp_seconds). The what-if figures use "
+            "prices up to max_stale old, then disappear.",
+            "s",
+            f"time() - okx_loan_index_prices_last_success_timestamp_seconds{{{exporter}}}",
+            "{{base_url}}",
+            width=8,
+            height=8,
+        )
+        .decimals(0)
+        .graph_mode(kinds.BigValueGraphMode.NONE)
+        .thresholds(thresholds((None, "green"), (60, "orange"), (300, "red"))),
     ]
 
 
@@ -669,6 +844,7 @@ def build() -> model.Dashboard:
     for title, panels in (
         ("Risk at a glance", risk_row()),
         ("Loan and collateral", loan_row()),
+        ("Price risk", price_row()),
         ("Exporter health", health_row()),
     ):
         dashboard.with_row(builder.Row(title))

@@ -14,18 +14,34 @@ PER_ORDER = frozenset(
         "okx_loan_margin_call_ltv_ratio",
         "okx_loan_liquidation_ltv_ratio",
         "okx_loan_liquidation_price",
+        "okx_loan_price_drop_to_liquidation_ratio",
+        "okx_loan_price_drop_to_margin_call_ratio",
+        "okx_loan_ltv_after_price_drop_ratio",
+        "okx_loan_price_rise_to_liquidation_ratio",
+        "okx_loan_price_rise_to_margin_call_ratio",
     }
 )
 
+#: Per-currency series of no account: the index prices, one per currency of any order.
+PER_CURRENCY = frozenset({"okx_loan_index_price"})
+
 #: Every series a query may use (the histogram by the series a query uses).
-CONTRACT = PER_ORDER | {
-    "okx_loan_orders",
-    "okx_loan_active",
-    "okx_loan_up",
-    "okx_loan_last_success_timestamp_seconds",
-    "okx_loan_api_requests_total",
-    "okx_loan_api_request_failures_total",
-    "okx_loan_api_request_duration_seconds_bucket",
-    "okx_loan_clock_offset_seconds",
-    "okx_loan_exporter_build_info",
-}
+CONTRACT = (
+    PER_ORDER
+    | PER_CURRENCY
+    | {
+        "okx_loan_public_api_requests_total",
+        "okx_loan_public_api_request_failures_total",
+        "okx_loan_public_api_request_duration_seconds_bucket",
+        "okx_loan_index_prices_last_success_timestamp_seconds",
+        "okx_loan_orders",
+        "okx_loan_active",
+        "okx_loan_up",
+        "okx_loan_last_success_timestamp_seconds",
+        "okx_loan_api_requests_total",
+        "okx_loan_api_request_failures_total",
+        "okx_loan_api_request_duration_seconds_bucket",
+        "okx_loan_clock_offset_seconds",
+        "okx_loan_exporter_build_info",
+    }
+)

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 from e2e_support import stop_process
-from metric_contract import CONTRACT, PER_ORDER
+from metric_contract import CONTRACT, PER_CURRENCY, PER_ORDER
 from processes import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from tooling import require_binary
@@ -36,7 +36,17 @@ RULES_FILES = [ROOT / "examples" / "prometheus" / "rules.yml"]
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 #: Series without an account label: Prometheus's own `up`, and the exporter's build info.
-WITHOUT_ACCOUNT = {"up", "okx_loan_exporter_build_info"}
+WITHOUT_ACCOUNT = {
+    "up",
+    "okx_loan_exporter_build_info",
+    *PER_CURRENCY,
+    "okx_loan_public_api_requests_total",
+    "okx_loan_public_api_request_failures_total",
+    "okx_loan_public_api_request_duration_seconds_bucket",
+    "okx_loan_index_prices_last_success_timestamp_seconds",
+}
+#: Labels a query may pick one value of, besides the pickers: the what-if scenario's drop.
+SCENARIO_LABELS = {"okx_loan_ltv_after_price_drop_ratio": "drop"}
 #: Series Prometheus itself makes, not the exporter.
 PROMETHEUS_MADE = {"up", "ALERTS", "ALERTS_FOR_STATE"}
 
@@ -320,6 +330,10 @@ def test_target_datasource_and_filters(item: tuple[dict[str, Any], dict[str, Any
             expected["order"] = ("=~", "$order")
         for label, matcher in expected.items():
             assert selector.matchers.get(label) == matcher, f"{selector.name}: {label} filter"
+        scenario = SCENARIO_LABELS.get(selector.name)
+        if scenario is not None:
+            assert selector.matchers[scenario][0] == "=", f"{selector.name}: one {scenario}"
+            expected[scenario] = selector.matchers[scenario]
         assert set(selector.matchers) == set(expected), f"{selector.name}: unexpected filters"
 
 
@@ -445,8 +459,32 @@ def test_money_amounts_and_liquidation_price() -> None:
     assert all(t.get("format") == "table" and t.get("instant") for t in table["targets"])
     assert find_panels({"timeseries"}, "okx_loan_borrowed_amount")
     assert find_panels({"timeseries"}, "okx_loan_collateral_amount")
-    (price,) = find_panels({"stat", "timeseries", "table"}, "okx_loan_liquidation_price")
+    (price,) = find_panels({"stat", "timeseries"}, "okx_loan_liquidation_price")
     assert "{{instrument}}" in price["targets"][0]["legendFormat"]
+
+
+def test_price_risk_beside_each_liquidation_price_and_per_currency() -> None:
+    """OKX's liqPx beside the index price and the distance in percent; per order and currency
+    the falls (and a volatile debt's rises) to each threshold; the what-if LTVs."""
+    (beside,) = find_panels({"table"}, "okx_loan_liquidation_price", "okx_loan_index_price")
+    exprs = [" ".join(t["expr"].split()) for t in beside["targets"]]
+    assert any(e.startswith("1 - okx_loan_liquidation_price{") for e in exprs)
+    assert all(
+        '"instrument", "([^-]+)-.+"' in e and '"instrument", "[^-]+-(.+)"' in e for e in exprs
+    )
+    (falls,) = find_panels(
+        {"table"}, "okx_loan_price_drop_to_margin_call_ratio", "drop_to_liquidation_ratio"
+    )
+    (rises,) = find_panels(
+        {"table"}, "okx_loan_price_rise_to_margin_call_ratio", "rise_to_liquidation_ratio"
+    )
+    (what_if,) = find_panels({"table"}, "okx_loan_ltv_after_price_drop_ratio")
+    assert [t["expr"].split('drop="')[1][:3] for t in what_if["targets"]] == ["0.1", "0.2", "0.3"]
+    for panel in (falls, rises, what_if):
+        assert panel["fieldConfig"]["defaults"]["unit"] == "percentunit"
+        assert all(t.get("format") == "table" and t.get("instant") for t in panel["targets"])
+        organize = next(t for t in panel["transformations"] if t["id"] == "organize")["options"]
+        assert organize["renameByName"]["currency"] == "Currency"
 
 
 def test_exporter_health() -> None:
@@ -455,7 +493,7 @@ def test_exporter_health() -> None:
     assert age["fieldConfig"]["defaults"]["unit"] == "s"
     assert find_panels({"timeseries"}, "rate(okx_loan_api_requests_total")
     assert find_panels({"timeseries"}, "sum by (account, reason) (rate(okx_loan_api_request_fail")
-    (latency,) = find_panels({"timeseries"}, "histogram_quantile(")
+    (latency,) = find_panels({"timeseries"}, "(okx_loan_api_request_duration_seconds_bucket")
     assert {parse_promql(t["expr"]).functions[0] for t in latency["targets"]} == {
         "histogram_quantile"
     }

@@ -41,11 +41,12 @@ from e2e_support import (
 from tooling import in_ci
 
 from okx_loan_exporter import __version__
+from okx_loan_exporter.simulator import demo_accounts
 
 pytestmark = pytest.mark.e2e
 
 CONSOLE_SCRIPT = "okx-loan-exporter"
-ACCOUNTS = ("btc-usdt", "okx-docs-example", "eth-usdc", "no-loan", "demo-trading", "two-orders")
+ACCOUNTS = tuple(account.name for account in demo_accounts())
 MOVING_DEMO_ORDERS = (
     ("btc-usdt", "1001"),
     ("okx-docs-example", ""),
@@ -53,6 +54,7 @@ MOVING_DEMO_ORDERS = (
     ("demo-trading", "1201"),
     ("two-orders", "2001"),
     ("two-orders", "2002"),
+    ("eth-btc", "1301"),
 )
 FAILURE_REASONS = (
     "rate_limited",

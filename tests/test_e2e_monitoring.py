@@ -44,6 +44,8 @@ from e2e_support import (
 )
 from tooling import require_binary
 
+from okx_loan_exporter.simulator import demo_accounts
+
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,8 +58,8 @@ JOB = "okx-loan-exporter"
 OTHER_JOB = "alertmanager"
 """Another job Prometheus scrapes (the test's Alertmanager), whose `up` the dashboard must not
 show."""
-ACCOUNTS = ("btc-usdt", "okx-docs-example", "eth-usdc", "no-loan", "demo-trading", "two-orders")
-ORDERS = {"1001", "1101", "1201", "2001", "2002"}
+ACCOUNTS = tuple(account.name for account in demo_accounts())
+ORDERS = {"1001", "1101", "1201", "2001", "2002", "1301"}
 """The demo's ordIds (okx-docs-example's loan has none: order="")."""
 DRIVEN, DRIVEN_ORDER = "btc-usdt", "1001"
 """The order whose LTV the alert test pushes past the margin call (one collateral currency, so
@@ -450,6 +452,49 @@ def check_annotations(
     assert f"LTV of {percent(liquidation_ltv)}." in description, description
 
 
+def test_collateral_drop_risk_warns_for_the_currency_that_alone_can_liquidate(
+    stack: Stack,
+) -> None:
+    """eth-btc/1301 (ETH against a BTC debt) pushed to an LTV of 0.69: a 13.75 % fall of ETH
+    alone reaches its 0.8 liquidation LTV, under the 15 % of the rule; the warning receiver gets
+    OkxLoanCollateralDropRisk for that order and currency, which resolves once the LTV is back.
+    The exporter's figures and the recording rule are read from Prometheus on the way."""
+    account, order, ltv = "eth-btc", "1301", 0.69
+    selector = f'{{job="{JOB}",account="{account}",order="{order}"}}'
+    labels = {"alertname": "OkxLoanCollateralDropRisk", "account": account, "order": order}
+    # Before: LTV about 0.4 (the market walks); BTC, all the debt, may rise by (0.8 - LTV) / LTV.
+    [now] = stack.query(f"okx_loan_ltv_ratio{selector}")
+    [rise] = stack.query(
+        f'okx_loan_price_rise_to_liquidation_ratio{selector[:-1]},currency="BTC"}}'
+    )
+    current = float(now["value"][1])
+    assert float(rise["value"][1]) == pytest.approx((0.8 - current) / current, rel=0.01)
+    pushed = time.monotonic()
+    stack.control.set_account(account, order=order, ltv=ltv)
+    post, alert = stack.posted("firing", after=pushed, **labels)
+    assert post.path == receiver_path("warning")
+    assert alert["labels"]["currency"] == "ETH"
+    assert alert["labels"]["severity"] == "warning"
+    expected_drop = 1 - ltv / 0.8
+    assert (
+        f"a {percent(round(expected_drop, 4))} fall of ETH alone" in alert["annotations"]["summary"]
+    ), alert["annotations"]
+    assert (
+        "(now " in alert["annotations"]["description"]
+        and " USDT)" in alert["annotations"]["description"]
+    ), alert["annotations"]
+    [smallest] = stack.query(f"okx_loan:price_drop_to_liquidation:min_ratio{selector}")
+    assert float(smallest["value"][1]) == pytest.approx(expected_drop, abs=1e-3)
+    lowered = time.monotonic()
+    stack.control.set_account(account, order=order, ltv=0.4)
+    post, _ = stack.posted("resolved", after=lowered, **labels)
+    assert post.path == receiver_path("warning")
+    print(
+        f"OkxLoanCollateralDropRisk ({account}, order {order}, ETH can fall "
+        f"{percent(round(expected_drop, 4))}): firing and resolved at the warning webhook"
+    )
+
+
 def test_the_demo_order_cycling_through_its_margin_call_pages_for_that_order_only(
     stack: Stack,
 ) -> None:
@@ -532,10 +577,16 @@ LABEL_VALUES = re.compile(r"^\s*label_values\(\s*(?:(.*)\s*,\s*)?(\w+)\s*\)\s*$"
 
 
 def substitute(expr: str, values: dict[str, str]) -> str:
-    """``expr`` with Grafana's ``$var``, ``${var}``, ``${var:fmt}`` and ``[[var]]`` replaced."""
+    """``expr`` with Grafana's ``$var``, ``${var}``, ``${var:fmt}`` and ``[[var]]`` replaced.
+
+    ``$1`` is label_replace()'s backreference: no variable has such a name, and Grafana leaves a
+    reference to no variable as it is.
+    """
 
     def replace(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(2) or match.group(3)
+        if name.isdigit():
+            return match.group(0)
         if name not in values:
             raise KeyError(f"no value for variable ${name}")
         return values[name]
@@ -632,6 +683,18 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
     wait = stack.scraping_since + MIN_SCRAPING_SECONDS - time.monotonic()
     if wait > 0:
         time.sleep(wait)
+    # A few failed index-tickers requests, so the failure rate has something to show; the last
+    # good prices stay in use meanwhile.
+    stack.control.set_config(index_fault="http_500_html", index_fault_count=2)
+    wait_for(
+        "failed index-tickers requests counted in Prometheus",
+        lambda: stack.query(
+            'increase(okx_loan_public_api_request_failures_total{reason="http_error"}[15s]) > 0'
+        ),
+        15,
+        interval=0.2,
+        details=stack.diagnostics,
+    )
     started = time.monotonic()
     values = resolve_variables(stack, dashboard)
     queries = list(panel_queries(dashboard.get("panels", [])))

@@ -2,9 +2,9 @@
 
 The golden file is what a reviewer reads to see the contract: the docs example (an answer from
 before orders, so ``order=""``), an account with two orders (the docs example as 1001 and a
-single-collateral order 1002 with a liquidation price), an account with no loan and one whose
-key OKX refuses. Regenerate it after an intended change with
-``python tests/test_golden_metrics.py`` and review the diff.
+single-collateral order 1002 with a liquidation price, both with OKX's index prices and the
+what-if figures), an account with no loan and one whose key OKX refuses. Regenerate it after an
+intended change with ``python tests/test_golden_metrics.py`` and review the diff.
 """
 
 from __future__ import annotations
@@ -17,19 +17,37 @@ from prometheus_client.exposition import generate_latest
 
 from okx_loan_exporter.cache import AccountSnapshot
 from okx_loan_exporter.collector import LoanCollector
-from okx_loan_exporter.okx import FailureReason
+from okx_loan_exporter.okx import Endpoint, FailureReason
 from okx_loan_exporter.position import NO_LOAN, parse_loan_info
+from okx_loan_exporter.pricefeed import PriceSnapshot
+from okx_loan_exporter.prices import IndexPrices
 from okx_loan_exporter.stats import RequestStats
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden_metrics.prom"
 
 
-def _snapshot(name: str, answer: str | None, *, failure: FailureReason | None = None):
+def _prices() -> PriceSnapshot:
+    """The index prices of the two-orders account's base URL, one request counted."""
+    stats = RequestStats((Endpoint.INDEX_TICKERS,), always=())
+    stats.observe(Endpoint.INDEX_TICKERS, 0.031, None)
+    prices = IndexPrices(
+        "USDT", {"BTC": 60000.0, "COMP": 45.0, "DOT": 6.5, "LUNA": 0.5, "STX": 1.889936513}
+    )
+    return PriceSnapshot("https://www.okx.com", prices, 1_700_000_000.25, None, stats.snapshot())
+
+
+def _snapshot(
+    name: str,
+    answer: str | None,
+    *,
+    failure: FailureReason | None = None,
+    prices: PriceSnapshot | None = None,
+):
     stats = RequestStats()
-    stats.observe(0.042, None)
+    stats.observe(Endpoint.LOAN_INFO, 0.042, None)
     if failure is not None:
-        stats.observe(0.3, failure)
+        stats.observe(Endpoint.LOAN_INFO, 0.3, failure)
     position = None
     if answer == "no loan":
         position = NO_LOAN
@@ -44,13 +62,14 @@ def _snapshot(name: str, answer: str | None, *, failure: FailureReason | None = 
         last_error=None,
         requests=stats.snapshot(),
         clock_offset=0.0,
+        prices=prices,
     )
 
 
 def render() -> bytes:
     snapshots = [
         _snapshot("docs", "loan_info_docs_example.json"),
-        _snapshot("two-orders", "loan_info_two_orders.json"),
+        _snapshot("two-orders", "loan_info_two_orders.json", prices=_prices()),
         _snapshot("no-loan", "no loan"),
         _snapshot("wrong-key", None, failure=FailureReason.AUTH),
     ]

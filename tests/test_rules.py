@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from metric_contract import PER_ORDER
+from metric_contract import PER_CURRENCY, PER_ORDER
 from tooling import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,9 +121,9 @@ MUTATIONS = {
         {"OkxLoanMarginCallWarning", "OkxLoanMarginCall", "OkxLoanNearLiquidation"},
     ),
     "annotations do not name the order": (
-        [("{{ with $labels.order }}, order {{ . }}{{ end }}", "", 8)],
+        [("{{ with $labels.order }}, order {{ . }}{{ end }}", "", 10)],
         {"OkxLoanMarginCallWarning", "OkxLoanMarginCall", "OkxLoanNearLiquidation"}
-        | {"OkxLoanLtvMissing"},
+        | {"OkxLoanLtvMissing", "OkxLoanCollateralDropRisk"},
     ),
     "a complete order hides another order's missing LTV": (
         [("unless on (job, instance, account, order)", "unless on (job, instance, account)", 1)],
@@ -286,6 +286,8 @@ def test_annotation_lookups_select_the_alerts_own_series(rule: dict[str, Any]) -
             assert names == [arg.removeprefix("$labels.") for arg in args.split()], text
             expected = ["job", "instance", "account"]
             expected += ["order"] if metric in PER_ORDER else []
+            if metric in PER_CURRENCY:  # an index price: one per currency, of no account
+                expected = ["job", "instance", "currency"]
             assert names == expected, f"{metric}: looked up by {names}, not {expected}"
 
 

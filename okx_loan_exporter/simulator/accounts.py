@@ -98,6 +98,8 @@ def demo_accounts() -> list[SimAccount]:
     - ``demo-trading``: order 1201 on a demo-trading key (needs ``x-simulated-trading: 1``).
     - ``two-orders``: order 2001 (BTC for USDT, LTV 0.4, with a liqPx) and order 2002 (ETH and SOL
       for USDC), whose LTV drifts from 0.65 through its 0.7 margin call to 0.75 and back.
+    - ``eth-btc``: order 1301, ETH collateral for a BTC loan (a volatile debt), LTV 0.4, with a
+      liqPx in BTC (``ETH-BTC``).
     """
     return [
         _fake_account(
@@ -134,6 +136,10 @@ def demo_accounts() -> list[SimAccount]:
                     "2002", {"ETH": "2", "SOL": "20"}, {"USDC": "5850"}, margin_call_cycle=True
                 ),
             ],
+        ),
+        _fake_account(
+            "eth-btc",
+            orders=[SimOrder("1301", {"ETH": "10"}, {"BTC": "0.2"})],
         ),
     ]
 
