@@ -620,6 +620,22 @@ BAD_FILES = [
         id="cache-ttl-zero",
     ),
     pytest.param(
+        "price_interval: 100ms\n" + ACCOUNTS,
+        {},
+        "price_interval",
+        "0.1s is too short",
+        "set price_interval to 0s (no index prices) or at least 0.5s; OKX allows 20",
+        id="price-interval-too-short",
+    ),
+    pytest.param(
+        "price_interval: soon\n" + ACCOUNTS,
+        {},
+        "price_interval",
+        "'soon' is not a duration",
+        "500ms",
+        id="price-interval-not-a-duration",
+    ),
+    pytest.param(
         "timeout: 0s\n" + ACCOUNTS,
         {},
         "timeout",
@@ -1279,6 +1295,9 @@ def test_environment_demo(value, demo):
             {"cache_ttl": 2.0, "max_stale": 600.0, "timeout": 3.0},
         ),
         ({"OKX_CACHE_TTL": "0.5"}, {"cache_ttl": 0.5}),
+        ({"OKX_CACHE_TTL": "3s"}, {"price_interval": None, "index_price_interval": 3.0}),
+        ({"OKX_PRICE_INTERVAL": "1m"}, {"price_interval": 60.0, "index_price_interval": 60.0}),
+        ({"OKX_PRICE_INTERVAL": "0s"}, {"index_price_interval": 0.0}),
     ],
 )
 def test_environment_options(extra, expected):
