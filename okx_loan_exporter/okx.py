@@ -1,4 +1,5 @@
-"""Signed calls to OKX's flexible-loan endpoints, and the classification of what can go wrong.
+"""Signed calls to OKX's flexible-loan endpoints, public ones (index-tickers), and the
+classification of what can go wrong.
 
 This module knows OKX and HTTP, nothing of Prometheus: a call returns its parsed answer or raises
 :class:`OkxError` carrying one :class:`FailureReason`, a one-line detail and an operator's hint.
