@@ -4,7 +4,8 @@ A failed OKX call is never an HTTP error here: it is ``okx_loan_up 0`` in a 200 
 exposition (text or OpenMetrics by ``Accept``, gzip by ``Accept-Encoding``) is prometheus_client's:
 its format negotiation and encoders, answered exactly as its ``make_wsgi_app`` does, with the
 ``okx_loan_`` families' text reused while no snapshot changed (see ``Exporter.exposition``). Other
-methods and ``name[]`` filters go to ``make_wsgi_app`` itself. Access control, when configured,
+methods and ``name[]`` filters go to ``make_wsgi_app`` itself. ``HEAD`` is answered as ``GET`` on
+every endpoint; the server sends the headers without the body. Access control, when configured,
 wraps the whole app (see ``webconfig``).
 """
 
@@ -50,8 +51,11 @@ def create_app(
             log.error("the fetch loop did not answer in time; serving cached values")
             snapshots = exporter.snapshots()
         query = environ.get("QUERY_STRING")
-        if environ.get("REQUEST_METHOD") != "GET" or (query and "name[]" in parse_qs(query)):
-            return make_wsgi_app(exporter.registry(snapshots))(environ, start_response)
+        method = environ.get("REQUEST_METHOD")
+        if method not in ("GET", "HEAD") or (query and "name[]" in parse_qs(query)):
+            # HEAD is answered as GET; the server leaves the body out.
+            as_get = {**environ, "REQUEST_METHOD": "GET"} if method == "HEAD" else environ
+            return make_wsgi_app(exporter.registry(snapshots))(as_get, start_response)
         encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT"))
         body = exporter.exposition(snapshots, encoder)
         headers = [("Content-Type", content_type)]
