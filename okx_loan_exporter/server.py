@@ -60,6 +60,7 @@ SHED_REASONS = ("max_connections", "head_timeout", "head_too_large")
 
 _ACCEPT_BATCH = 64  # accepts per loop turn, so heads already sent are read between bursts
 _LINGER_SECONDS = 1.0  # after a 431, read and drop what the client still sends, so it sees it
+_LINGER_BYTES = 4 << 20
 _DRAIN_READS = 4
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.005, 1.0
 _SHED_WARNING_INTERVAL = 60.0
@@ -142,7 +143,7 @@ class ServerLimits:
     """From the connection to the end of the request head, TLS handshake included."""
     handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS
     io_timeout: float = IO_TIMEOUT_SECONDS
-    """Per read or write once the head is in: the body, and writing the answer."""
+    """Once the head is in: per read of a request body, and in all for writing the answer."""
     shed_grace: float = SHED_GRACE_SECONDS
     """At the cap, no connection is closed to make room before it had this long to send its
     request (new ones wait in the kernel's backlog meanwhile): a scraper's request that is
@@ -207,6 +208,7 @@ class _Connection:
         "accepted",
         "address",
         "deadline",
+        "drained",
         "draining",
         "events",
         "handshaken",
@@ -224,6 +226,7 @@ class _Connection:
         self.handshaken = not isinstance(sock, ssl.SSLSocket)
         self.head = bytearray()
         self.draining = False
+        self.drained = 0
         self.events = selectors.EVENT_READ
 
 
@@ -244,6 +247,35 @@ class _PrefixedReader(io.RawIOBase):
             self._prefix = self._prefix[size:]
             return size
         return self._sock.recv_into(buffer)
+
+
+class _AnswerWriter(io.RawIOBase):
+    """The socket, for writing one answer: ``seconds`` in all from its first byte, however slowly
+    the client reads (a socket timeout alone applies to each send)."""
+
+    _CHUNK = 16384  # one TLS record: an SSL socket's timeout applies per record
+
+    def __init__(self, sock: socket.socket, seconds: float) -> None:
+        self._sock = sock
+        self._seconds = seconds
+        self._deadline: float | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        with memoryview(data) as view:
+            flat = view.cast("B")
+            now = time.monotonic()
+            if self._deadline is None:
+                self._deadline = now + self._seconds
+            for start in range(0, len(flat), self._CHUNK):
+                left = self._deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the client did not read the answer in time")
+                self._sock.settimeout(left)
+                self._sock.sendall(flat[start : start + self._CHUNK])
+            return len(flat)
 
 
 class _ResponseWriter(ServerHandler):
@@ -277,7 +309,7 @@ class _Handler(WSGIRequestHandler):
     def setup(self) -> None:
         self.connection = self.request.sock
         self.rfile = io.BufferedReader(_PrefixedReader(bytes(self.request.head), self.connection))
-        self.wfile = self.connection.makefile("wb")
+        self.wfile = io.BufferedWriter(_AnswerWriter(self.connection, self.server.io_timeout))
 
     def handle(self) -> None:
         self.raw_requestline = self.rfile.readline(65537)
@@ -317,8 +349,9 @@ class _Handler(WSGIRequestHandler):
 class _WSGIHost:
     """What wsgiref's request handler needs of its server: the app and the base environ."""
 
-    def __init__(self, app: WSGIApp, host: str, port: int) -> None:
+    def __init__(self, app: WSGIApp, host: str, port: int, io_timeout: float) -> None:
         self.app = app
+        self.io_timeout = io_timeout
         self.base_environ: dict[str, Any] = {
             "SERVER_NAME": host,
             "GATEWAY_INTERFACE": "CGI/1.1",
@@ -410,7 +443,7 @@ class ExporterHTTPServer:
         bound = self._listener.getsockname()
         self.host: str = str(bound[0])
         self.port: int = int(bound[1])
-        self._wsgi = _WSGIHost(app, self.host, self.port)
+        self._wsgi = _WSGIHost(app, self.host, self.port, self._limits.io_timeout)
         self._wake_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -654,10 +687,13 @@ class ExporterHTTPServer:
         self._drain(conn)
 
     def _drain(self, conn: _Connection) -> None:
-        """Read and drop what a refused client still sends, so it reads the answer, not a reset."""
+        """Read and drop what a refused client still sends, so it reads the answer, not a reset;
+        for at most ``_LINGER_SECONDS`` and ``_LINGER_BYTES``."""
         for _ in range(_DRAIN_READS):  # a few reads a turn: a fast sender must not stall the loop
-            if not conn.sock.recv_into(self._scratch):
-                self._close(conn)  # the client closed its side
+            size = conn.sock.recv_into(self._scratch)
+            conn.drained += size
+            if not size or conn.drained > _LINGER_BYTES:
+                self._close(conn)
                 return
 
     def _hand_over(self, conn: _Connection) -> None:

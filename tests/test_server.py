@@ -674,6 +674,27 @@ def test_when_every_slot_answers_a_request_the_next_waits_its_turn(servers: Serv
     assert set(server.stats.shed.values()) == {0}
 
 
+def test_a_client_too_slow_to_read_the_answer_is_cut_off(servers: Servers) -> None:
+    def large(environ: dict, start_response) -> Iterable[bytes]:  # type: ignore[no-untyped-def]
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [b"x" * (32 << 20)]
+
+    server = servers.start(app=large, limits=ServerLimits(io_timeout=0.5))
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((server.host, server.port))
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        started = time.monotonic()
+        received = 0
+        # Reading 4 KiB every 10 ms keeps every single send moving; only a deadline on the whole
+        # answer ends it before the 32 MiB are through (that would take over a minute).
+        while server.stats.open or time.monotonic() - started < 0.1:
+            assert time.monotonic() - started < 10, "the slow reader is still being answered"
+            received += len(sock.recv(4096))
+            time.sleep(0.01)
+    assert received < 32 << 20
+
+
 OUT_OF_FDS_SERVER = """
 import os, resource, sys, time
 from okx_loan_exporter.server import ExporterHTTPServer
