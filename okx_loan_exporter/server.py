@@ -154,9 +154,14 @@ class ConnectionStats(Collector):
     """The server's connection figures as ``okx_loan_exporter_http_*`` families."""
 
     def __init__(self) -> None:
-        self.open = 0
+        self.count_open: Callable[[], int] = lambda: 0  # the server sets it
         self.limit = 0
         self.shed: dict[str, int] = dict.fromkeys(SHED_REASONS, 0)
+
+    @property
+    def open(self) -> int:
+        """Connections open now."""
+        return self.count_open()
 
     def collect(self) -> Iterable[Metric]:
         shed = CounterMetricFamily(
@@ -438,6 +443,7 @@ class ExporterHTTPServer:
             )
         self.stats = stats or ConnectionStats()
         self.stats.limit = self.max_connections
+        self.stats.count_open = lambda: len(self._waiting) + self._serving
         self._watcher = watcher
         self._listener = _listen_socket(host, port)
         bound = self._listener.getsockname()
@@ -541,7 +547,6 @@ class ExporterHTTPServer:
                 self._guarded(self._accept, None, now)
             if now >= self._next_deadline:
                 self._guarded(self._expire, None, now)
-            self.stats.open = len(self._waiting) + self._serving
 
     def _guarded(self, step: Callable[..., None], conn: _Connection | None, now: float) -> None:
         """Run one step of the loop; a bug in it costs that connection, never the server."""
@@ -564,14 +569,15 @@ class ExporterHTTPServer:
 
     def _set_accepting(self, now: float) -> None:
         """Listen for new connections unless backing off, or full with nobody to shed."""
-        room = len(self._waiting) + self._serving < self.max_connections or bool(self._waiting)
-        wanted = room and now >= self._resume_at and not self._stop
-        if wanted != self._accepting:
+        with self._serving_changed:  # a request thread that ends then wakes the loop (_finish)
+            room = len(self._waiting) + self._serving < self.max_connections or bool(self._waiting)
+            wanted = room and now >= self._resume_at and not self._stop
+            changed, self._accepting = wanted != self._accepting, wanted
+        if changed:
             if wanted:
                 self._selector.register(self._listener, selectors.EVENT_READ, None)
             else:
                 self._selector.unregister(self._listener)
-            self._accepting = wanted
 
     def _accept(self, now: float) -> None:
         for _ in range(_ACCEPT_BATCH):
@@ -788,4 +794,6 @@ class ExporterHTTPServer:
         with self._serving_changed:
             self._serving -= 1
             self._serving_changed.notify_all()
-        self._wake()
+            paused = not self._accepting
+        if paused:  # perhaps full: the loop may accept again
+            self._wake()
