@@ -369,6 +369,25 @@ def test_tls_handshake_timeout_closes_a_silent_connection(pki: Pki, tmp_path: Pa
         server.shutdown()
 
 
+def test_a_head_over_64_kib_is_answered_431_over_tls_too(
+    servers: Servers, pki: Pki, tmp_path: Path
+) -> None:
+    server = servers.start(web_config(tmp_path, tls_text(pki)))
+    ctx = pki.client_context()
+    with (
+        socket.create_connection((server.host, server.port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        with contextlib.suppress(OSError):
+            tls.sendall(header_bomb(2))
+        received = b""
+        with contextlib.suppress(OSError):
+            while chunk := tls.recv(4096):
+                received += chunk
+    assert received.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert httpx.get(server.url + "/after", verify=ctx).text == "https /after\n"
+
+
 # --- basic auth over HTTP -------------------------------------------------------------------
 
 
