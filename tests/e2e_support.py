@@ -95,8 +95,11 @@ class Process:
         ready_url: str | None = None,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
+        self.preexec_fn = preexec_fn
+        """Run in the child before the program starts (e.g. to set resource limits)."""
         self.argv = [str(arg) for arg in argv]
         self.ready_url = ready_url
         # OKX_* variables of the developer's shell must not reach the exporter under test.
@@ -125,6 +128,7 @@ class Process:
                 stderr=err,
                 env=self.env,
                 cwd=self.cwd,
+                preexec_fn=self.preexec_fn,
             )
         return self
 
@@ -228,6 +232,7 @@ class ProcessGroup:
         ready_timeout: float = 20.0,
         env: Mapping[str, str] | None = None,
         attempts: int = 3,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> tuple[Process, int]:
         """Start ``make_argv(port)`` on a free port and wait until ``ready_path`` answers 200.
 
@@ -239,7 +244,9 @@ class ProcessGroup:
             port = free_port()
             label = name if attempt == 1 else f"{name}.attempt{attempt}"
             url = f"http://{LOOPBACK}:{port}{ready_path}" if ready_path is not None else None
-            process = Process(label, make_argv(port), self.log_dir, ready_url=url, env=env)
+            process = Process(
+                label, make_argv(port), self.log_dir, ready_url=url, env=env, preexec_fn=preexec_fn
+            )
             self.processes.append(process.start())
             if url is None:
                 return process, port
