@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Container, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
@@ -183,6 +184,7 @@ def _serve(
 
     from okx_loan_exporter.exporter import Exporter
     from okx_loan_exporter.exposition import Exposition, ProcessMetrics
+    from okx_loan_exporter.reload import Reloader
     from okx_loan_exporter.web import create_app
 
     raise_open_file_limit()
@@ -194,9 +196,14 @@ def _serve(
     self_metrics.register(ProcessMetrics())
     self_metrics.register(connection_stats := ConnectionStats())
     exporter = Exporter(config)
+    reloader = Reloader(exporter, watcher, args.config_file, demo=simulator is not None)
+    self_metrics.register(reloader)
     try:
+        app = create_app(
+            exporter, watcher, exposition=Exposition(__version__, self_metrics), reloader=reloader
+        )
         server = ExporterHTTPServer(
-            create_app(exporter, watcher, exposition=Exposition(__version__, self_metrics)),
+            app,
             args.listen_address,
             watcher,
             ServerLimits(max_connections=args.max_connections),
@@ -210,7 +217,7 @@ def _serve(
         )
         return EXIT_RUNTIME
 
-    with _signal_pipe((signal.SIGTERM, signal.SIGINT)) as signals:
+    with _signal_pipe((signal.SIGTERM, signal.SIGINT, signal.SIGHUP)) as signals:
         server.start_background()
         log.info(
             "serving %d account(s) on %s/metrics",
@@ -218,7 +225,12 @@ def _serve(
             server.url,
             extra={"version": __version__},
         )
-        _wait_for_signal(signals, {signal.SIGTERM, signal.SIGINT})
+        while _wait_for_signal(signals, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}) == (
+            signal.SIGHUP
+        ):
+            # On its own thread: a config file that blocks (a FIFO, a hung mount) must not keep
+            # this thread from seeing SIGTERM. Reloads queue on the reloader's lock.
+            threading.Thread(target=reloader.reload_logged, name="reload", daemon=True).start()
     log.info("shutting down")
     still_running = server.shutdown()
     exporter.close()

@@ -3,12 +3,14 @@
 :class:`Exporter` owns the event loop thread on which all OKX requests and cache updates run, and
 the pooled httpx clients (one per ``ACCOUNTS_PER_POOL`` accounts of a base URL). It hands each
 scrape the accounts' snapshots; turning them into text is :mod:`okx_loan_exporter.exposition`'s job.
+:meth:`Exporter.apply` puts a reloaded configuration in force.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ssl
 import threading
 import time
@@ -19,7 +21,8 @@ import httpx
 
 from okx_loan_exporter import __version__
 from okx_loan_exporter.cache import AccountCache, AccountSnapshot, PositionCache
-from okx_loan_exporter.config import ExporterConfig
+from okx_loan_exporter.config import AccountConfig, ExporterConfig
+from okx_loan_exporter.key_rotation import SecretFileWatcher
 from okx_loan_exporter.okx import Credentials, OkxClient
 from okx_loan_exporter.stats import RequestStats
 
@@ -51,6 +54,31 @@ class EventLoopThread:
         self._thread.join(timeout=2)
 
 
+@dataclasses.dataclass
+class AccountChanges:
+    """What :meth:`Exporter.apply` did, by account name."""
+
+    removed: tuple[str, ...] = ()
+    added: list[str] = dataclasses.field(default_factory=list)
+    changed: list[str] = dataclasses.field(default_factory=list)
+    unchanged: list[str] = dataclasses.field(default_factory=list)
+
+
+def _settings(account: AccountConfig) -> AccountConfig:
+    """The account's settings without the secrets read from files (those rotate by themselves)."""
+    rotating = {file.secret for file in account.secret_files}
+
+    def setting(secret: str, value: str) -> str:
+        return "" if secret in rotating else value
+
+    return dataclasses.replace(
+        account,
+        api_key=setting("api_key", account.api_key),
+        secret_key=setting("secret_key", account.secret_key),
+        passphrase=setting("passphrase", account.passphrase),
+    )
+
+
 class Exporter:
     """The running exporter: serves scrapes from per-account caches filled from OKX."""
 
@@ -62,39 +90,95 @@ class Exporter:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.config = config
+        self._clock = clock
+        self._transport = transport
         self._loop_thread = EventLoopThread()
         self._http_clients: list[httpx.AsyncClient] = []
         self._ssl_context: ssl.SSLContext | None = None
-        accounts = []
-        clients: dict[str, httpx.AsyncClient] = {}  # base URL -> the client being filled
-        members: dict[str, int] = {}  # base URL -> accounts so far
+        self._pools: dict[str, tuple[httpx.AsyncClient, int]] = {}  # base URL -> filling, members
+        self._client_of: dict[str, httpx.AsyncClient] = {}  # account name -> its pooled client
+        self.cache = PositionCache([self._new_account(account) for account in config.accounts])
+
+    def _new_account(self, account: AccountConfig) -> AccountCache:
+        """A fresh cache for ``account`` with its OKX client (and key rotation, for *_file keys)."""
+        http, members = self._pools.get(account.base_url, (None, 0))
+        if http is None or members % ACCOUNTS_PER_POOL == 0:
+            http = self._new_http_client(self._transport)
+        self._pools[account.base_url] = (http, members + 1)
+        self._client_of[account.name] = http
+        stats = RequestStats()
+        client = OkxClient(
+            http,
+            account.base_url,
+            Credentials(account.api_key, account.secret_key, account.passphrase),
+            demo=account.demo,
+            timeout=self.config.timeout,
+            clock=self._clock,
+            on_request=stats.observe,
+        )
+        watcher = (
+            SecretFileWatcher(account, self.config.source, client.use_credentials)
+            if account.secret_files
+            else None
+        )
+        return AccountCache(
+            account.name,
+            client,
+            ttl=self.config.cache_ttl,
+            max_stale=self.config.max_stale,
+            stats=stats,
+            clock=self._clock,
+            check_credentials=watcher.check if watcher is not None else None,
+        )
+
+    def apply(self, config: ExporterConfig) -> AccountChanges:
+        """Serve ``config`` from now on (a reload). An account whose settings are the same keeps
+        its cache, counters and schedule; the others start afresh; removed ones disappear.
+
+        A changed ``cache_ttl``, ``max_stale`` or ``timeout`` changes every account. A secret read
+        from a file is not a setting here: the account re-reads its files itself before each
+        request. Call it from one thread at a time, never the fetch loop's.
+        """
+        same_globals = (config.cache_ttl, config.max_stale, config.timeout) == (
+            self.config.cache_ttl,
+            self.config.max_stale,
+            self.config.timeout,
+        )
+        before = {account.name: account for account in self.config.accounts}
+        kept = {cache.name: cache for cache in self.cache.accounts}
+        after = {account.name for account in config.accounts}
+        changes = AccountChanges(removed=tuple(name for name in before if name not in after))
+        self.config = config
+        if not same_globals:
+            self._pools.clear()  # new clients, with the new timeout
+        caches = []
         for account in config.accounts:
-            count = members.get(account.base_url, 0)
-            if count % ACCOUNTS_PER_POOL == 0:
-                clients[account.base_url] = self._new_http_client(transport)
-            members[account.base_url] = count + 1
-            http = clients[account.base_url]
-            stats = RequestStats()
-            client = OkxClient(
-                http,
-                account.base_url,
-                Credentials(account.api_key, account.secret_key, account.passphrase),
-                demo=account.demo,
-                timeout=config.timeout,
-                clock=clock,
-                on_request=stats.observe,
-            )
-            accounts.append(
-                AccountCache(
-                    account.name,
-                    client,
-                    ttl=config.cache_ttl,
-                    max_stale=config.max_stale,
-                    stats=stats,
-                    clock=clock,
-                )
-            )
-        self.cache = PositionCache(accounts)
+            old = before.get(account.name)
+            if old is not None and same_globals and _settings(old) == _settings(account):
+                caches.append(kept[account.name])
+                changes.unchanged.append(account.name)
+                continue
+            (changes.changed if old is not None else changes.added).append(account.name)
+            caches.append(self._new_account(account))
+        self.cache = PositionCache(caches)
+        for name in changes.removed:
+            del self._client_of[name]
+        self._close_unused_clients()
+        return changes
+
+    def _close_unused_clients(self) -> None:
+        used = {id(client) for client in self._client_of.values()}
+        unused = [client for client in self._http_clients if id(client) not in used]
+        if not unused:
+            return
+        self._http_clients = [client for client in self._http_clients if id(client) in used]
+        self._pools = {url: pool for url, pool in self._pools.items() if id(pool[0]) in used}
+
+        async def close() -> None:
+            for client in unused:
+                await client.aclose()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop_thread.loop)
 
     def _new_http_client(self, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
         """A client for up to ACCOUNTS_PER_POOL accounts: each has at most one request in flight."""
