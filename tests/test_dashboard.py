@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import pytest
 import yaml
 from e2e_support import stop_process
 from metric_contract import CONTRACT, PER_ORDER
+from processes import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from tooling import require_binary
 
@@ -535,12 +535,6 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
 
 
 # --- Against the real exporter ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
