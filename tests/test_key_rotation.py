@@ -120,13 +120,15 @@ def test_a_file_rewritten_in_place_is_seen(tmp_path):
     assert used[-1].api_key == "k-0123456789"
 
 
-@pytest.mark.parametrize("breakage", ["empty", "removed", "a directory"])
+@pytest.mark.parametrize("breakage", ["empty", "removed", "a directory", "two lines"])
 def test_a_broken_file_keeps_the_value_in_use_and_is_logged_once(account_files, caplog, breakage):
     secrets, config = account_files
     watcher, used = watch(config)
     watcher.check()
     if breakage == "empty":
         kubernetes_secret(secrets, {**SECRETS, "passphrase": "\n"})
+    elif breakage == "two lines":  # refused as at start, without showing what it holds
+        kubernetes_secret(secrets, {**SECRETS, "passphrase": "pass-NEW-x\nsecond-line"})
     elif breakage == "removed":
         os.unlink(secrets / "..data" / "passphrase")
     else:  # unreadable even for root, who may read any file
@@ -140,7 +142,8 @@ def test_a_broken_file_keeps_the_value_in_use_and_is_logged_once(account_files, 
     assert len(warnings) == 1, warnings
     assert "account main: keeping the passphrase in use" in warnings[0]
     assert "accounts[0].passphrase_file" in warnings[0]
-    assert str(secrets) not in warnings[0] and "pass-1" not in warnings[0]
+    assert str(secrets) not in warnings[0]
+    assert "pass-1" not in caplog.text and "pass-NEW" not in caplog.text
     # Fixed again: the new value is used.
     kubernetes_secret(secrets, {**SECRETS, "passphrase": "pass-3"})
     assert watcher.check() is True
