@@ -23,6 +23,7 @@ import io
 import ipaddress
 import logging
 import os
+import queue
 import re
 import selectors
 import socket
@@ -233,7 +234,7 @@ class _Connection:
         self.head = bytearray()
         self.draining = False
         self.drained = 0
-        self.events = selectors.EVENT_READ
+        self.events = 0  # what the selector watches for: nothing until a read finds no head yet
 
 
 class _PrefixedReader(io.RawIOBase):
@@ -352,6 +353,52 @@ class _Handler(WSGIRequestHandler):
         return environ
 
 
+class _RequestThreads:
+    """Threads that answer requests and then wait a while for the next one.
+
+    Handing a request to a waiting thread is a queue put; starting a thread instead would make the
+    selector loop wait until the new thread runs (``Thread.start`` does), which under load took
+    most of the loop's time. A thread is started only when none is waiting, so there are never
+    more than the most requests answered at once. At most ``MAX_IDLE`` wait, for ``IDLE_SECONDS``
+    at most: a kept thread holds its stack, and Prometheus scrapes seconds apart.
+    """
+
+    IDLE_SECONDS = 2.0
+    MAX_IDLE = 16
+
+    def __init__(self, handle: Callable[[_Connection], None]) -> None:
+        self._handle = handle
+        self._queue: queue.SimpleQueue[_Connection] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0  # waiting threads that no queued request has claimed yet
+
+    def submit(self, conn: _Connection) -> None:
+        """Answer ``conn`` on a waiting thread, or a new one; RuntimeError if none can start."""
+        with self._lock:
+            start = self._idle == 0
+            if not start:
+                self._idle -= 1
+        self._queue.put(conn)
+        if start:
+            threading.Thread(target=self._run, name="http-request", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn = self._queue.get(timeout=self.IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle:  # nobody counts on this thread: end it
+                        self._idle -= 1
+                        return
+                continue  # a request was queued for it just now
+            self._handle(conn)
+            with self._lock:
+                if self._idle >= self.MAX_IDLE:
+                    return
+                self._idle += 1
+
+
 class _WSGIHost:
     """What wsgiref's request handler needs of its server: the app and the base environ."""
 
@@ -451,6 +498,7 @@ class ExporterHTTPServer:
         self.host: str = str(bound[0])
         self.port: int = int(bound[1])
         self._wsgi = _WSGIHost(app, self.host, self.port, self._limits.io_timeout)
+        self._threads = _RequestThreads(self._serve)
         self._wake_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -626,7 +674,6 @@ class ExporterHTTPServer:
         conn = _Connection(sock, address, now, deadline)
         self._waiting[conn] = None
         self._next_deadline = min(self._next_deadline, deadline)
-        self._selector.register(sock, selectors.EVENT_READ, conn)
         self._advance(conn, now)  # most clients have sent their request already
 
     def _advance(self, conn: _Connection, now: float) -> None:
@@ -653,8 +700,11 @@ class ExporterHTTPServer:
             self._close(conn)
             return
         if events != conn.events and conn in self._waiting:
+            if conn.events:
+                self._selector.modify(conn.sock, events, conn)
+            else:
+                self._selector.register(conn.sock, events, conn)
             conn.events = events
-            self._selector.modify(conn.sock, events, conn)
 
     def _read_head(self, conn: _Connection, now: float) -> None:
         limit = self._limits.max_head_bytes
@@ -705,13 +755,12 @@ class ExporterHTTPServer:
 
     def _hand_over(self, conn: _Connection) -> None:
         del self._waiting[conn]
-        self._selector.unregister(conn.sock)
+        if conn.events:
+            self._selector.unregister(conn.sock)
         with self._serving_changed:
             self._serving += 1
         try:
-            threading.Thread(
-                target=self._serve, args=(conn,), name="http-request", daemon=True
-            ).start()
+            self._threads.submit(conn)
         except RuntimeError as error:  # no thread to be had
             logger.warning("cannot start a thread for a request: %s", error)
             self._finish(conn.sock)
@@ -750,7 +799,7 @@ class ExporterHTTPServer:
         self.stats.shed[reason] += 1
 
     def _close(self, conn: _Connection) -> None:
-        if self._waiting.pop(conn, 0) is None:
+        if self._waiting.pop(conn, 0) is None and conn.events:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(conn.sock)
         conn.sock.close()
