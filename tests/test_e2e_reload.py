@@ -315,7 +315,12 @@ def test_demo_mode_reload_keeps_the_simulated_accounts(processes: ProcessGroup) 
     answer = httpx.post(f"{base_url}/-/reload", timeout=10)
     assert answer.status_code == 200 and "demo mode" in answer.text
     os.kill(process.pid, signal.SIGHUP)
-    time.sleep(0.3)
+    wait_for(
+        "the SIGHUP reload",
+        lambda: process.stderr().count("configuration reloaded: demo mode") == 2,
+        10,
+        details=process.tails,
+    )
     samples = scrape(base_url)
     assert set(by_account(samples, "okx_loan_up")) == accounts
     assert value(samples, RELOAD_OK) == 1

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -451,16 +452,21 @@ SUBPROCESS_FAULTS = ("invalid_json", "http_500_html", "huge_body", "hang", "auth
 """Faults run through the exporter process (the auth one last: its backoff grows)."""
 
 
+def debug_exporter(exporter_process, config: Path) -> tuple[Any, str]:
+    """The exporter as a process at debug level with ``config``, and its URL once it serves."""
+    process = exporter_process(
+        "--config.file", str(config), "--log.level", "debug", "--web.listen-address", "127.0.0.1:0"
+    )
+    return process, process.wait_serving()
+
+
 @pytest.mark.subprocess
 def test_exporter_process_at_debug_level_leaks_nothing(
     tmp_path: Path, start_simulator, exporter_process
 ):
     simulator = start_simulator([leak_account()], clock=time.time)
     inline, _ = write_configs(tmp_path, simulator.base_url)
-    process = exporter_process(
-        "--config.file", str(inline), "--log.level", "debug", "--web.listen-address", "127.0.0.1:0"
-    )
-    url = process.wait_serving()
+    process, url = debug_exporter(exporter_process, inline)
     texts: list[str] = []
     http = httpx.Client(trust_env=False, timeout=10)
 
@@ -582,10 +588,7 @@ NEW_PASSPHRASE = "RTNWPQ-LEAKCHECK-ROTATED-0c4e19"
 def test_reload_and_key_rotation_leak_nothing(tmp_path: Path, start_simulator, exporter_process):
     simulator = start_simulator([leak_account()], clock=time.time)
     inline, files = write_configs(tmp_path, simulator.base_url)
-    process = exporter_process(
-        "--config.file", str(files), "--log.level", "debug", "--web.listen-address", "127.0.0.1:0"
-    )
-    url = process.wait_serving()
+    process, url = debug_exporter(exporter_process, files)
     texts: list[str] = []
     http = httpx.Client(trust_env=False, timeout=10)
 
@@ -619,7 +622,11 @@ def test_reload_and_key_rotation_leak_nothing(tmp_path: Path, start_simulator, e
         assert reload().status_code == 500
         files.write_text(inline.read_text().replace(f'"{API_KEY}"', f"[{API_KEY}]"))
         process.process.send_signal(signal.SIGHUP)
-        wait_for("the failed SIGHUP reload", lambda: "reload failed" in process.stderr_so_far(), 5)
+        wait_for(
+            "the failed SIGHUP reload",
+            lambda: process.stderr_so_far().count("reload failed:") == 3,
+            5.0,
+        )
         scrape()
     finally:
         http.close()
