@@ -2,7 +2,8 @@
 
 Exit codes: 0 after a clean stop or a good ``--check-config``; 2 for a bad flag or configuration
 (one line naming the file, the key and the fix, never a traceback); 1 when the exporter cannot
-start for another reason, such as a listen address already in use.
+start for another reason, such as a listen address already in use. SIGTERM and SIGINT stop the
+exporter; SIGHUP reloads its configuration (:mod:`okx_loan_exporter.reload`).
 """
 
 from __future__ import annotations
