@@ -197,12 +197,11 @@ def _serve(
     self_metrics.register(ProcessMetrics())
     self_metrics.register(connection_stats := ConnectionStats())
     exporter = Exporter(config)
+    exposition = Exposition(__version__, process_metrics=self_metrics)
     reloader = Reloader(exporter, watcher, args.config_file, demo=simulator is not None)
     self_metrics.register(reloader)
     try:
-        app = create_app(
-            exporter, watcher, exposition=Exposition(__version__, self_metrics), reloader=reloader
-        )
+        app = create_app(exporter, watcher, exposition=exposition, reloader=reloader)
         server = ExporterHTTPServer(
             app,
             args.listen_address,

@@ -5,7 +5,8 @@ A failed OKX call is never an HTTP error here: it is ``okx_loan_up 0`` in a 200 
 ``/metrics`` is answered from :class:`~okx_loan_exporter.exposition.Exposition`, exactly as
 prometheus_client's ``make_wsgi_app`` would; other methods and ``name[]`` filters go to
 ``make_wsgi_app`` itself. ``HEAD`` is answered as ``GET`` on every endpoint; the server sends the
-headers without the body. Access control, when configured, wraps the whole app (see ``webconfig``).
+headers without the body. Access control, when configured, wraps the whole app (see
+``basicauth``).
 """
 
 from __future__ import annotations

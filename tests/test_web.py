@@ -236,7 +236,7 @@ def test_head_on_every_get_endpoint_answers_the_get_headers_without_a_body(fake,
     exporter = make_exporter(fake)
     app = create_app(
         exporter,
-        exposition=Exposition(__version__, CollectorRegistry()),
+        exposition=Exposition(__version__, process_metrics=CollectorRegistry()),
         clock=lambda: 1_700_000_000.0,
     )
     server = ExporterHTTPServer(app, "127.0.0.1:0", WebConfigWatcher(None))
