@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from okx_loan_exporter.activity_cache import ActivityCache, ActivitySnapshot
 from okx_loan_exporter.okx import FailureReason, OkxError
 from okx_loan_exporter.position import Position
 from okx_loan_exporter.stats import RequestStats, RequestStatsSnapshot
@@ -53,6 +54,8 @@ class AccountSnapshot:
     clock_offset: float
     last_hint: str | None = None
     """What to do about ``last_failure``, in one line (OkxError's hint), for the landing page."""
+    activity: ActivitySnapshot | None = None
+    """The secondary endpoints' values (events, interest, headroom); None without them."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,10 @@ class AccountCache:
         max_stale: float,
         stats: RequestStats | None = None,
         clock: Callable[[], float] = time.time,
+        activity: ActivityCache | None = None,
     ) -> None:
         self.name = name
+        self.activity = activity
         self.stats = stats if stats is not None else RequestStats()
         self._source = source
         self._ttl = ttl
@@ -91,7 +96,13 @@ class AccountCache:
         self._task: asyncio.Task[None] | None = None
 
     def fetch_if_due(self) -> asyncio.Task[None] | None:
-        """The fetch this scrape must wait for: the one in flight, a new one if due, or None."""
+        """The fetch this scrape must wait for: the one in flight, a new one if due, or None.
+
+        Due secondary fetches start too, but a scrape never waits for them.
+        """
+        activity = self._running_activity()
+        if activity is not None:
+            activity.start_due(self._outcome.position)
         if self._task is not None and not self._task.done():
             return self._task
         if self._clock() < self._next_attempt:
@@ -106,7 +117,17 @@ class AccountCache:
         and a fetch is started only once the clock has passed ``_next_attempt``.
         """
         task = self._task
-        return (task is None or task.done()) and self._clock() < self._next_attempt
+        loan_info_idle = (task is None or task.done()) and self._clock() < self._next_attempt
+        activity = self._running_activity()
+        return loan_info_idle and (activity is None or activity.idle(self._outcome.position))
+
+    def _running_activity(self) -> ActivityCache | None:
+        """The secondary endpoints, asked only while loan-info answers: when it fails (a wrong
+        key, the network, a clock error) they would fail the same way, for nothing."""
+        outcome = self._outcome
+        if outcome.failure is None and outcome.last_success is not None:
+            return self.activity
+        return None
 
     def snapshot(self, *, pending: bool = False) -> AccountSnapshot:
         outcome = self._outcome
@@ -124,6 +145,7 @@ class AccountCache:
             requests=self.stats.snapshot(),
             clock_offset=self._source.clock_offset,
             last_hint=outcome.hint,
+            activity=None if self.activity is None else self.activity.snapshot(outcome.position),
         )
 
     async def _fetch(self) -> None:
@@ -195,6 +217,8 @@ class AccountCache:
             _log_order_changes(self.name, previous.position, position)
         self._auth_failures = 0
         self._outcome = _Outcome(position=position, last_success=self._clock())
+        if self.activity is not None:
+            self.activity.start_due(position)  # the first answer, or loan-info back: ask now
 
     def _record_failure(
         self, started: float, reason: FailureReason, error: str, code: str | None, hint: str

@@ -19,6 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from okx_loan_exporter.activity_metrics import activity_families
 from okx_loan_exporter.cache import AccountSnapshot
 from okx_loan_exporter.okx import FailureReason
 from okx_loan_exporter.stats import DURATION_BUCKETS
@@ -39,6 +40,7 @@ class LoanCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from _position_families(self._snapshots)
+        yield from activity_families(self._snapshots)
         yield from _health_families(self._snapshots)
         build = GaugeMetricFamily(
             "okx_loan_exporter_build_info", "The exporter's version; always 1.", labels=["version"]

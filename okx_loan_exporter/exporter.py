@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import httpx
 
 from okx_loan_exporter import __version__
+from okx_loan_exporter.activity_cache import ActivityCache, Schedules
 from okx_loan_exporter.cache import AccountCache, AccountSnapshot, PositionCache
 from okx_loan_exporter.config import ExporterConfig
 from okx_loan_exporter.okx import Credentials, OkxClient
@@ -68,13 +69,16 @@ class Exporter:
         accounts = []
         clients: dict[str, httpx.AsyncClient] = {}  # base URL -> the client being filled
         members: dict[str, int] = {}  # base URL -> accounts so far
+        schedules = Schedules(
+            config.history_interval, config.interest_interval, config.headroom_interval
+        )
         for account in config.accounts:
             count = members.get(account.base_url, 0)
             if count % ACCOUNTS_PER_POOL == 0:
                 clients[account.base_url] = self._new_http_client(transport)
             members[account.base_url] = count + 1
             http = clients[account.base_url]
-            stats = RequestStats()
+            stats = RequestStats(schedules.endpoints())
             client = OkxClient(
                 http,
                 account.base_url,
@@ -92,6 +96,11 @@ class Exporter:
                     max_stale=config.max_stale,
                     stats=stats,
                     clock=clock,
+                    activity=ActivityCache(
+                        account.name, client, schedules, max_stale=config.max_stale, clock=clock
+                    )
+                    if schedules.endpoints()
+                    else None,
                 )
             )
         self.cache = PositionCache(accounts)
@@ -141,6 +150,9 @@ class Exporter:
         """Close the HTTP clients and stop the event loop."""
 
         async def close_clients() -> None:
+            for account in self.cache.accounts:
+                if account.activity is not None:
+                    await account.activity.aclose()
             for client in self._http_clients:
                 await client.aclose()
 

@@ -24,6 +24,15 @@ from urllib.parse import urlencode
 
 import httpx
 
+from okx_loan_exporter.loan_records import (
+    BorrowHeadroom,
+    HistoryRecord,
+    InterestRecord,
+    parse_interest_accrued,
+    parse_loan_history,
+    parse_max_loan,
+    parse_max_redeem,
+)
 from okx_loan_exporter.position import InvalidResponse, Position, parse_loan_info
 
 LOAN_PATH = "/api/v5/finance/flexible-loan"
@@ -184,6 +193,28 @@ class OkxClient:
     async def loan_info(self) -> Position:
         """Return the account's position, or raise :class:`OkxError`."""
         return await self.signed(Endpoint.LOAN_INFO, parse_loan_info)
+
+    async def loan_history(self) -> tuple[HistoryRecord, ...]:
+        """The newest page of loan-history records (every order; newest first)."""
+        return await self.signed(Endpoint.LOAN_HISTORY, parse_loan_history)
+
+    async def interest_accrued(self) -> tuple[InterestRecord, ...]:
+        """The newest page of interest accruals (every order; newest first)."""
+        return await self.signed(Endpoint.INTEREST_ACCRUED, parse_interest_accrued)
+
+    async def max_loan(self, currency: str, order_id: str) -> BorrowHeadroom:
+        """How much more of ``currency`` the order can borrow (POST, signed body)."""
+        body = {"borrowCcy": currency, **({"ordId": order_id} if order_id else {})}
+        return await self.signed(
+            Endpoint.MAX_LOAN, lambda answer: parse_max_loan(answer, currency), body=body
+        )
+
+    async def max_redeem(self, currency: str, order_id: str) -> float | None:
+        """How much of the collateral ``currency`` can be withdrawn from the order now."""
+        query = {"ccy": currency, **({"ordId": order_id} if order_id else {})}
+        return await self.signed(
+            Endpoint.MAX_REDEEM, lambda answer: parse_max_redeem(answer, currency), query=query
+        )
 
     async def signed(
         self,
