@@ -8,19 +8,26 @@ start for another reason, such as a listen address already in use.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import logging
 import os
 import signal
 import sys
-import threading
-from collections.abc import Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from okx_loan_exporter import __version__
 from okx_loan_exporter.config import ConfigError, ExporterConfig, config_from_dict, load_config
 from okx_loan_exporter.logs import LOG_FORMATS, LOG_LEVELS, JsonFormatter, setup_logging
-from okx_loan_exporter.server import ExporterHTTPServer, parse_listen_address
+from okx_loan_exporter.server import (
+    MAX_CONNECTIONS,
+    ConnectionStats,
+    ExporterHTTPServer,
+    ServerLimits,
+    parse_listen_address,
+    raise_open_file_limit,
+)
 from okx_loan_exporter.webconfig import WebConfigWatcher
 
 if TYPE_CHECKING:
@@ -53,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to serve on (default :9855)",
     )
     parser.add_argument(
+        "--web.max-connections",
+        dest="max_connections",
+        type=_positive_int,
+        default=MAX_CONNECTIONS,
+        metavar="N",
+        help=f"most HTTP connections kept open (default {MAX_CONNECTIONS}); at the cap, the one "
+        "waiting longest without a complete request is closed",
+    )
+    parser.add_argument(
         "--web.config.file",
         dest="web_config_file",
         metavar="PATH",
@@ -78,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"okx-loan-exporter {__version__}")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,15 +179,30 @@ def _json_flag_error(message: str) -> NoReturn:
 def _serve(
     args: argparse.Namespace, config: ExporterConfig | None, watcher: WebConfigWatcher
 ) -> int:
+    from prometheus_client import CollectorRegistry
+
     from okx_loan_exporter.exporter import Exporter
+    from okx_loan_exporter.exposition import Exposition, ProcessMetrics
     from okx_loan_exporter.web import create_app
 
+    raise_open_file_limit()
     simulator = None
     if config is None:
         simulator, config = _start_demo()
+    # The server's connection figures are exported after the process metrics.
+    self_metrics = CollectorRegistry(auto_describe=False)
+    self_metrics.register(ProcessMetrics())
+    self_metrics.register(connection_stats := ConnectionStats())
     exporter = Exporter(config)
+    exposition = Exposition(__version__, process_metrics=self_metrics)
     try:
-        server = ExporterHTTPServer(create_app(exporter, watcher), args.listen_address, watcher)
+        server = ExporterHTTPServer(
+            create_app(exporter, watcher, exposition=exposition),
+            args.listen_address,
+            watcher,
+            ServerLimits(max_connections=args.max_connections),
+            connection_stats,
+        )
     except OSError as error:
         exporter.close()
         reason = error.strerror or str(error)
@@ -174,23 +211,61 @@ def _serve(
         )
         return EXIT_RUNTIME
 
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    server.start_background()
-    log.info(
-        "serving %d account(s) on %s/metrics",
-        len(config.accounts),
-        server.url,
-        extra={"version": __version__},
-    )
-    stop.wait()
+    with _signal_pipe((signal.SIGTERM, signal.SIGINT)) as signals:
+        server.start_background()
+        log.info(
+            "serving %d account(s) on %s/metrics",
+            len(config.accounts),
+            server.url,
+            extra={"version": __version__},
+        )
+        _wait_for_signal(signals, {signal.SIGTERM, signal.SIGINT})
     log.info("shutting down")
-    server.shutdown()
+    still_running = server.shutdown()
     exporter.close()
     if simulator is not None:
         simulator.stop()
+    if still_running:
+        # Their threads may be inside native code (bcrypt) that aborts the process if the
+        # interpreter shuts down under it; exit now instead, as a stop within 2 s requires.
+        log.warning("exiting with %d request(s) still being answered", still_running)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(EXIT_OK)
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _signal_pipe(signums: Iterable[signal.Signals]) -> Iterator[int]:
+    """A pipe that receives one byte, the signal number, per signal in ``signums``.
+
+    Python's C-level handler writes the byte (``signal.set_wakeup_fd``); the Python handler does
+    nothing, so no lock is ever taken in signal context. Yields the pipe's read end.
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    previous = {signum: signal.signal(signum, _ignore_signal) for signum in signums}
+    try:
+        yield read_end
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(read_end)
+        os.close(write_end)
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """Stands in for the default action (exit, KeyboardInterrupt); the wake-up byte acts."""
+
+
+def _wait_for_signal(read_end: int, wanted: Container[int]) -> int:
+    """Block until one of ``wanted`` arrives on the signal pipe; its number."""
+    while True:
+        for signum in os.read(read_end, 64):
+            if signum in wanted:
+                return signum
 
 
 def _start_demo() -> tuple[Simulator, ExporterConfig]:

@@ -3,7 +3,9 @@
 A failed OKX call is never an HTTP error here: it is ``okx_loan_up 0`` in a 200 answer. A GET of
 ``/metrics`` is answered from :class:`~okx_loan_exporter.exposition.Exposition`, exactly as
 prometheus_client's ``make_wsgi_app`` would; other methods and ``name[]`` filters go to
-``make_wsgi_app`` itself. Access control, when configured, wraps the whole app (see ``webconfig``).
+``make_wsgi_app`` itself. ``HEAD`` is answered as ``GET`` on every endpoint; the server sends the
+headers without the body. Access control, when configured, wraps the whole app (see
+``basicauth``).
 """
 
 from __future__ import annotations
@@ -49,9 +51,12 @@ def create_app(
             log.error("the fetch loop did not answer in time; serving cached values")
             snapshots = exporter.snapshots()
         query = environ.get("QUERY_STRING")
-        if environ.get("REQUEST_METHOD") != "GET" or (query and "name[]" in parse_qs(query)):
+        method = environ.get("REQUEST_METHOD")
+        if method not in ("GET", "HEAD") or (query and "name[]" in parse_qs(query)):
+            # HEAD is answered as GET; the server leaves the body out.
+            as_get = {**environ, "REQUEST_METHOD": "GET"} if method == "HEAD" else environ
             filtered: WSGIApp = make_wsgi_app(render.registry(snapshots))
-            return filtered(environ, start_response)
+            return filtered(as_get, start_response)
         body, headers = render.answer(
             snapshots, environ.get("HTTP_ACCEPT"), environ.get("HTTP_ACCEPT_ENCODING")
         )
