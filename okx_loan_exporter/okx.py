@@ -189,6 +189,7 @@ class OkxClient:
         self._max_body_bytes = max_body_bytes
         self.clock_offset = 0.0
         """OKX's clock minus the local clock in seconds, measured after a 50102; 0 until then."""
+        self._measuring: asyncio.Future[None] | None = None
 
     async def loan_info(self) -> Position:
         """Return the account's position, or raise :class:`OkxError`."""
@@ -236,12 +237,13 @@ class OkxClient:
         method, payload = ("GET", "") if body is None else ("POST", _json_body(body))
         try:
             async with asyncio.timeout(self._timeout):
+                offset = self.clock_offset
                 try:
                     return await self._signed_once(endpoint, method, path, payload, parse)
                 except OkxError as error:
                     if error.code != CLOCK_SKEW_CODE:
                         raise
-                await self._measure_clock_offset()
+                await self._correct_clock(offset)
                 return await self._signed_once(endpoint, method, path, payload, parse)
         except TimeoutError:
             raise OkxError(
@@ -281,6 +283,18 @@ class OkxClient:
                 ) from None
 
         return await self._request(endpoint, method, path, headers, checked, payload)
+
+    async def _correct_clock(self, offset_when_signed: float) -> None:
+        """Measure OKX's clock once for every call that met the same 50102 at the same time.
+
+        A call whose offset was corrected since it signed retries at once; concurrent calls share
+        one public/time request.
+        """
+        if self.clock_offset != offset_when_signed:
+            return
+        if self._measuring is None or self._measuring.done():
+            self._measuring = asyncio.ensure_future(self._measure_clock_offset())
+        await asyncio.shield(self._measuring)
 
     async def _measure_clock_offset(self) -> None:
         sent = self._clock()
