@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 import threading
 import time
@@ -22,6 +23,7 @@ from okx_loan_exporter.activity_cache import ActivityCache, Schedules
 from okx_loan_exporter.cache import AccountCache, AccountSnapshot, PositionCache
 from okx_loan_exporter.config import ExporterConfig
 from okx_loan_exporter.okx import Credentials, OkxClient
+from okx_loan_exporter.pacing import Pacer
 from okx_loan_exporter.stats import RequestStats
 
 T = TypeVar("T")
@@ -97,7 +99,12 @@ class Exporter:
                     stats=stats,
                     clock=clock,
                     activity=ActivityCache(
-                        account.name, client, schedules, max_stale=config.max_stale, clock=clock
+                        account.name,
+                        client,
+                        schedules,
+                        max_stale=config.max_stale,
+                        clock=clock,
+                        pacer=functools.partial(Pacer, clock=clock),
                     )
                     if schedules.endpoints()
                     else None,
