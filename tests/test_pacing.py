@@ -1,6 +1,8 @@
-"""The pacer: never more than 2 sends in any 2 s window, callers served in order."""
+"""The pacer: never more than 2 sends in any 2 s window (with a margin), callers in order."""
 
 import asyncio
+
+import pytest
 
 from okx_loan_exporter.pacing import Pacer
 
@@ -16,18 +18,18 @@ class Clock:
 def test_two_at_once_then_one_window_later():
     clock = Clock()
     pacer = Pacer(clock=clock)
-    assert [pacer.reserve() for _ in range(5)] == [0.0, 0.0, 2.0, 2.0, 4.0]
+    assert [pacer.reserve() for _ in range(5)] == pytest.approx([0.0, 0.0, 2.2, 2.2, 4.4])
 
 
 def test_an_idle_pacer_sends_at_once_again():
     clock = Clock()
     pacer = Pacer(clock=clock)
     pacer.reserve(), pacer.reserve()
-    clock.now += 2.0
+    clock.now += 2.2
     assert pacer.reserve() == 0.0
     clock.now += 0.5
     assert pacer.reserve() == 0.0
-    assert pacer.reserve() == 1.5  # the older of the last two sends (102.0) plus 2 s
+    assert pacer.reserve() == pytest.approx(1.7)  # the older of the last two sends + 2.2 s
 
 
 def test_no_window_ever_holds_more_than_two_sends():

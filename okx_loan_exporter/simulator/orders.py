@@ -159,6 +159,8 @@ class EndpointStats(Stats):
 
     refused: int = 0
     """Answered with code 51000 (a parameter OKX refuses)."""
+    peak_in_window: int = 0
+    """The most requests accepted in any window of the rate limit (2 s)."""
 
 
 class RateWindow:
@@ -170,6 +172,11 @@ class RateWindow:
         self._limit = limit
         self._period = period
         self._accepted: deque[float] = deque()
+
+    @property
+    def in_window(self) -> int:
+        """Requests accepted in the window that ended at the last :meth:`allow`."""
+        return len(self._accepted)
 
     def allow(self, now: float) -> bool:
         while self._accepted and self._accepted[0] <= now - self._period:

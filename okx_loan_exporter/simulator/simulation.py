@@ -463,6 +463,8 @@ class Simulator:
                 stats.rate_limited += 1
                 reply = okx_error("50011")
             else:
+                if isinstance(stats, EndpointStats):
+                    stats.peak_in_window = max(stats.peak_in_window, window.in_window)
                 reply = self._answer_data(state, stats, path, target, body)
         reply.delay += delay
         return reply
