@@ -41,6 +41,8 @@ T = TypeVar("T")
 class ActivitySource(Protocol):
     """The OKX calls this cache makes (the OKX client, or a fake in tests)."""
 
+    clock_offset: float
+
     async def loan_history(self) -> tuple[HistoryRecord, ...]: ...
 
     async def interest_accrued(self) -> tuple[InterestRecord, ...]: ...
@@ -152,6 +154,9 @@ class ActivityCache:
         self._redeem: dict[tuple[str, str], tuple[float | None, float]] = {}
         self._version = 0
         self._cached: tuple[int, Position | None, float, ActivitySnapshot] | None = None
+        self.on_clock_correction: Callable[[float], None] | None = None
+        """Called after each call with the clock offset it started with, so that the account's
+        cache can say when a call of this cache corrected the clock (a 50102)."""
 
     @property
     def endpoints(self) -> tuple[Endpoint, ...]:
@@ -220,11 +225,15 @@ class ActivityCache:
 
     async def _call(self, endpoint: Endpoint, call: Callable[[], Awaitable[T]]) -> T | None:
         await self._pacers[endpoint].wait_turn()
+        offset = self._source.clock_offset
         try:
             result = await call()
         except OkxError as error:
             self._health[endpoint].failed(error, self._interval_of(endpoint))
             return None
+        finally:
+            if self.on_clock_correction is not None:
+                self.on_clock_correction(offset)
         self._health[endpoint].succeeded()
         return result
 

@@ -84,6 +84,8 @@ class AccountCache:
     ) -> None:
         self.name = name
         self.activity = activity
+        if activity is not None:
+            activity.on_clock_correction = self._log_clock_correction
         self.stats = stats if stats is not None else RequestStats()
         self._source = source
         self._ttl = ttl
@@ -94,6 +96,7 @@ class AccountCache:
         self._next_attempt = float("-inf")
         self._auth_failures = 0
         self._task: asyncio.Task[None] | None = None
+        self._told_offset = source.clock_offset
 
     def fetch_if_due(self) -> asyncio.Task[None] | None:
         """The fetch this scrape must wait for: the one in flight, a new one if due, or None.
@@ -174,10 +177,17 @@ class AccountCache:
             self._log_clock_correction(offset)
 
     def _log_clock_correction(self, before: float) -> None:
-        """Say when the client re-measured OKX's clock (after a 50102) and the offset moved."""
+        """Say when the client re-measured OKX's clock (after a 50102) and the offset moved.
+
+        Any call of the account may correct it (loan-info or a secondary endpoint); the offset
+        last told is kept, so that two calls that saw the same correction say it once.
+        """
         after = self._source.clock_offset
         if abs(after - before) < CLOCK_NOTICE_SECONDS:
             return
+        if abs(after - self._told_offset) < CLOCK_NOTICE_SECONDS:
+            return
+        self._told_offset = after
         extra = {"account": self.name, "clock_offset": round(after, 3)}
         if abs(after) < CLOCK_NOTICE_SECONDS:
             log.info(

@@ -311,3 +311,33 @@ def test_a_bug_in_a_fetch_is_logged_and_the_schedule_goes_on(error, caplog):
 
     asyncio.run(run())
     assert any("unexpected error while fetching history" in r.getMessage() for r in caplog.records)
+
+
+def test_a_clock_correction_made_by_a_secondary_endpoint_is_told_once(caplog):
+    caplog.set_level(logging.INFO, logger="okx_loan_exporter")
+    clock = Clock()
+
+    async def run() -> None:
+        activity, source = make(clock, Schedules(history=60, interest=60, headroom=0))
+        loan_info = LoanInfo()
+        account = AccountCache(
+            "main", loan_info, ttl=10, max_stale=300, clock=clock, activity=activity
+        )
+        loan_info.clock_offset = source.clock_offset = 0.0
+        await account.fetch_if_due()
+        original = source.loan_history
+
+        async def corrected() -> tuple[HistoryRecord, ...]:
+            # what OkxClient does on a 50102: the shared client's offset moves
+            loan_info.clock_offset = source.clock_offset = 120.0
+            return await original()
+
+        source.loan_history = corrected  # type: ignore[method-assign]
+        clock.now += 60
+        await account.fetch_if_due()
+        await settle()
+
+    asyncio.run(run())
+    told = [r.getMessage() for r in caplog.records if "OKX code 50102" in r.getMessage()]
+    assert len(told) == 1, told
+    assert "120.0 s behind OKX's" in told[0]
