@@ -69,7 +69,13 @@ class Schedules:
         )
 
 
-OFF = Schedules(0.0, 0.0, 0.0)
+INTERVAL_KEYS = {
+    Endpoint.LOAN_HISTORY: "history_interval",
+    Endpoint.INTEREST_ACCRUED: "interest_interval",
+    Endpoint.MAX_LOAN: "headroom_interval",
+    Endpoint.MAX_REDEEM: "headroom_interval",
+}
+"""The config key of each secondary endpoint's schedule, for what a log line tells to change."""
 
 
 @dataclass(frozen=True)
@@ -97,12 +103,14 @@ class _Health:
     def failed(self, error: OkxError, retry_in: float) -> None:
         key = (error.reason.value, error.code)
         level = logging.WARNING if key != self._failure else logging.DEBUG
+        # The client's hints speak of loan-info's cache_ttl; this endpoint has its own interval.
+        text = str(error).replace("cache_ttl", INTERVAL_KEYS[self._endpoint])
         log.log(
             level,
             "account %s: OKX %s request failed: %s; next try in %gs (loan-info values unaffected)",
             self._account,
             self._endpoint.value,
-            error,
+            text,
             retry_in,
             extra={
                 "account": self._account,
@@ -238,11 +246,8 @@ class ActivityCache:
         return result
 
     def _interval_of(self, endpoint: Endpoint) -> float:
-        if endpoint is Endpoint.LOAN_HISTORY:
-            return self._schedules.history
-        if endpoint is Endpoint.INTEREST_ACCRUED:
-            return self._schedules.interest
-        return self._schedules.headroom
+        job = INTERVAL_KEYS[endpoint].removesuffix("_interval")
+        return float(getattr(self._schedules, job))
 
     async def _fetch_history(self) -> None:
         records = await self._call(Endpoint.LOAN_HISTORY, self._source.loan_history)
@@ -296,6 +301,8 @@ class ActivityCache:
         await asyncio.gather(borrow(), redeem())
 
     async def _redeem_call(self, currency: str, order_id: str) -> tuple[float | None]:
+        """max_redeem's answer in a tuple: None is an answer there (OKX sent ``""``), while
+        :meth:`_call` returns None for a failed call."""
         return (await self._source.max_redeem(currency, order_id),)
 
     def _build(self, position: Position | None, now: float) -> tuple[ActivitySnapshot, float]:
