@@ -69,6 +69,9 @@ class Schedules:
         )
 
 
+IN_FLIGHT = 16
+"""Secondary requests in flight at once, over all accounts of an exporter: background work is
+spread out rather than competing with scrapes as a burst of thousands of requests."""
 INTERVAL_KEYS = {
     Endpoint.LOAN_HISTORY: "history_interval",
     Endpoint.INTEREST_ACCRUED: "interest_interval",
@@ -144,8 +147,10 @@ class ActivityCache:
         max_stale: float,
         clock: Callable[[], float] = time.time,
         pacer: Callable[[], Pacer] = Pacer,
+        in_flight: asyncio.Semaphore | None = None,
     ) -> None:
         self.name = name
+        self._in_flight = in_flight if in_flight is not None else asyncio.Semaphore(IN_FLIGHT)
         self._source = source
         self._schedules = schedules
         self._max_stale = max_stale
@@ -199,7 +204,8 @@ class ActivityCache:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def snapshot(self, position: Position | None) -> ActivitySnapshot:
-        """The values for a scrape; the same object while nothing changed."""
+        """The values for a scrape; the same object while they are the same (a fetch that
+        brought nothing new leaves the scrape's rendered text valid)."""
         now = self._clock()
         version = self._version
         cached = self._cached
@@ -211,6 +217,8 @@ class ActivityCache:
         ):
             return cached[3]
         snapshot, valid_until = self._build(position, now)
+        if cached is not None and snapshot == cached[3]:
+            snapshot = cached[3]  # the same values: the same object, so nothing is rendered again
         self._cached = (version, position, valid_until, snapshot)
         return snapshot
 
@@ -235,7 +243,8 @@ class ActivityCache:
         await self._pacers[endpoint].wait_turn()
         offset = self._source.clock_offset
         try:
-            result = await call()
+            async with self._in_flight:
+                result = await call()
         except OkxError as error:
             self._health[endpoint].failed(error, self._interval_of(endpoint))
             return None

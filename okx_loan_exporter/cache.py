@@ -99,13 +99,7 @@ class AccountCache:
         self._told_offset = source.clock_offset
 
     def fetch_if_due(self) -> asyncio.Task[None] | None:
-        """The fetch this scrape must wait for: the one in flight, a new one if due, or None.
-
-        Due secondary fetches start too, but a scrape never waits for them.
-        """
-        activity = self._running_activity()
-        if activity is not None:
-            activity.start_due(self._outcome.position)
+        """The fetch this scrape must wait for: the one in flight, a new one if due, or None."""
         if self._task is not None and not self._task.done():
             return self._task
         if self._clock() < self._next_attempt:
@@ -123,6 +117,12 @@ class AccountCache:
         loan_info_idle = (task is None or task.done()) and self._clock() < self._next_attempt
         activity = self._running_activity()
         return loan_info_idle and (activity is None or activity.idle(self._outcome.position))
+
+    def start_activity(self) -> None:
+        """Start the secondary fetches that are due; nobody waits for them."""
+        activity = self._running_activity()
+        if activity is not None:
+            activity.start_due(self._outcome.position)
 
     def _running_activity(self) -> ActivityCache | None:
         """The secondary endpoints, asked only while loan-info answers: when it fails (a wrong
@@ -227,8 +227,6 @@ class AccountCache:
             _log_order_changes(self.name, previous.position, position)
         self._auth_failures = 0
         self._outcome = _Outcome(position=position, last_success=self._clock())
-        if self.activity is not None:
-            self.activity.start_due(position)  # the first answer, or loan-info back: ask now
 
     def _record_failure(
         self, started: float, reason: FailureReason, error: str, code: str | None, hint: str
@@ -291,6 +289,10 @@ class PositionCache:
         }
         if tasks and wait > 0:
             await asyncio.wait(tasks.values(), timeout=wait)
+        # After loan-info's wait, so that they never compete with it for connections; the next
+        # scrape (or this one's snapshot, if they are quick) shows what they bring.
+        for account in self.accounts:
+            account.start_activity()
         return [
             account.snapshot(pending=account.name in tasks and not tasks[account.name].done())
             for account in self.accounts

@@ -21,7 +21,6 @@ from prometheus_client.registry import Collector
 
 from okx_loan_exporter.activity_metrics import activity_families
 from okx_loan_exporter.cache import AccountSnapshot
-from okx_loan_exporter.okx import FailureReason
 from okx_loan_exporter.stats import DURATION_BUCKETS
 
 CACHED = "Cached: refreshed from OKX at most once per cache_ttl."
@@ -164,7 +163,8 @@ def _health_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
     )
     failures = CounterMetricFamily(
         "okx_loan_api_request_failures",
-        "Requests to OKX that failed, by endpoint and reason.",
+        "Requests to OKX that failed, by endpoint and reason (loan_info: every reason from the "
+        "start; other endpoints: a reason once it happened).",
         labels=["account", "endpoint", "reason"],
     )
     duration = HistogramMetricFamily(
@@ -188,8 +188,8 @@ def _health_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
         for endpoint, tally in snapshot.requests.endpoints.items():
             labels = [snapshot.name, endpoint.value]
             requests.add_metric(labels, tally.requests)
-            for reason in FailureReason:
-                failures.add_metric([*labels, reason.value], tally.failures[reason])
+            for reason, count in tally.failures.items():
+                failures.add_metric([*labels, reason.value], count)
             if tally.requests:
                 cumulative = list(zip(_BUCKET_BOUNDS, accumulate(tally.bucket_counts), strict=True))
                 duration.add_metric(labels, cumulative, tally.duration_sum)

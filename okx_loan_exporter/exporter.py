@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import httpx
 
 from okx_loan_exporter import __version__
-from okx_loan_exporter.activity_cache import ActivityCache, Schedules
+from okx_loan_exporter.activity_cache import IN_FLIGHT, ActivityCache, Schedules
 from okx_loan_exporter.cache import AccountCache, AccountSnapshot, PositionCache
 from okx_loan_exporter.config import ExporterConfig
 from okx_loan_exporter.okx import Credentials, OkxClient
@@ -74,6 +74,7 @@ class Exporter:
         schedules = Schedules(
             config.history_interval, config.interest_interval, config.headroom_interval
         )
+        in_flight = asyncio.Semaphore(IN_FLIGHT)  # shared by every account
         for account in config.accounts:
             count = members.get(account.base_url, 0)
             if count % ACCOUNTS_PER_POOL == 0:
@@ -105,6 +106,7 @@ class Exporter:
                         max_stale=config.max_stale,
                         clock=clock,
                         pacer=functools.partial(Pacer, clock=clock),
+                        in_flight=in_flight,
                     )
                     if schedules.endpoints()
                     else None,

@@ -252,8 +252,9 @@ def test_a_scrape_never_waits_for_a_secondary_endpoint():
         task = account.fetch_if_due()
         assert task is not None
         await asyncio.wait_for(task, 1)  # loan-info is all a scrape waits for
+        account.start_activity()  # what PositionCache does after that wait
         await settle()
-        assert source.calls, "the secondary fetches did not start with loan-info's answer"
+        assert source.calls, "the secondary fetches did not start after loan-info's answer"
         snapshot = account.snapshot()
         assert snapshot.up and snapshot.activity is not None
         assert snapshot.activity.borrow == {}  # still in flight
@@ -276,11 +277,13 @@ def test_secondary_endpoints_wait_while_loan_info_fails():
             "main", loan_info, ttl=10, max_stale=300, clock=clock, activity=activity
         )
         await account.fetch_if_due()
+        account.start_activity()
         await settle()
         assert source.calls == []  # a wrong key would fail them too
         clock.now += 600
         loan_info.fail = None
         await account.fetch_if_due()
+        account.start_activity()
         await settle()
         assert {call[0] for call in source.calls} == {
             "history",
@@ -325,6 +328,8 @@ def test_a_clock_correction_made_by_a_secondary_endpoint_is_told_once(caplog):
         )
         loan_info.clock_offset = source.clock_offset = 0.0
         await account.fetch_if_due()
+        account.start_activity()
+        await settle()
         original = source.loan_history
 
         async def corrected() -> tuple[HistoryRecord, ...]:
@@ -335,9 +340,26 @@ def test_a_clock_correction_made_by_a_secondary_endpoint_is_told_once(caplog):
         source.loan_history = corrected  # type: ignore[method-assign]
         clock.now += 60
         await account.fetch_if_due()
+        account.start_activity()
         await settle()
 
     asyncio.run(run())
     told = [r.getMessage() for r in caplog.records if "OKX code 50102" in r.getMessage()]
     assert len(told) == 1, told
     assert "120.0 s behind OKX's" in told[0]
+
+
+def test_a_fetch_that_brings_nothing_new_keeps_the_same_snapshot():
+    clock = Clock()
+
+    async def run() -> None:
+        cache, _ = make(clock, Schedules(history=60, interest=60, headroom=60))
+        cache.start_due(POSITION)
+        await settle()
+        first = cache.snapshot(POSITION)
+        clock.now += 60
+        cache.start_due(POSITION)
+        await settle()
+        assert cache.snapshot(POSITION) is first  # the render cache compares by identity first
+
+    asyncio.run(run())

@@ -117,6 +117,7 @@ def exporter():
                 {"name": name, "api_key": f"k-{name}", "secret_key": "s", "passphrase": "p"}
                 for name in ("main", "other")
             ],
+            **LOAN_INFO_ONLY,  # the fake answers loan-info only
         },
         "test.yml",
         {},
