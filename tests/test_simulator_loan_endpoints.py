@@ -258,3 +258,25 @@ def test_endpoint_faults_hit_that_endpoint_only(call, sim):
         sim.set_fault("btc-usdt", "missing_field", endpoint="loan-history")
     with pytest.raises(ValueError, match="unknown endpoint"):
         sim.set_fault("btc-usdt", "close", endpoint="borrow")
+
+
+def test_the_control_api_sets_an_endpoint_fault(call, sim):
+    with http_client(base_url=sim.base_url, timeout=5) as http:
+        changed = http.post(
+            "/sim/accounts/btc-usdt",
+            json={"fault": "rate_limit", "fault_count": 1, "fault_endpoint": "max-loan"},
+        )
+        assert changed.status_code == 200, changed.text
+        refused = http.post(
+            "/sim/accounts/btc-usdt", json={"fault": "rate_limit", "fault_endpoint": "borrow"}
+        )
+        assert refused.status_code == 400 and "unknown endpoint" in refused.text
+        mixed = http.post(
+            "/sim/accounts/btc-usdt",
+            json={"fault": "close", "fault_endpoint": "loan-history", "ltv": 0.5},
+        )
+        assert mixed.status_code == 400
+    limited = call("btc-usdt", "POST", MAX_LOAN, {"borrowCcy": "USDT"})
+    assert limited.status_code == 429 and limited.json()["code"] == "50011"
+    assert data(call("btc-usdt", "POST", MAX_LOAN, {"borrowCcy": "USDT"}))
+    assert sim.stats()["endpoints"]["btc-usdt"]["max-loan"]["faulted"] == 1
