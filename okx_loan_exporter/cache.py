@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from okx_loan_exporter.activity_cache import ActivityCache, ActivitySnapshot
 from okx_loan_exporter.okx import FailureReason, OkxError
 from okx_loan_exporter.position import Position
 from okx_loan_exporter.stats import RequestStats, RequestStatsSnapshot
@@ -60,6 +61,8 @@ class AccountSnapshot:
     clock_offset: float
     last_hint: str | None = None
     """What to do about ``last_failure``, in one line (OkxError's hint), for the landing page."""
+    activity: ActivitySnapshot | None = None
+    """The secondary endpoints' values (events, interest, headroom); None without them."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,12 @@ class AccountCache:
         stats: RequestStats | None = None,
         clock: Callable[[], float] = time.time,
         check_credentials: CredentialsCheck | None = None,
+        activity: ActivityCache | None = None,
     ) -> None:
         self.name = name
+        self.activity = activity
+        if activity is not None:
+            activity.on_clock_correction = self._log_clock_correction
         self.stats = stats if stats is not None else RequestStats()
         self._source = source
         self._ttl = ttl
@@ -99,6 +106,7 @@ class AccountCache:
         self._task: asyncio.Task[None] | None = None
         self._check_credentials = check_credentials
         self._credentials_checked = float("-inf")
+        self._told_offset = source.clock_offset
 
     def fetch_if_due(self) -> asyncio.Task[None] | None:
         """The fetch this scrape must wait for: the one in flight, a new one if due, or None."""
@@ -118,11 +126,13 @@ class AccountCache:
         and a fetch is started only once the clock has passed ``_next_attempt``.
         """
         task = self._task
-        return (
+        loan_info_idle = (
             (task is None or task.done())
             and self._clock() < self._next_attempt
             and not self._credentials_due()
         )
+        activity = self._running_activity()
+        return loan_info_idle and (activity is None or activity.idle(self._outcome.position))
 
     def _credentials_due(self) -> bool:
         """In the backoff after authentication failures, the key is looked at once per TTL."""
@@ -141,6 +151,20 @@ class AccountCache:
             self._auth_failures = 0
         return changed
 
+    def start_activity(self) -> None:
+        """Start the secondary fetches that are due; nobody waits for them."""
+        activity = self._running_activity()
+        if activity is not None:
+            activity.start_due(self._outcome.position)
+
+    def _running_activity(self) -> ActivityCache | None:
+        """The secondary endpoints, asked only while loan-info answers: when it fails (a wrong
+        key, the network, a clock error) they would fail the same way, for nothing."""
+        outcome = self._outcome
+        if outcome.failure is None and outcome.last_success is not None:
+            return self.activity
+        return None
+
     def snapshot(self, *, pending: bool = False) -> AccountSnapshot:
         outcome = self._outcome
         fresh = (
@@ -157,6 +181,7 @@ class AccountCache:
             requests=self.stats.snapshot(),
             clock_offset=self._source.clock_offset,
             last_hint=outcome.hint,
+            activity=None if self.activity is None else self.activity.snapshot(outcome.position),
         )
 
     async def _fetch(self) -> None:
@@ -191,10 +216,17 @@ class AccountCache:
             self._log_clock_correction(offset)
 
     def _log_clock_correction(self, before: float) -> None:
-        """Say when the client re-measured OKX's clock (after a 50102) and the offset moved."""
+        """Say when the client re-measured OKX's clock (after a 50102) and the offset moved.
+
+        Any call of the account may correct it (loan-info or a secondary endpoint); the offset
+        last told is kept, so that two calls that saw the same correction say it once.
+        """
         after = self._source.clock_offset
         if abs(after - before) < CLOCK_NOTICE_SECONDS:
             return
+        if abs(after - self._told_offset) < CLOCK_NOTICE_SECONDS:
+            return
+        self._told_offset = after
         extra = {"account": self.name, "clock_offset": round(after, 3)}
         if abs(after) < CLOCK_NOTICE_SECONDS:
             log.info(
@@ -296,6 +328,10 @@ class PositionCache:
         }
         if tasks and wait > 0:
             await asyncio.wait(tasks.values(), timeout=wait)
+        # After loan-info's wait, so that they never compete with it for connections; the next
+        # scrape (or this one's snapshot, if they are quick) shows what they bring.
+        for account in self.accounts:
+            account.start_activity()
         return [
             account.snapshot(pending=account.name in tasks and not tasks[account.name].done())
             for account in self.accounts

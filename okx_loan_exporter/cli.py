@@ -39,6 +39,9 @@ log = logging.getLogger("okx_loan_exporter")
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
 DEMO_CACHE_TTL = "1s"  # the simulator moves prices every second
+DEMO_INTERVALS = {"history_interval": "10s", "interest_interval": "30s", "headroom_interval": "15s"}
+"""The demo's secondary endpoints, asked often so that its liquidations and hourly interest (an
+hour is a minute in the simulator) show within a minute."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,7 +288,7 @@ def _start_demo() -> tuple[Simulator, ExporterConfig]:
     accounts = demo_accounts()
     simulator = Simulator(accounts)
     base_url = simulator.start()
-    document = exporter_config(base_url, accounts, cache_ttl=DEMO_CACHE_TTL)
+    document = exporter_config(base_url, accounts, cache_ttl=DEMO_CACHE_TTL, **DEMO_INTERVALS)
     config = config_from_dict(document, "demo", os.environ)
     log.info(
         "demo mode: %d simulated accounts at %s; no OKX account is used", len(accounts), base_url

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import ssl
 import threading
 import time
@@ -20,10 +21,12 @@ from typing import Any, TypeVar
 import httpx
 
 from okx_loan_exporter import __version__
+from okx_loan_exporter.activity_cache import IN_FLIGHT, ActivityCache, Schedules
 from okx_loan_exporter.cache import AccountCache, AccountSnapshot, PositionCache
 from okx_loan_exporter.config import AccountConfig, ExporterConfig
 from okx_loan_exporter.key_rotation import SecretFileWatcher
 from okx_loan_exporter.okx import Credentials, OkxClient
+from okx_loan_exporter.pacing import Pacer
 from okx_loan_exporter.stats import RequestStats
 
 T = TypeVar("T")
@@ -97,6 +100,7 @@ class Exporter:
         self._ssl_context: ssl.SSLContext | None = None
         self._pools: dict[str, tuple[httpx.AsyncClient, int]] = {}  # base URL -> filling, members
         self._client_of: dict[str, httpx.AsyncClient] = {}  # account name -> its pooled client
+        self._in_flight = asyncio.Semaphore(IN_FLIGHT)  # secondary fetches, shared by every account
         self.cache = PositionCache([self._new_account(account) for account in config.accounts])
 
     def _new_account(self, account: AccountConfig) -> AccountCache:
@@ -106,7 +110,8 @@ class Exporter:
             http = self._new_http_client(self._transport)
         self._pools[account.base_url] = (http, members + 1)
         self._client_of[account.name] = http
-        stats = RequestStats()
+        schedules = _schedules(self.config)
+        stats = RequestStats(schedules.endpoints())
         client = OkxClient(
             http,
             account.base_url,
@@ -129,21 +134,29 @@ class Exporter:
             stats=stats,
             clock=self._clock,
             check_credentials=watcher.check if watcher is not None else None,
+            activity=ActivityCache(
+                account.name,
+                client,
+                schedules,
+                max_stale=self.config.max_stale,
+                clock=self._clock,
+                pacer=functools.partial(Pacer, clock=self._clock),
+                in_flight=self._in_flight,
+            )
+            if schedules.endpoints()
+            else None,
         )
 
     def apply(self, config: ExporterConfig) -> AccountChanges:
         """Serve ``config`` from now on (a reload). An account whose settings are the same keeps
         its cache, counters and schedule; the others start afresh; removed ones disappear.
 
-        A changed ``cache_ttl``, ``max_stale`` or ``timeout`` changes every account. A secret read
+        A changed ``cache_ttl``, ``max_stale``, ``timeout`` or secondary interval changes every
+        account. A secret read
         from a file is not a setting here: the account re-reads its files itself before each
         request. Call it from one thread at a time, never the fetch loop's.
         """
-        same_globals = (config.cache_ttl, config.max_stale, config.timeout) == (
-            self.config.cache_ttl,
-            self.config.max_stale,
-            self.config.timeout,
-        )
+        same_globals = _global_settings(config) == _global_settings(self.config)
         before = {account.name: account for account in self.config.accounts}
         kept = {cache.name: cache for cache in self.cache.accounts}
         after = {account.name for account in config.accounts}
@@ -225,9 +238,28 @@ class Exporter:
         """Close the HTTP clients and stop the event loop."""
 
         async def close_clients() -> None:
+            for account in self.cache.accounts:
+                if account.activity is not None:
+                    await account.activity.aclose()
             for client in self._http_clients:
                 await client.aclose()
 
         with contextlib.suppress(Exception):  # closing is best effort at shutdown
             self._loop_thread.run(close_clients(), timeout=1)
         self._loop_thread.stop()
+
+
+def _schedules(config: ExporterConfig) -> Schedules:
+    return Schedules(config.history_interval, config.interest_interval, config.headroom_interval)
+
+
+def _global_settings(config: ExporterConfig) -> tuple[float, ...]:
+    """The settings every account is built with: a change rebuilds them all on reload."""
+    return (
+        config.cache_ttl,
+        config.max_stale,
+        config.timeout,
+        config.history_interval,
+        config.interest_interval,
+        config.headroom_interval,
+    )
