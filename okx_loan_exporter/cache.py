@@ -1,6 +1,9 @@
 """Per-account TTL cache of positions: at most one OKX request per account per TTL, single flight,
 backoff after authentication failures, and a bound on how long stale values are served.
 
+An account may have a credentials check (key rotation): it runs before every request, right after
+an authentication failure (a changed key is tried at once), and once per TTL during the backoff.
+
 All state changes happen on one asyncio event loop; scrapes ask :meth:`PositionCache.refresh`,
 which starts the fetches that are due, waits for the ones in flight up to the scrape's deadline,
 and returns a consistent :class:`AccountSnapshot` per account. A fetch that outlives the deadline is
@@ -17,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from okx_loan_exporter.activity_cache import ActivityCache, ActivitySnapshot
 from okx_loan_exporter.okx import FailureReason, OkxError
 from okx_loan_exporter.position import Position
 from okx_loan_exporter.pricefeed import PriceFeeds, PriceSnapshot
@@ -38,6 +42,10 @@ class PositionSource(Protocol):
     async def loan_info(self) -> Position: ...
 
 
+CredentialsCheck = Callable[[], bool]
+"""Re-reads an account's credentials from where they come from; True when they changed."""
+
+
 @dataclass(frozen=True)
 class AccountSnapshot:
     """Everything the collector needs about one account at one scrape."""
@@ -56,6 +64,8 @@ class AccountSnapshot:
     """What to do about ``last_failure``, in one line (OkxError's hint), for the landing page."""
     prices: PriceSnapshot | None = None
     """The index prices of the account's base URL (None when prices are off)."""
+    activity: ActivitySnapshot | None = None
+    """The secondary endpoints' values (events, interest, headroom); None without them."""
 
 
 @dataclass(frozen=True)
@@ -80,8 +90,13 @@ class AccountCache:
         max_stale: float,
         stats: RequestStats | None = None,
         clock: Callable[[], float] = time.time,
+        check_credentials: CredentialsCheck | None = None,
+        activity: ActivityCache | None = None,
     ) -> None:
         self.name = name
+        self.activity = activity
+        if activity is not None:
+            activity.on_clock_correction = self._log_clock_correction
         self.stats = stats if stats is not None else RequestStats()
         self._source = source
         self._ttl = ttl
@@ -92,13 +107,18 @@ class AccountCache:
         self._next_attempt = float("-inf")
         self._auth_failures = 0
         self._task: asyncio.Task[None] | None = None
+        self._check_credentials = check_credentials
+        self._credentials_checked = float("-inf")
+        self._told_offset = source.clock_offset
 
     def fetch_if_due(self) -> asyncio.Task[None] | None:
         """The fetch this scrape must wait for: the one in flight, a new one if due, or None."""
         if self._task is not None and not self._task.done():
             return self._task
         if self._clock() < self._next_attempt:
-            return None
+            if not self._credentials_due() or not self._credentials_changed():
+                return None
+            self._next_attempt = self._clock()  # a new key during the auth backoff: try it now
         self._task = asyncio.get_running_loop().create_task(self._fetch())
         return self._task
 
@@ -109,7 +129,44 @@ class AccountCache:
         and a fetch is started only once the clock has passed ``_next_attempt``.
         """
         task = self._task
-        return (task is None or task.done()) and self._clock() < self._next_attempt
+        loan_info_idle = (
+            (task is None or task.done())
+            and self._clock() < self._next_attempt
+            and not self._credentials_due()
+        )
+        activity = self._running_activity()
+        return loan_info_idle and (activity is None or activity.idle(self._outcome.position))
+
+    def _credentials_due(self) -> bool:
+        """In the backoff after authentication failures, the key is looked at once per TTL."""
+        return (
+            self._check_credentials is not None
+            and self._auth_failures > 0
+            and self._clock() >= self._credentials_checked + self._ttl
+        )
+
+    def _credentials_changed(self) -> bool:
+        if self._check_credentials is None:
+            return False
+        self._credentials_checked = self._clock()
+        changed = self._check_credentials()
+        if changed:
+            self._auth_failures = 0
+        return changed
+
+    def start_activity(self) -> None:
+        """Start the secondary fetches that are due; nobody waits for them."""
+        activity = self._running_activity()
+        if activity is not None:
+            activity.start_due(self._outcome.position)
+
+    def _running_activity(self) -> ActivityCache | None:
+        """The secondary endpoints, asked only while loan-info answers: when it fails (a wrong
+        key, the network, a clock error) they would fail the same way, for nothing."""
+        outcome = self._outcome
+        if outcome.failure is None and outcome.last_success is not None:
+            return self.activity
+        return None
 
     @property
     def holds_orders(self) -> bool:
@@ -136,14 +193,21 @@ class AccountCache:
             clock_offset=self._source.clock_offset,
             last_hint=outcome.hint,
             prices=prices,
+            activity=None if self.activity is None else self.activity.snapshot(outcome.position),
         )
 
     async def _fetch(self) -> None:
         started = self._clock()
         self._next_attempt = started + self._ttl  # whatever the outcome: one request per TTL
         offset = self._source.clock_offset
+        self._credentials_changed()
         try:
-            position = await self._source.loan_info()
+            try:
+                position = await self._source.loan_info()
+            except OkxError as error:
+                if error.reason is not FailureReason.AUTH or not self._credentials_changed():
+                    raise
+                position = await self._source.loan_info()  # the key changed meanwhile: use it
         except OkxError as error:
             self._record_failure(started, error.reason, str(error), error.code, error.hint)
         except asyncio.CancelledError:
@@ -164,10 +228,17 @@ class AccountCache:
             self._log_clock_correction(offset)
 
     def _log_clock_correction(self, before: float) -> None:
-        """Say when the client re-measured OKX's clock (after a 50102) and the offset moved."""
+        """Say when the client re-measured OKX's clock (after a 50102) and the offset moved.
+
+        Any call of the account may correct it (loan-info or a secondary endpoint); the offset
+        last told is kept, so that two calls that saw the same correction say it once.
+        """
         after = self._source.clock_offset
         if abs(after - before) < CLOCK_NOTICE_SECONDS:
             return
+        if abs(after - self._told_offset) < CLOCK_NOTICE_SECONDS:
+            return
+        self._told_offset = after
         extra = {"account": self.name, "clock_offset": round(after, 3)}
         if abs(after) < CLOCK_NOTICE_SECONDS:
             log.info(
@@ -286,6 +357,10 @@ class PositionCache:
             left = deadline - loop.time()
             if price_tasks and left > 0:
                 await asyncio.wait(price_tasks, timeout=left)
+        # After loan-info's wait, so that they never compete with it for connections; the next
+        # scrape (or this one's snapshot, if they are quick) shows what they bring.
+        for account in self.accounts:
+            account.start_activity()
         prices = self._prices()
         return [
             account.snapshot(

@@ -2,7 +2,8 @@
 
 Exit codes: 0 after a clean stop or a good ``--check-config``; 2 for a bad flag or configuration
 (one line naming the file, the key and the fix, never a traceback); 1 when the exporter cannot
-start for another reason, such as a listen address already in use.
+start for another reason, such as a listen address already in use. SIGTERM and SIGINT stop the
+exporter; SIGHUP reloads its configuration (:mod:`okx_loan_exporter.reload`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Container, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
@@ -37,6 +39,9 @@ log = logging.getLogger("okx_loan_exporter")
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
 DEMO_CACHE_TTL = "1s"  # the simulator moves prices every second
+DEMO_INTERVALS = {"history_interval": "10s", "interest_interval": "30s", "headroom_interval": "15s"}
+"""The demo's secondary endpoints, asked often so that its liquidations and hourly interest (an
+hour is a minute in the simulator) show within a minute."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,6 +188,7 @@ def _serve(
 
     from okx_loan_exporter.exporter import Exporter
     from okx_loan_exporter.exposition import Exposition, ProcessMetrics
+    from okx_loan_exporter.reload import Reloader
     from okx_loan_exporter.web import create_app
 
     raise_open_file_limit()
@@ -195,9 +201,12 @@ def _serve(
     self_metrics.register(connection_stats := ConnectionStats())
     exporter = Exporter(config)
     exposition = Exposition(__version__, process_metrics=self_metrics)
+    reloader = Reloader(exporter, watcher, args.config_file, demo=simulator is not None)
+    self_metrics.register(reloader)
     try:
+        app = create_app(exporter, watcher, exposition=exposition, reloader=reloader)
         server = ExporterHTTPServer(
-            create_app(exporter, watcher, exposition=exposition),
+            app,
             args.listen_address,
             watcher,
             ServerLimits(max_connections=args.max_connections),
@@ -211,7 +220,7 @@ def _serve(
         )
         return EXIT_RUNTIME
 
-    with _signal_pipe((signal.SIGTERM, signal.SIGINT)) as signals:
+    with _signal_pipe((signal.SIGTERM, signal.SIGINT, signal.SIGHUP)) as signals:
         server.start_background()
         log.info(
             "serving %d account(s) on %s/metrics",
@@ -219,7 +228,12 @@ def _serve(
             server.url,
             extra={"version": __version__},
         )
-        _wait_for_signal(signals, {signal.SIGTERM, signal.SIGINT})
+        while _wait_for_signal(signals, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}) == (
+            signal.SIGHUP
+        ):
+            # On its own thread: a config file that blocks (a FIFO, a hung mount) must not keep
+            # this thread from seeing SIGTERM. Reloads queue on the reloader's lock.
+            threading.Thread(target=reloader.reload_logged, name="reload", daemon=True).start()
     log.info("shutting down")
     still_running = server.shutdown()
     exporter.close()
@@ -274,7 +288,7 @@ def _start_demo() -> tuple[Simulator, ExporterConfig]:
     accounts = demo_accounts()
     simulator = Simulator(accounts)
     base_url = simulator.start()
-    document = exporter_config(base_url, accounts, cache_ttl=DEMO_CACHE_TTL)
+    document = exporter_config(base_url, accounts, cache_ttl=DEMO_CACHE_TTL, **DEMO_INTERVALS)
     config = config_from_dict(document, "demo", os.environ)
     log.info(
         "demo mode: %d simulated accounts at %s; no OKX account is used", len(accounts), base_url

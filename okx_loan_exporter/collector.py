@@ -19,8 +19,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from okx_loan_exporter.activity_metrics import activity_families
 from okx_loan_exporter.cache import AccountSnapshot
-from okx_loan_exporter.okx import FailureReason
 from okx_loan_exporter.prices import STABLECOINS
 from okx_loan_exporter.stats import DURATION_BUCKETS, RequestStatsSnapshot
 from okx_loan_exporter.whatif import DROPS, order_risk
@@ -46,6 +46,7 @@ class LoanCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from _position_families(self._snapshots)
         yield from _price_families(self._snapshots)
+        yield from activity_families(self._snapshots)
         yield from _health_families(self._snapshots)
         yield from _price_feed_families(self._snapshots)
         build = GaugeMetricFamily(
@@ -248,7 +249,8 @@ def _health_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
     )
     failures = CounterMetricFamily(
         "okx_loan_api_request_failures",
-        "Requests to OKX that failed, by endpoint and reason.",
+        "Requests to OKX that failed, by endpoint and reason (loan_info: every reason from the "
+        "start; other endpoints: a reason once it happened).",
         labels=["account", "endpoint", "reason"],
     )
     duration = HistogramMetricFamily(
@@ -321,8 +323,8 @@ def _add_requests(
     for endpoint, tally in stats.endpoints.items():
         labels = [*owner, endpoint.value]
         requests.add_metric(labels, tally.requests)
-        for reason in FailureReason:
-            failures.add_metric([*labels, reason.value], tally.failures[reason])
+        for reason, count in tally.failures.items():
+            failures.add_metric([*labels, reason.value], count)
         if tally.requests:
             cumulative = list(zip(_BUCKET_BOUNDS, accumulate(tally.bucket_counts), strict=True))
             duration.add_metric(labels, cumulative, tally.duration_sum)

@@ -17,6 +17,7 @@ does for its own files), or to the working directory when there is no config fil
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import os
@@ -43,6 +44,13 @@ DEFAULT_MAX_STALE = 300.0
 DEFAULT_TIMEOUT = 5.0
 MIN_PRICE_INTERVAL = 0.5
 """index-tickers allows 20 requests per 2 s per IP, for every base URL together."""
+INTERVALS: dict[str, float] = {
+    "history_interval": 60.0,
+    "interest_interval": 600.0,
+    "headroom_interval": 300.0,
+}
+"""The secondary endpoints' schedules and their defaults in seconds; 0 turns one off."""
+MIN_INTERVAL = 1.0
 
 ENVIRONMENT = "environment"
 """The source named in messages when the configuration comes from the environment."""
@@ -52,6 +60,7 @@ _TOP_KEYS = (
     "max_stale",
     "timeout",
     "price_interval",
+    *INTERVALS,
     "base_url",
     "region",
     "accounts",
@@ -72,6 +81,7 @@ _ENV_VARS = (
     "OKX_MAX_STALE",
     "OKX_TIMEOUT",
     "OKX_PRICE_INTERVAL",
+    *(f"OKX_{key.upper()}" for key in INTERVALS),
 )
 
 _NAME_RE = re.compile(r"[a-zA-Z0-9_-]+")
@@ -97,6 +107,8 @@ class AccountConfig:
     passphrase: str = field(repr=False)
     demo: bool = False
     base_url: str = DEFAULT_BASE_URL
+    secret_files: tuple[secret_sources.SecretFile, ...] = ()
+    """The secrets read from files, re-read when a file changes (key rotation)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,9 @@ class ExporterConfig:
     cache_ttl: float = DEFAULT_CACHE_TTL
     max_stale: float = DEFAULT_MAX_STALE
     timeout: float = DEFAULT_TIMEOUT
+    history_interval: float = INTERVALS["history_interval"]
+    interest_interval: float = INTERVALS["interest_interval"]
+    headroom_interval: float = INTERVALS["headroom_interval"]
     source: str = ENVIRONMENT
     warnings: tuple[str, ...] = ()
     price_interval: float | None = None
@@ -220,6 +235,7 @@ def _from_mapping(
         problems,
     )
     price_interval = _price_interval(data.get("price_interval"), "price_interval", source, problems)
+    intervals = _intervals({key: (data.get(key), key) for key in INTERVALS}, source, problems)
     default_url = problems.attempt(
         lambda: _base_url(
             data.get("base_url"),
@@ -265,6 +281,7 @@ def _from_mapping(
         cache_ttl=cache_ttl,
         max_stale=max_stale,
         timeout=timeout,
+        **intervals,
         source=source,
         warnings=tuple(warnings),
         price_interval=price_interval,
@@ -334,6 +351,7 @@ def _account(
         names[name] = prefix
 
     secrets: dict[str, str] = {}
+    files: list[secret_sources.SecretFile] = []
     inline_keys: list[str] = []
     api_key_key = f"{prefix}.api_key"
     for secret in secret_sources.SECRETS:
@@ -344,6 +362,8 @@ def _account(
             secrets[secret] = value
             if inline:
                 inline_keys.append(used_key)
+            if used_key.endswith("_file"):
+                files.append(secret_sources.secret_file(entry, used_key, secret, base_dir))
             if secret == "api_key":
                 api_key_key = used_key
 
@@ -372,7 +392,9 @@ def _account(
     problems.errors.extend(mine.errors)
     if mine.errors:
         return None
-    account = AccountConfig(name=name, demo=demo, base_url=base_url, **secrets)
+    account = AccountConfig(
+        name=name, demo=demo, base_url=base_url, secret_files=tuple(files), **secrets
+    )
     return account, inline_keys, api_key_key
 
 
@@ -435,6 +457,14 @@ def _from_environ(environ: Mapping[str, str]) -> ExporterConfig:
     price_interval = _price_interval(
         environ.get("OKX_PRICE_INTERVAL") or None, "OKX_PRICE_INTERVAL", source, problems
     )
+    intervals = _intervals(
+        {
+            key: (environ.get(f"OKX_{key.upper()}") or None, f"OKX_{key.upper()}")
+            for key in INTERVALS
+        },
+        source,
+        problems,
+    )
     warnings: list[str] = []
     base_url = problems.attempt(
         lambda: _base_url(
@@ -453,12 +483,24 @@ def _from_environ(environ: Mapping[str, str]) -> ExporterConfig:
         # A misspelt variable is often why one is missing: report it with the problems.
         problems.errors.extend(typos)
     problems.raise_any()
-    account = AccountConfig(name="default", demo=demo_text in _TRUE, base_url=base_url, **secrets)
+    files = tuple(
+        file
+        for secret in secret_sources.SECRETS
+        if (file := secret_sources.env_secret_file(environ, secret)) is not None
+    )
+    account = AccountConfig(
+        name="default",
+        demo=demo_text in _TRUE,
+        base_url=base_url,
+        secret_files=files,
+        **secrets,
+    )
     return ExporterConfig(
         accounts=(account,),
         cache_ttl=cache_ttl,
         max_stale=max_stale,
         timeout=timeout,
+        **intervals,
         source=source,
         warnings=(*warnings, *(str(typo) for typo in typos)),
         price_interval=price_interval,
@@ -594,6 +636,32 @@ def _price_interval(
         )
         return None
     return interval
+
+
+def _intervals(
+    values: Mapping[str, tuple[object, str]], source: str, problems: yamlload.Problems
+) -> dict[str, float]:
+    """The secondary endpoints' intervals from (value or None, key) each: 0 (off) or >= 1 s."""
+    intervals = dict(INTERVALS)
+    for name, (value, key) in values.items():
+        if value is None:
+            continue
+        seconds = problems.attempt(functools.partial(parse_duration, value, source, key), None)
+        if seconds is None:
+            continue
+        if 0 < seconds < MIN_INTERVAL:
+            problems.add(
+                ConfigError(
+                    source,
+                    key,
+                    f"{_seconds(seconds)} is too short",
+                    f"set {key} to 0s (off) or at least {_seconds(MIN_INTERVAL)}, e.g. "
+                    f"{_seconds(INTERVALS[name])}",
+                )
+            )
+            continue
+        intervals[name] = seconds
+    return intervals
 
 
 def _base_url(

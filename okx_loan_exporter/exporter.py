@@ -3,12 +3,16 @@
 :class:`Exporter` owns the event loop thread on which all OKX requests and cache updates run, and
 the pooled httpx clients (one per ``ACCOUNTS_PER_POOL`` accounts of a base URL). It hands each
 scrape the accounts' snapshots; turning them into text is :mod:`okx_loan_exporter.exposition`'s job.
+:meth:`Exporter.apply` puts a reloaded configuration in force. Index prices come from one key-less
+client per base URL the accounts use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import ssl
 import threading
 import time
@@ -19,9 +23,12 @@ from urllib.parse import urlsplit
 import httpx
 
 from okx_loan_exporter import __version__
+from okx_loan_exporter.activity_cache import IN_FLIGHT, ActivityCache, Schedules
 from okx_loan_exporter.cache import AccountCache, AccountSnapshot, PositionCache
-from okx_loan_exporter.config import ExporterConfig
+from okx_loan_exporter.config import AccountConfig, ExporterConfig
+from okx_loan_exporter.key_rotation import SecretFileWatcher
 from okx_loan_exporter.okx import Credentials, Endpoint, OkxClient
+from okx_loan_exporter.pacing import Pacer
 from okx_loan_exporter.pricefeed import PriceFeed, PriceFeeds
 from okx_loan_exporter.stats import RequestStats
 
@@ -53,6 +60,31 @@ class EventLoopThread:
         self._thread.join(timeout=2)
 
 
+@dataclasses.dataclass
+class AccountChanges:
+    """What :meth:`Exporter.apply` did, by account name."""
+
+    removed: tuple[str, ...] = ()
+    added: list[str] = dataclasses.field(default_factory=list)
+    changed: list[str] = dataclasses.field(default_factory=list)
+    unchanged: list[str] = dataclasses.field(default_factory=list)
+
+
+def _settings(account: AccountConfig) -> AccountConfig:
+    """The account's settings without the secrets read from files (those rotate by themselves)."""
+    rotating = {file.secret for file in account.secret_files}
+
+    def setting(secret: str, value: str) -> str:
+        return "" if secret in rotating else value
+
+    return dataclasses.replace(
+        account,
+        api_key=setting("api_key", account.api_key),
+        secret_key=setting("secret_key", account.secret_key),
+        passphrase=setting("passphrase", account.passphrase),
+    )
+
+
 class Exporter:
     """The running exporter: serves scrapes from per-account caches filled from OKX."""
 
@@ -64,73 +96,158 @@ class Exporter:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.config = config
+        self._clock = clock
+        self._transport = transport
         self._loop_thread = EventLoopThread()
         self._http_clients: list[httpx.AsyncClient] = []
         self._ssl_context: ssl.SSLContext | None = None
-        accounts = []
-        clients: dict[str, httpx.AsyncClient] = {}  # base URL -> the client being filled
-        members: dict[str, int] = {}  # base URL -> accounts so far
-        for account in config.accounts:
-            count = members.get(account.base_url, 0)
-            if count % ACCOUNTS_PER_POOL == 0:
-                clients[account.base_url] = self._new_http_client(transport)
-            members[account.base_url] = count + 1
-            http = clients[account.base_url]
-            stats = RequestStats()
-            client = OkxClient(
-                http,
-                account.base_url,
-                Credentials(account.api_key, account.secret_key, account.passphrase),
-                demo=account.demo,
-                timeout=config.timeout,
-                clock=clock,
-                on_request=stats.observe,
-            )
-            accounts.append(
-                AccountCache(
-                    account.name,
-                    client,
-                    ttl=config.cache_ttl,
-                    max_stale=config.max_stale,
-                    stats=stats,
-                    clock=clock,
-                )
-            )
-        self.cache = PositionCache(accounts, self._price_feeds(clock, transport))
+        self._pools: dict[str, tuple[httpx.AsyncClient, int]] = {}  # base URL -> filling, members
+        self._client_of: dict[str, httpx.AsyncClient] = {}  # account name -> its pooled client
+        self._in_flight = asyncio.Semaphore(IN_FLIGHT)  # secondary fetches, shared by every account
+        self._feeds: dict[str, tuple[PriceFeed, httpx.AsyncClient]] = {}  # base URL -> feed, client
+        self.cache = PositionCache(
+            [self._new_account(account) for account in config.accounts], self._price_feeds()
+        )
 
-    def _price_feeds(
-        self, clock: Callable[[], float], transport: httpx.AsyncBaseTransport | None
-    ) -> PriceFeeds | None:
-        """One index-price feed per base URL (None when ``price_interval`` is 0)."""
+    def _new_account(self, account: AccountConfig) -> AccountCache:
+        """A fresh cache for ``account`` with its OKX client (and key rotation, for *_file keys)."""
+        http, members = self._pools.get(account.base_url, (None, 0))
+        if http is None or members % ACCOUNTS_PER_POOL == 0:
+            http = self._new_http_client(self._transport)
+        self._pools[account.base_url] = (http, members + 1)
+        self._client_of[account.name] = http
+        schedules = _schedules(self.config)
+        stats = RequestStats(schedules.endpoints())
+        client = OkxClient(
+            http,
+            account.base_url,
+            Credentials(account.api_key, account.secret_key, account.passphrase),
+            demo=account.demo,
+            timeout=self.config.timeout,
+            clock=self._clock,
+            on_request=stats.observe,
+        )
+        watcher = (
+            SecretFileWatcher(account, self.config.source, client.use_credentials)
+            if account.secret_files
+            else None
+        )
+        return AccountCache(
+            account.name,
+            client,
+            ttl=self.config.cache_ttl,
+            max_stale=self.config.max_stale,
+            stats=stats,
+            clock=self._clock,
+            check_credentials=watcher.check if watcher is not None else None,
+            activity=ActivityCache(
+                account.name,
+                client,
+                schedules,
+                max_stale=self.config.max_stale,
+                clock=self._clock,
+                pacer=functools.partial(Pacer, clock=self._clock),
+                in_flight=self._in_flight,
+            )
+            if schedules.endpoints()
+            else None,
+        )
+
+    def apply(self, config: ExporterConfig) -> AccountChanges:
+        """Serve ``config`` from now on (a reload). An account whose settings are the same keeps
+        its cache, counters and schedule; the others start afresh; removed ones disappear.
+
+        A changed ``cache_ttl``, ``max_stale``, ``timeout``, ``price_interval`` or secondary
+        interval changes every account and price feed. A base URL's price feed stays while an
+        account uses it. A secret read
+        from a file is not a setting here: the account re-reads its files itself before each
+        request. Call it from one thread at a time, never the fetch loop's.
+        """
+        same_globals = _global_settings(config) == _global_settings(self.config)
+        before = {account.name: account for account in self.config.accounts}
+        kept = {cache.name: cache for cache in self.cache.accounts}
+        after = {account.name for account in config.accounts}
+        changes = AccountChanges(removed=tuple(name for name in before if name not in after))
+        self.config = config
+        if not same_globals:
+            self._pools.clear()  # new clients, with the new timeout
+        caches = []
+        for account in config.accounts:
+            old = before.get(account.name)
+            if old is not None and same_globals and _settings(old) == _settings(account):
+                caches.append(kept[account.name])
+                changes.unchanged.append(account.name)
+                continue
+            (changes.changed if old is not None else changes.added).append(account.name)
+            caches.append(self._new_account(account))
+        self.cache = PositionCache(caches, self._price_feeds(rebuild=not same_globals))
+        for name in changes.removed:
+            del self._client_of[name]
+        self._close_unused_clients()
+        return changes
+
+    def _price_feeds(self, *, rebuild: bool = False) -> PriceFeeds | None:
+        """One index-price feed per base URL of the accounts (None when ``price_interval`` is 0).
+
+        A feed already serving a base URL is kept (its prices and counters too) unless
+        ``rebuild``; the feed of a base URL no account uses any more is dropped.
+        """
         config = self.config
+        kept = {} if rebuild else self._feeds
+        urls = list(dict.fromkeys(account.base_url for account in config.accounts))
+        self._feeds = {}
         if config.index_price_interval <= 0:
             return None
-        feeds: dict[str, PriceFeed] = {}
-        labels: set[str] = set()
-        for url in dict.fromkeys(account.base_url for account in config.accounts):
-            parts = urlsplit(url)
-            label = f"{parts.scheme}://{parts.netloc}"  # a path may hold a token: never shown
-            if label in labels:
-                label = f"{label} ({len(feeds) + 1})"
-            labels.add(label)
-            stats = RequestStats((Endpoint.INDEX_TICKERS,), always=())
-            public = OkxClient(
-                self._new_http_client(transport),
-                url,
-                None,
-                timeout=config.timeout,
-                clock=clock,
-                on_request=stats.observe,
-            )
-            feeds[url] = PriceFeed(
-                label,
-                public,
-                interval=config.index_price_interval,
-                max_stale=config.max_stale,
-                stats=stats,
-                clock=clock,
-            )
-        return PriceFeeds(feeds, {account.name: account.base_url for account in config.accounts})
+        labels = {kept[url][0].label for url in urls if url in kept}
+        for url in urls:
+            self._feeds[url] = kept.get(url) or self._new_price_feed(url, labels)
+            labels.add(self._feeds[url][0].label)
+        return PriceFeeds(
+            {url: feed for url, (feed, _) in self._feeds.items()},
+            {account.name: account.base_url for account in config.accounts},
+        )
+
+    def _new_price_feed(self, url: str, labels: set[str]) -> tuple[PriceFeed, httpx.AsyncClient]:
+        """A feed for ``url`` on its own key-less client, labelled unlike any of ``labels``."""
+        parts = urlsplit(url)
+        base = label = f"{parts.scheme}://{parts.netloc}"  # a path may hold a token: never shown
+        number = len(self._feeds) + 1
+        while label in labels:
+            label, number = f"{base} ({number})", number + 1
+        stats = RequestStats((Endpoint.INDEX_TICKERS,), always=())
+        http = self._new_http_client(self._transport)
+        public = OkxClient(
+            http,
+            url,
+            None,
+            timeout=self.config.timeout,
+            clock=self._clock,
+            on_request=stats.observe,
+        )
+        feed = PriceFeed(
+            label,
+            public,
+            interval=self.config.index_price_interval,
+            max_stale=self.config.max_stale,
+            stats=stats,
+            clock=self._clock,
+        )
+        return feed, http
+
+    def _close_unused_clients(self) -> None:
+        used = {id(client) for client in self._client_of.values()}
+        used.update(id(client) for _, client in self._feeds.values())
+        unused = [client for client in self._http_clients if id(client) not in used]
+        if not unused:
+            return
+        self._http_clients = [client for client in self._http_clients if id(client) in used]
+        self._pools = {url: pool for url, pool in self._pools.items() if id(pool[0]) in used}
+
+        async def close() -> None:
+            for client in unused:
+                await client.aclose()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop_thread.loop)
 
     def _new_http_client(self, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
         """A client for up to ACCOUNTS_PER_POOL accounts: each has at most one request in flight."""
@@ -177,9 +294,29 @@ class Exporter:
         """Close the HTTP clients and stop the event loop."""
 
         async def close_clients() -> None:
+            for account in self.cache.accounts:
+                if account.activity is not None:
+                    await account.activity.aclose()
             for client in self._http_clients:
                 await client.aclose()
 
         with contextlib.suppress(Exception):  # closing is best effort at shutdown
             self._loop_thread.run(close_clients(), timeout=1)
         self._loop_thread.stop()
+
+
+def _schedules(config: ExporterConfig) -> Schedules:
+    return Schedules(config.history_interval, config.interest_interval, config.headroom_interval)
+
+
+def _global_settings(config: ExporterConfig) -> tuple[float, ...]:
+    """The settings every account is built with: a change rebuilds them all on reload."""
+    return (
+        config.cache_ttl,
+        config.max_stale,
+        config.timeout,
+        config.history_interval,
+        config.interest_interval,
+        config.headroom_interval,
+        config.index_price_interval,
+    )

@@ -25,6 +25,15 @@ from urllib.parse import urlencode
 
 import httpx
 
+from okx_loan_exporter.loan_records import (
+    BorrowHeadroom,
+    HistoryRecord,
+    InterestRecord,
+    parse_interest_accrued,
+    parse_loan_history,
+    parse_max_loan,
+    parse_max_redeem,
+)
 from okx_loan_exporter.position import InvalidResponse, Position, parse_loan_info
 from okx_loan_exporter.prices import INDEX_TICKERS_PATH, QUOTE, IndexPrices, parse_index_tickers
 
@@ -184,10 +193,38 @@ class OkxClient:
         self._max_body_bytes = max_body_bytes
         self.clock_offset = 0.0
         """OKX's clock minus the local clock in seconds, measured after a 50102; 0 until then."""
+        self._measuring: asyncio.Future[None] | None = None
+
+    def use_credentials(self, credentials: Credentials) -> None:
+        """Sign the next requests with ``credentials`` (a rotated key); old ones stay redacted."""
+        self._fragments = self._fragments | credentials.fragments()
+        self._credentials = credentials
 
     async def loan_info(self) -> Position:
         """Return the account's position, or raise :class:`OkxError`."""
         return await self.signed(Endpoint.LOAN_INFO, parse_loan_info)
+
+    async def loan_history(self) -> tuple[HistoryRecord, ...]:
+        """The newest page of loan-history records (every order; newest first)."""
+        return await self.signed(Endpoint.LOAN_HISTORY, parse_loan_history)
+
+    async def interest_accrued(self) -> tuple[InterestRecord, ...]:
+        """The newest page of interest accruals (every order; newest first)."""
+        return await self.signed(Endpoint.INTEREST_ACCRUED, parse_interest_accrued)
+
+    async def max_loan(self, currency: str, order_id: str) -> BorrowHeadroom:
+        """How much more of ``currency`` the order can borrow (POST, signed body)."""
+        body = {"borrowCcy": currency, **({"ordId": order_id} if order_id else {})}
+        return await self.signed(
+            Endpoint.MAX_LOAN, lambda answer: parse_max_loan(answer, currency), body=body
+        )
+
+    async def max_redeem(self, currency: str, order_id: str) -> float | None:
+        """How much of the collateral ``currency`` can be withdrawn from the order now."""
+        query = {"ccy": currency, **({"ordId": order_id} if order_id else {})}
+        return await self.signed(
+            Endpoint.MAX_REDEEM, lambda answer: parse_max_redeem(answer, currency), query=query
+        )
 
     async def signed(
         self,
@@ -209,12 +246,13 @@ class OkxClient:
         method, payload = ("GET", "") if body is None else ("POST", _json_body(body))
         try:
             async with asyncio.timeout(self._timeout):
+                offset = self.clock_offset
                 try:
                     return await self._signed_once(endpoint, method, path, payload, parse)
                 except OkxError as error:
                     if error.code != CLOCK_SKEW_CODE:
                         raise
-                await self._measure_clock_offset()
+                await self._correct_clock(offset)
                 return await self._signed_once(endpoint, method, path, payload, parse)
         except TimeoutError:
             raise self._timeout_error() from None
@@ -281,20 +319,33 @@ class OkxClient:
         payload: str,
         parse: Callable[[dict[str, object]], T],
     ) -> T:
-        if self._credentials is None:
+        credentials = self._credentials
+        if credentials is None:
             raise ValueError(f"{endpoint.value} is a private endpoint: it needs credentials")
         timestamp = okx_timestamp(self._clock() + self.clock_offset)
         headers = {
-            "OK-ACCESS-KEY": self._credentials.api_key,
-            "OK-ACCESS-SIGN": sign(self._credentials.secret_key, timestamp, method, path, payload),
+            "OK-ACCESS-KEY": credentials.api_key,
+            "OK-ACCESS-SIGN": sign(credentials.secret_key, timestamp, method, path, payload),
             "OK-ACCESS-TIMESTAMP": timestamp,
-            "OK-ACCESS-PASSPHRASE": self._credentials.passphrase,
+            "OK-ACCESS-PASSPHRASE": credentials.passphrase,
             "Content-Type": "application/json",
         }
         if self._demo:
             headers["x-simulated-trading"] = "1"
         checked = self._checked(endpoint, parse)
         return await self._request(endpoint, method, path, headers, checked, payload)
+
+    async def _correct_clock(self, offset_when_signed: float) -> None:
+        """Measure OKX's clock once for every call that met the same 50102 at the same time.
+
+        A call whose offset was corrected since it signed retries at once; concurrent calls share
+        one public/time request.
+        """
+        if self.clock_offset != offset_when_signed:
+            return
+        if self._measuring is None or self._measuring.done():
+            self._measuring = asyncio.ensure_future(self._measure_clock_offset())
+        await asyncio.shield(self._measuring)
 
     async def _measure_clock_offset(self) -> None:
         sent = self._clock()

@@ -1,4 +1,5 @@
-"""The WSGI app factory: ``/metrics``, the landing page ``/``, ``/-/healthy`` and ``/-/ready``.
+"""The WSGI app factory: ``/metrics``, the landing page ``/``, ``/-/healthy``, ``/-/ready`` and
+``POST /-/reload``.
 
 A failed OKX call is never an HTTP error here: it is ``okx_loan_up 0`` in a 200 answer. A GET of
 ``/metrics`` is answered from :class:`~okx_loan_exporter.exposition.Exposition`, exactly as
@@ -26,6 +27,7 @@ from okx_loan_exporter.basicauth import auth_middleware
 from okx_loan_exporter.exporter import Exporter
 from okx_loan_exporter.exposition import Exposition
 from okx_loan_exporter.landing import render_landing_page
+from okx_loan_exporter.reload import Reloader, ReloadFailed
 from okx_loan_exporter.webconfig import WebConfigWatcher
 
 log = logging.getLogger(__name__)
@@ -38,9 +40,11 @@ def create_app(
     watcher: WebConfigWatcher | None = None,
     *,
     exposition: Exposition | None = None,
+    reloader: Reloader | None = None,
     clock: Callable[[], float] = time.time,
 ) -> WSGIApp:
-    """Build the exporter's WSGI app; with ``watcher``, TLS/basic-auth settings apply to it."""
+    """Build the exporter's WSGI app; with ``watcher``, TLS/basic-auth settings apply to it;
+    with ``reloader``, ``POST /-/reload`` reloads the configuration (200, or 500 and why)."""
     render = exposition if exposition is not None else Exposition(__version__)
 
     def metrics(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -96,9 +100,26 @@ def create_app(
     not_found = text("404 Not Found", "Not found: see / for the endpoints\n")
     not_allowed = text("405 Method Not Allowed", "Use GET\n")
 
+    def reload(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        assert reloader is not None
+        if environ.get("REQUEST_METHOD") != "POST":
+            return text("405 Method Not Allowed", "Use POST\n")(environ, start_response)
+        try:
+            summary = reloader.reload()
+        except ReloadFailed as failed:
+            problems = "".join(f"{line}\n" for line in failed.lines)
+            return text("500 Internal Server Error", f"reload failed:\n{problems}")(
+                environ, start_response
+            )
+        return text("200 OK", f"configuration reloaded: {summary}\n")(environ, start_response)
+
+    if reloader is not None:
+        routes["/-/reload"] = reload
+
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         route = routes.get(environ.get("PATH_INFO") or "/", not_found)
-        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD") and route is not metrics:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in ("GET", "HEAD") and route not in (metrics, reload):
             route = not_allowed
         return route(environ, start_response)
 

@@ -230,7 +230,8 @@ def start_simulator(fake_clock: FakeClock) -> Iterator[Callable[..., Simulator]]
 def start_exporter(fake_clock: FakeClock) -> Iterator[Callable[..., Harness]]:
     """``start_exporter(accounts, cache_ttl=0.5, timeout=1.0, ...)``: an exporter on 127.0.0.1.
 
-    ``accounts`` are :class:`AccountConfig` (see ``account_config``), or pass ``config``.
+    ``accounts`` are :class:`AccountConfig` (see ``account_config``), or pass ``config``;
+    ``intervals`` sets the secondary endpoints' schedules (``history_interval=0.0``...).
     """
     from okx_loan_exporter.config import ExporterConfig
     from okx_loan_exporter.exporter import Exporter
@@ -248,6 +249,7 @@ def start_exporter(fake_clock: FakeClock) -> Iterator[Callable[..., Harness]]:
         max_stale: float = 300.0,
         clock: Callable[[], float] | None = None,
         config: ExporterConfig | None = None,
+        **intervals: float,
     ) -> Harness:
         if config is None:
             config = ExporterConfig(
@@ -256,6 +258,7 @@ def start_exporter(fake_clock: FakeClock) -> Iterator[Callable[..., Harness]]:
                 max_stale=max_stale,
                 timeout=timeout,
                 source="test",
+                **intervals,
             )
         clock = clock or fake_clock
         exporter = Exporter(config, clock=clock)

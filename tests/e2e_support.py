@@ -392,8 +392,8 @@ class SimulatorControl:
         self.base_url = base_url
 
     def set_account(self, name: str, **changes: Any) -> dict[str, Any]:
-        """``POST /sim/accounts/<name>`` with ``changes`` (order, ltv, walk, fault, latency, close;
-        ltv and walk act on ``order``, by default the account's first)."""
+        """``POST /sim/accounts/<name>`` with ``changes`` (order, ltv, walk, fault, latency, close,
+        passphrase, secret_key; ltv and walk act on ``order``, by default the account's first)."""
         response = httpx.post(f"{self.base_url}/sim/accounts/{name}", json=changes, timeout=5.0)
         assert response.status_code == 200, f"simulator refused {changes}: {response.text}"
         return dict(response.json())

@@ -344,7 +344,8 @@ def test_a_closed_order_leaves_metrics_with_its_currencies_on_the_next_fresh_ans
     assert series(after, "okx_loan_liquidation_price", "two-orders", "order") == {}
     assert value(after, "okx_loan_active", account="two-orders") == 1
     assert value(after, "okx_loan_up", account="two-orders") == 1
-    assert order_samples(after, "two-orders", "2002") == order_samples(before, "two-orders", "2002")
+    # order 2002 keeps its series (its headroom may have landed in between)
+    assert order_samples(after, "two-orders", "2002") >= order_samples(before, "two-orders", "2002")
 
 
 def test_fifty_concurrent_scrapes_make_one_upstream_request_per_account(

@@ -59,6 +59,9 @@ ACCEPT_HEADERS = [
     "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
 ]
 
+LOAN_INFO_ONLY = {"history_interval": "0s", "interest_interval": "0s", "headroom_interval": "0s"}
+"""The secondary endpoints off, for fakes that answer loan-info only."""
+
 
 class FixedProcess(Collector):
     """Process-like families with values that do not move."""
@@ -114,6 +117,7 @@ def exporter():
                 {"name": name, "api_key": f"k-{name}", "secret_key": "s", "passphrase": "p"}
                 for name in ("main", "other")
             ],
+            **LOAN_INFO_ONLY,  # the fake answers loan-info only
         },
         "test.yml",
         {},
@@ -456,6 +460,7 @@ def scripted_exporter(clock: Clock, okx: ScriptedOkx, accounts: int = 2) -> Expo
             "base_url": "https://okx.test",
             "cache_ttl": "1s",
             "max_stale": "3s",
+            **LOAN_INFO_ONLY,  # ScriptedOkx answers loan-info only
             "accounts": [
                 {"name": f"a{i}", "api_key": f"k{i}", "secret_key": "s", "passphrase": "p"}
                 for i in range(accounts)
@@ -550,6 +555,7 @@ def test_a_fetch_still_running_after_its_deadline_keeps_scrapes_on_the_loop():
             "cache_ttl": "1s",
             "price_interval": "0s",  # only loan-info: the second request is the one that hangs
             "accounts": [{"name": "main", "api_key": "k", "secret_key": "s", "passphrase": "p"}],
+            **LOAN_INFO_ONLY,
         },
         "test.yml",
         {},

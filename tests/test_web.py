@@ -56,8 +56,10 @@ def make_exporter(fake, names=("main",), **settings):
         }
         for name in names
     ]
+    # The fake answers loan-info only: the other endpoints are off.
+    off = {key: "0s" for key in ("history_interval", "interest_interval", "headroom_interval")}
     config = config_from_dict(
-        {"base_url": "https://okx.test", "accounts": accounts, **settings}, "test.yml", {}
+        {"base_url": "https://okx.test", "accounts": accounts, **off, **settings}, "test.yml", {}
     )
     return Exporter(config, transport=httpx.MockTransport(fake))
 

@@ -157,7 +157,16 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_MARGIN_CALL_CYCLE_SECONDS,
         metavar="DURATION",
         help="period of the demo order whose LTV drifts through its margin call and back "
-        "(two-orders, order 2002; default 5m: above the margin call from 1m15s to 3m45s)",
+        "(two-orders, order 2002; default 5m: above the margin call from 1m15s to 3m45s), and of "
+        "the one climbing to its liquidation (liquidation, order 3001, liquidated at 4m30s)",
+    )
+    parser.add_argument(
+        "--hour",
+        dest="hour_seconds",
+        type=_duration,
+        default=60.0,
+        metavar="DURATION",
+        help="how long one simulated hour lasts, in which interest accrues once (default 1m)",
     )
     parser.add_argument(
         "--write-exporter-config",
@@ -192,7 +201,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, args.log_format)
     accounts = generated_accounts(args.generate, args.seed) if args.generate else demo_accounts()
     simulator = Simulator(
-        accounts, seed=args.seed, latency=args.latency, margin_call_cycle=args.margin_call_cycle
+        accounts,
+        seed=args.seed,
+        latency=args.latency,
+        margin_call_cycle=args.margin_call_cycle,
+        hour_seconds=args.hour_seconds,
     )
     host, port = args.listen_address
     try:

@@ -48,7 +48,7 @@ FAULTS: tuple[str, ...] = (
 )
 """Every fault name :meth:`Simulator.set_fault` and ``POST /sim/accounts/<name>`` accept."""
 
-MARKET_FAULTS: tuple[str, ...] = (
+_ANSWER_FAULTS = (
     "http_500_html",
     "http_200_html",
     "truncated_json",
@@ -57,10 +57,26 @@ MARKET_FAULTS: tuple[str, ...] = (
     "rate_limit",
     "busy_50001",
     "busy_50013",
+)
+"""The faults of a whole answer, which every endpoint can show."""
+
+ENDPOINT_FAULTS: tuple[str, ...] = (
+    *_ANSWER_FAULTS,
+    "auth_50101",
+    "auth_50105",
+    "auth_50110",
+    "auth_50111",
+    "auth_50113",
+    "auth_50120",
     "slow",
     "hang",
+    "slow_bytes",
     "close",
 )
+"""The faults of the other loan endpoints (loan-history, interest-accrued, max-loan, max-redeem):
+every fault that does not spoil a loan-info entry."""
+
+MARKET_FAULTS: tuple[str, ...] = (*_ANSWER_FAULTS, "slow", "hang", "close")
 """The faults an index-tickers answer can show (:meth:`Simulator.set_index_fault`)."""
 
 SLOW_FAULT_SECONDS = 3.0
