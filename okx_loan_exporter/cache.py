@@ -18,6 +18,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from okx_loan_exporter.okx import FailureReason, OkxError
+from okx_loan_exporter.okx_transport import (
+    NO_CONNECTIONS,
+    ConnectionStats,
+    ConnectionStatsSnapshot,
+)
 from okx_loan_exporter.position import Position
 from okx_loan_exporter.stats import RequestStats, RequestStatsSnapshot
 
@@ -53,6 +58,7 @@ class AccountSnapshot:
     clock_offset: float
     last_hint: str | None = None
     """What to do about ``last_failure``, in one line (OkxError's hint), for the landing page."""
+    connections: ConnectionStatsSnapshot = NO_CONNECTIONS
 
 
 @dataclass(frozen=True)
@@ -76,10 +82,12 @@ class AccountCache:
         ttl: float,
         max_stale: float,
         stats: RequestStats | None = None,
+        connections: ConnectionStats | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
         self.stats = stats if stats is not None else RequestStats()
+        self.connections = connections if connections is not None else ConnectionStats()
         self._source = source
         self._ttl = ttl
         self._max_stale = max_stale
@@ -124,6 +132,7 @@ class AccountCache:
             requests=self.stats.snapshot(),
             clock_offset=self._source.clock_offset,
             last_hint=outcome.hint,
+            connections=self.connections.snapshot(),
         )
 
     async def _fetch(self) -> None:

@@ -21,6 +21,7 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -45,13 +46,22 @@ DEFAULT_TIMEOUT = 5.0
 ENVIRONMENT = "environment"
 """The source named in messages when the configuration comes from the environment."""
 
-_TOP_KEYS = ("cache_ttl", "max_stale", "timeout", "base_url", "region", "accounts")
+_TOP_KEYS = (
+    "cache_ttl",
+    "max_stale",
+    "timeout",
+    "base_url",
+    "region",
+    "tls_ca_file",
+    "accounts",
+)
 _ACCOUNT_KEYS = (
     "name",
     *(f"{secret}{suffix}" for secret in secret_sources.SECRETS for suffix in ("", "_file", "_env")),
     "demo",
     "base_url",
     "region",
+    "tls_ca_file",
 )
 _ENV_VARS = (
     *(f"{var}{suffix}" for var in secret_sources.SECRET_ENV.values() for suffix in ("", "_FILE")),
@@ -86,6 +96,9 @@ class AccountConfig:
     passphrase: str = field(repr=False)
     demo: bool = False
     base_url: str = DEFAULT_BASE_URL
+    tls_ca_file: str | None = None
+    """PEM file of the CA certificates trusted for ``base_url`` instead of the default ones
+    (certifi's, or ``SSL_CERT_FILE``); an absolute path."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +226,9 @@ def _from_mapping(
         ),
         DEFAULT_BASE_URL,
     )
+    default_ca_file = problems.attempt(
+        lambda: _tls_ca_file(data.get("tls_ca_file"), "tls_ca_file", source, base_dir), None
+    )
     entries = problems.attempt(lambda: _account_entries(data, source), [])
 
     accounts: list[AccountConfig] = []
@@ -222,7 +238,15 @@ def _from_mapping(
     for index, entry in enumerate(entries):
         prefix = f"accounts[{index}]"
         found = _account(
-            entry, prefix, source, environ, base_dir, default_url, names, problems, warnings
+            entry,
+            prefix,
+            source,
+            environ,
+            base_dir,
+            (default_url, default_ca_file),
+            names,
+            problems,
+            warnings,
         )
         if found is None:
             continue
@@ -278,16 +302,19 @@ def _account(
     source: str,
     environ: Mapping[str, str],
     base_dir: str,
-    default_url: str,
+    defaults: tuple[str, str | None],
     names: dict[str, str],
     problems: yamlload.Problems,
     warnings: list[str],
 ) -> tuple[AccountConfig, list[str], str] | None:
     """One validated account, the dotted keys of its inline secrets, and its API key's key.
 
+    ``defaults`` are the top level's base URL and CA file.
+
     None when the entry has problems; each is recorded in ``problems``. A valid name is entered
     in ``names``, so that a later account with the same name is refused.
     """
+    default_url, default_ca_file = defaults
     if not isinstance(entry, Mapping):
         problems.add(
             ConfigError(
@@ -349,10 +376,16 @@ def _account(
         ),
         default_url,
     )
+    ca_file = default_ca_file
+    if "tls_ca_file" in entry:
+        ca_file = mine.attempt(
+            lambda: _tls_ca_file(entry["tls_ca_file"], f"{prefix}.tls_ca_file", source, base_dir),
+            None,
+        )
     problems.errors.extend(mine.errors)
     if mine.errors:
         return None
-    account = AccountConfig(name=name, demo=demo, base_url=base_url, **secrets)
+    account = AccountConfig(name=name, demo=demo, base_url=base_url, tls_ca_file=ca_file, **secrets)
     return account, inline_keys, api_key_key
 
 
@@ -616,6 +649,29 @@ def _base_url(
             " key, the request signatures and the positions travel unencrypted; use https://"
         )
     return text.rstrip("/")
+
+
+def _tls_ca_file(value: object, key: str, source: str, base_dir: str) -> str | None:
+    """The absolute path of a readable PEM file of CA certificates, or None when not set."""
+    if value is None:
+        return None
+    fix = "give the path of a PEM file of CA certificates (relative to the config file)"
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(source, key, f"must be a file path, got {_show_plain(value)}", fix)
+    path = os.path.join(base_dir, os.path.expanduser(value.strip()))
+    try:
+        ssl.create_default_context(cafile=path)
+    except FileNotFoundError:
+        raise ConfigError(source, key, f"{yamlload.show(value)} does not exist", fix) from None
+    except ssl.SSLError:
+        raise ConfigError(
+            source, key, f"{yamlload.show(value)} holds no PEM certificate", fix
+        ) from None
+    except OSError as error:
+        raise ConfigError(
+            source, key, f"cannot read {yamlload.show(value)}: {yamlload.os_reason(error)}", fix
+        ) from None
+    return path
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,7 +1,8 @@
 """Wires a validated configuration into a running exporter: OKX clients and per-account caches.
 
 :class:`Exporter` owns the event loop thread on which all OKX requests and cache updates run, and
-the pooled httpx clients (one per ``ACCOUNTS_PER_POOL`` accounts of a base URL). It hands each
+the connection pools (one per ``ACCOUNTS_PER_POOL`` accounts of a base URL), with an httpx client
+per account over them (:mod:`okx_loan_exporter.okx_transport`). It hands each
 scrape the accounts' snapshots; turning them into text is :mod:`okx_loan_exporter.exposition`'s job.
 """
 
@@ -21,6 +22,7 @@ from okx_loan_exporter import __version__
 from okx_loan_exporter.cache import AccountCache, AccountSnapshot, PositionCache
 from okx_loan_exporter.config import ExporterConfig
 from okx_loan_exporter.okx import Credentials, OkxClient
+from okx_loan_exporter.okx_transport import AccountTransport, ConnectionStats, connection_pool
 from okx_loan_exporter.stats import RequestStats
 
 T = TypeVar("T")
@@ -29,9 +31,18 @@ DEADLINE_MARGIN = 0.5
 """Seconds kept back from Prometheus' scrape timeout for rendering and the network."""
 USER_AGENT = f"okx-loan-exporter/{__version__}"
 ACCOUNTS_PER_POOL = 10
-"""Accounts sharing one pooled httpx client (per base URL). httpcore looks at every connection of a
-pool whenever a request starts or ends, so one pool for hundreds of accounts made a cold scrape
-quadratic in the accounts (11 s for 500); small pools keep it linear."""
+"""Accounts sharing one connection pool (per base URL), which holds as many connections: each
+account has at most one request in flight. httpcore looks at every connection of a pool whenever a
+request starts or ends, so one pool for hundreds of accounts made a cold scrape quadratic in the
+accounts (11 s for 500); small pools keep it linear."""
+MIN_KEEPALIVE_SECONDS = 120.0
+
+
+def keepalive_seconds(cache_ttl: float) -> float:
+    """How long an idle connection to OKX is kept: beyond several TTLs and scrape intervals, so
+    that steady-state requests reuse connections instead of opening (and TLS-handshaking) new
+    ones; a connection OKX closes meanwhile is replaced (see okx_transport)."""
+    return max(MIN_KEEPALIVE_SECONDS, 4 * cache_ttl)
 
 
 class EventLoopThread:
@@ -63,17 +74,32 @@ class Exporter:
     ) -> None:
         self.config = config
         self._loop_thread = EventLoopThread()
+        self._pools: list[httpx.AsyncBaseTransport] = []
         self._http_clients: list[httpx.AsyncClient] = []
-        self._ssl_context: ssl.SSLContext | None = None
+        self._ssl_contexts: dict[str | None, ssl.SSLContext] = {}
+        keepalive = keepalive_seconds(config.cache_ttl)
         accounts = []
-        clients: dict[str, httpx.AsyncClient] = {}  # base URL -> the client being filled
-        members: dict[str, int] = {}  # base URL -> accounts so far
+        pools: dict[tuple[str, str | None], httpx.AsyncBaseTransport] = {}  # being filled
+        members: dict[tuple[str, str | None], int] = {}  # accounts so far per base URL and CA
         for account in config.accounts:
-            count = members.get(account.base_url, 0)
+            origin = (account.base_url, account.tls_ca_file)
+            count = members.get(origin, 0)
             if count % ACCOUNTS_PER_POOL == 0:
-                clients[account.base_url] = self._new_http_client(transport)
-            members[account.base_url] = count + 1
-            http = clients[account.base_url]
+                pools[origin] = transport or connection_pool(
+                    max_connections=ACCOUNTS_PER_POOL,
+                    keepalive_expiry=keepalive,
+                    verify=self._ssl_context(account.tls_ca_file),
+                )
+                self._pools.append(pools[origin])
+            members[origin] = count + 1
+            connections = ConnectionStats()
+            http = httpx.AsyncClient(
+                transport=AccountTransport(pools[origin], connections),
+                timeout=config.timeout,
+                headers={"User-Agent": USER_AGENT},
+                follow_redirects=False,
+            )
+            self._http_clients.append(http)
             stats = RequestStats()
             client = OkxClient(
                 http,
@@ -91,29 +117,22 @@ class Exporter:
                     ttl=config.cache_ttl,
                     max_stale=config.max_stale,
                     stats=stats,
+                    connections=connections,
                     clock=clock,
                 )
             )
         self.cache = PositionCache(accounts)
 
-    def _new_http_client(self, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
-        """A client for up to ACCOUNTS_PER_POOL accounts: each has at most one request in flight."""
-        if transport is None and self._ssl_context is None:
-            # What httpx builds for every client by default (certifi, SSL_CERT_FILE/DIR), once.
-            self._ssl_context = httpx.create_ssl_context()
-        limits = httpx.Limits(
-            max_connections=ACCOUNTS_PER_POOL, max_keepalive_connections=ACCOUNTS_PER_POOL
-        )
-        client = httpx.AsyncClient(
-            verify=self._ssl_context if self._ssl_context is not None else True,
-            timeout=self.config.timeout,
-            limits=limits,
-            transport=transport,
-            headers={"User-Agent": USER_AGENT},
-            follow_redirects=False,
-        )
-        self._http_clients.append(client)
-        return client
+    def _ssl_context(self, ca_file: str | None) -> ssl.SSLContext:
+        """One context per CA file, shared by its pools: what httpx builds for every client by
+        default (certifi, or SSL_CERT_FILE/SSL_CERT_DIR), or one trusting only ``ca_file``."""
+        if ca_file not in self._ssl_contexts:
+            self._ssl_contexts[ca_file] = (
+                httpx.create_ssl_context()
+                if ca_file is None
+                else ssl.create_default_context(cafile=ca_file)
+            )
+        return self._ssl_contexts[ca_file]
 
     def scrape_wait(self, scrape_timeout: float | None) -> float:
         """How long a scrape may wait for OKX: bounded by ``timeout`` and Prometheus' deadline."""
@@ -143,6 +162,8 @@ class Exporter:
         async def close_clients() -> None:
             for client in self._http_clients:
                 await client.aclose()
+            for pool in self._pools:
+                await pool.aclose()
 
         with contextlib.suppress(Exception):  # closing is best effort at shutdown
             self._loop_thread.run(close_clients(), timeout=1)

@@ -126,6 +126,8 @@ class Stats:
     rate_limited: int = 0
     auth_failed: int = 0
     faulted: int = 0
+    shortest_interval: float | None = None
+    """Fewest seconds between two loan-info requests of the account (None before the second)."""
 
 
 class RateWindow:
@@ -159,6 +161,17 @@ class AccountState:
         self.latency = 0.0
         self.window = RateWindow()
         self.stats = Stats()
+        self.last_request: float | None = None
+
+    def count_request(self, now: float) -> None:
+        """Count a loan-info request and the shortest interval between two."""
+        stats = self.stats
+        stats.requests += 1
+        if self.last_request is not None:
+            interval = now - self.last_request
+            if stats.shortest_interval is None or interval < stats.shortest_interval:
+                stats.shortest_interval = interval
+        self.last_request = now
 
     def order(self, order_id: str | None) -> OrderState:
         """The open order ``order_id``; None is the first open order."""
