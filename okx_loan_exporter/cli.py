@@ -15,12 +15,14 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, NoReturn
 
 from okx_loan_exporter import __version__
 from okx_loan_exporter.config import ConfigError, ExporterConfig, config_from_dict, load_config
 from okx_loan_exporter.logs import LOG_FORMATS, LOG_LEVELS, JsonFormatter, setup_logging
 from okx_loan_exporter.server import ExporterHTTPServer, parse_listen_address
+from okx_loan_exporter.sharding import SHARD_ENV, Shard, ShardError, parse_shard
 from okx_loan_exporter.webconfig import WebConfigWatcher
 
 if TYPE_CHECKING:
@@ -67,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=LOG_FORMATS)
     parser.add_argument(
+        "--shard",
+        metavar="INDEX/COUNT",
+        help=f"serve only the accounts of shard INDEX (0-based) of COUNT, by a SHA-256 of the "
+        f"account name: COUNT exporters with the same config cover every account once "
+        f"(default: ${SHARD_ENV}, else all accounts)",
+    )
+    parser.add_argument(
         "--check-config",
         action="store_true",
         help="validate the configuration and exit (0 good, 2 bad); OKX is not contacted",
@@ -100,6 +109,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parse_listen_address(args.listen_address)
     except ValueError as error:
         return _refuse(f"--web.listen-address: {error}")
+    shard = None
+    shard_text, shard_source = args.shard, "--shard"
+    if shard_text is None and os.environ.get(SHARD_ENV):
+        shard_text, shard_source = os.environ[SHARD_ENV], SHARD_ENV
+    if shard_text is not None:
+        try:
+            shard = parse_shard(shard_text)
+        except ShardError as error:
+            return _refuse(
+                f"{shard_source}: {error}; write it like 0/3 (the first of three exporters)"
+            )
+        if args.demo:
+            return _refuse(f"{shard_source} and --demo exclude each other; drop one of them")
     problems: list[str] = []
     watcher = None
     config = None
@@ -115,14 +137,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _refuse(*problems)
     for warning in (*watcher.current().warnings, *(config.warnings if config else ())):
         log.warning(warning)
+    if config is not None and shard is not None:
+        config = replace(config, accounts=tuple(shard.select(config.accounts)))
+        if not config.accounts:
+            log.warning(
+                "shard %s of %s holds none of the configured accounts; it serves no account",
+                shard,
+                config.source,
+            )
     if args.check_config:
         if config is None:
             print("configuration OK: demo mode")
         else:
             names = ", ".join(account.name for account in config.accounts)
-            print(f"configuration OK: {config.source}: {len(config.accounts)} account(s): {names}")
+            in_shard = f" in shard {shard}" if shard is not None else ""
+            print(
+                f"configuration OK: {config.source}: {len(config.accounts)} account(s)"
+                f"{in_shard}: {names}"
+            )
         return EXIT_OK
-    return _serve(args, config, watcher)
+    return _serve(args, config, watcher, shard)
 
 
 def _refuse(*messages: str) -> int:
@@ -155,7 +189,10 @@ def _json_flag_error(message: str) -> NoReturn:
 
 
 def _serve(
-    args: argparse.Namespace, config: ExporterConfig | None, watcher: WebConfigWatcher
+    args: argparse.Namespace,
+    config: ExporterConfig | None,
+    watcher: WebConfigWatcher,
+    shard: Shard | None,
 ) -> int:
     from okx_loan_exporter.exporter import Exporter
     from okx_loan_exporter.web import create_app
@@ -182,7 +219,7 @@ def _serve(
         "serving %d account(s) on %s/metrics",
         len(config.accounts),
         server.url,
-        extra={"version": __version__},
+        extra={"version": __version__, **({"shard": str(shard)} if shard else {})},
     )
     stop.wait()
     log.info("shutting down")

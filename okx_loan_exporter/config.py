@@ -71,6 +71,7 @@ _ENV_VARS = (
     "OKX_CACHE_TTL",
     "OKX_MAX_STALE",
     "OKX_TIMEOUT",
+    "OKX_SHARD",  # read by the command line (sharding.py)
 )
 
 _NAME_RE = re.compile(r"[a-zA-Z0-9_-]+")
