@@ -13,8 +13,6 @@ import math
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,16 +25,12 @@ from typing import Any
 
 import yaml
 
-HOST = "127.0.0.1"
+from tests.processes import LOOPBACK as HOST
+from tests.processes import free_port as free_port  # re-exported for the benchmarks
+from tests.processes import stop_process as stop_process
+
 PYTHON = sys.executable
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A port that was free a moment ago on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def http_get(
@@ -101,17 +95,6 @@ def child_env() -> dict[str, str]:
     path = [_compiled_package(), str(REPO), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(part for part in path if part)
     return env
-
-
-def stop_process(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
 
 
 def wait_http(

@@ -16,8 +16,6 @@ import hashlib
 import hmac
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,44 +28,19 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 import yaml
+from processes import LOOPBACK as LOOPBACK  # re-exported: the e2e modules import them from here
+from processes import free_port as free_port
+from processes import stop_process as stop_process
+from processes import wait_for as wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
-LOOPBACK = "127.0.0.1"
 LOAN_INFO_PATH = "/api/v5/finance/flexible-loan/loan-info"
 
 T = TypeVar("T")
 
 #: A scrape as {(metric sample name, ((label, value), ...sorted)): value}.
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the kernel's choice, so rarely reused).
-
-    Another program can still take it before ours binds it: :meth:`ProcessGroup.start` retries
-    with a new port when the program says its address is already in use.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def stop_process(popen: subprocess.Popen[Any], timeout: float = 5.0) -> int:
-    """SIGTERM, then SIGKILL if it still runs after ``timeout`` seconds; its exit code.
-
-    Only this process is signalled; one that already exited is left as it is.
-    """
-    if popen.poll() is not None:
-        return popen.returncode
-    with contextlib.suppress(ProcessLookupError):
-        popen.send_signal(signal.SIGTERM)
-    try:
-        return popen.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            popen.kill()
-        return popen.wait(5.0)
 
 
 class ProcessFailed(AssertionError):
@@ -294,29 +267,6 @@ def show(request: pytest.FixtureRequest, text: str) -> None:
     with capture.global_and_fixture_disabled():
         sys.stderr.write(text)
         sys.stderr.flush()
-
-
-def wait_for(
-    what: str,
-    check: Callable[[], T | None],
-    timeout: float,
-    *,
-    interval: float = 0.1,
-    details: Callable[[], str] | None = None,
-) -> T:
-    """Call ``check`` until it returns something true (not None, False, 0 or empty); return it.
-
-    Fails the test after ``timeout`` seconds with ``what`` and, if given, ``details()``.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            extra = f"\n{details()}" if details is not None else ""
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{extra}")
-        time.sleep(interval)
 
 
 # --------------------------------------------------------------------------------------------------

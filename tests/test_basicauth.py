@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 
 import bcrypt
 import pytest
+from processes import wait_for
 from test_webconfig import ALICE_2Y, BOB_2B, BOB_PASSWORD, PASSWORD, basic, write
 
 from okx_loan_exporter import basicauth
@@ -167,13 +167,6 @@ class SlowVerifier:
                 self.inside -= 1
 
 
-def wait_for(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never became true"
-        time.sleep(0.001)
-
-
 def test_bcrypt_runs_a_few_at_a_time_and_refuses_beyond_the_queue_without_work() -> None:
     verifier = SlowVerifier()
     auth = BasicAuth(workers=2, max_waiting=3, verify=verifier)
@@ -190,7 +183,12 @@ def test_bcrypt_runs_a_few_at_a_time_and_refuses_beyond_the_queue_without_work()
     attackers = [threading.Thread(target=attacker, args=(i,)) for i in range(5)]
     for thread in attackers:
         thread.start()
-    wait_for(lambda: verifier.inside == 2 and auth.pending == 5)
+    wait_for(
+        "2 checks running, 5 pending",
+        lambda: verifier.inside == 2 and auth.pending == 5,
+        10.0,
+        interval=0.001,
+    )
 
     with pytest.raises(AuthBusy):  # the sixth new check: refused at once, no bcrypt work
         auth.check(USERS, basic("mallory", "guess-6"))
@@ -281,7 +279,7 @@ def test_middleware_answers_503_with_retry_after_when_bcrypt_is_saturated(tmp_pa
     assert _call(app, "/metrics", basic("alice", PASSWORD))[0] == "200 OK"
     held = threading.Thread(target=_call, args=(app, "/metrics", basic("alice", "guess-1")))
     held.start()
-    wait_for(lambda: verifier.inside == 1)
+    wait_for("1 check running", lambda: verifier.inside == 1, 10.0, interval=0.001)
     status, headers, body = _call(app, "/metrics", basic("alice", "guess-2"))
     assert (status, headers["Retry-After"]) == ("503 Service Unavailable", "1")
     assert b"retry later" in body

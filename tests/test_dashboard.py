@@ -1,16 +1,17 @@
-"""Tests for grafana/okx-loan-dashboard.json: a linter after grafana/dashboard-linter's rules, and a
-check that every metric the dashboard and the alert rules query is one the exporter really exposes.
+"""Tests for grafana/okx-loan-dashboard.json: it is what grafana/dashboard.py builds, it passes a
+linter after grafana/dashboard-linter's rules, and every metric the dashboard and the alert rules
+query is one the exporter really exposes.
 
 The lint rules are the ones a user of an imported dashboard notices when they are broken: a
-hard-wired datasource, a query that ignores the job/instance/account pickers, a rate() that goes
-blank at some zoom levels, a panel without a unit or an explanation.
+hard-wired datasource, a query that ignores the job/instance/account/order pickers, a rate() that
+goes blank at some zoom levels, a panel without a unit or an explanation.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -23,33 +24,17 @@ from typing import Any
 import pytest
 import yaml
 from e2e_support import stop_process
+from metric_contract import CONTRACT, PER_ORDER
+from processes import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from tooling import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_PATH = ROOT / "grafana" / "okx-loan-dashboard.json"
+DASHBOARD_CODE = ROOT / "grafana" / "dashboard.py"
 RULES_FILES = [ROOT / "examples" / "prometheus" / "rules.yml"]
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
-#: The metric contract (the README's metric table); the histogram by the series a query uses.
-CONTRACT = {
-    "okx_loan_borrowed_notional_usd",
-    "okx_loan_collateral_notional_usd",
-    "okx_loan_borrowed_amount",
-    "okx_loan_collateral_amount",
-    "okx_loan_ltv_ratio",
-    "okx_loan_margin_call_ltv_ratio",
-    "okx_loan_liquidation_ltv_ratio",
-    "okx_loan_liquidation_price",
-    "okx_loan_active",
-    "okx_loan_up",
-    "okx_loan_last_success_timestamp_seconds",
-    "okx_loan_api_requests_total",
-    "okx_loan_api_request_failures_total",
-    "okx_loan_api_request_duration_seconds_bucket",
-    "okx_loan_clock_offset_seconds",
-    "okx_loan_exporter_build_info",
-}
 #: Series without an account label: Prometheus's own `up`, and the exporter's build info.
 WITHOUT_ACCOUNT = {"up", "okx_loan_exporter_build_info"}
 #: Series Prometheus itself makes, not the exporter.
@@ -196,6 +181,23 @@ def test_promql_reader_on_known_queries() -> None:
 # --- The dashboard ------------------------------------------------------------------------------
 
 
+def test_dashboard_json_is_what_the_code_builds(tmp_path: Path) -> None:
+    """grafana/okx-loan-dashboard.json is exactly what `python grafana/dashboard.py` writes."""
+    spec = importlib.util.spec_from_file_location("okx_loan_dashboard", DASHBOARD_CODE)
+    assert spec is not None and spec.loader is not None
+    code = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(code)
+    except ModuleNotFoundError as error:
+        pytest.fail(f"{error}: the [test] extra has the SDK (pip install -e '.[test]')")
+    written = tmp_path / "dashboard.json"
+    assert code.main([str(written)]) == 0
+    assert written.read_text(encoding="utf-8") == DASHBOARD_PATH.read_text(encoding="utf-8"), (
+        f"{DASHBOARD_PATH.name} differs from what {DASHBOARD_CODE.name} builds: "
+        "run `python grafana/dashboard.py` and commit both"
+    )
+
+
 def load_dashboard() -> dict[str, Any]:
     return json.loads(DASHBOARD_PATH.read_text(encoding="utf-8"))
 
@@ -250,29 +252,44 @@ def test_datasource_variable_and_no_inputs() -> None:
     assert "${DS_" not in text, "an exported datasource placeholder is left in the dashboard"
 
 
-@pytest.mark.parametrize(
-    ("name", "must_filter"),
-    [("job", set()), ("instance", {"job"}), ("account", {"job", "instance"})],
-)
-def test_job_instance_account_variables(name: str, must_filter: set[str]) -> None:
+#: The pickers: (name, the series its values come from, the pickers it is filtered by, the value
+#: of All). job and instance have no allValue: All then stands for the values found, so
+#: `up{job=~"$job"}` shows the exporter's targets only, not every job's. order's All is ".*", so
+#: that a loan without ordId (order="", no label in Prometheus) is shown too.
+PICKERS = [
+    ("job", "okx_loan_up", [], None),
+    ("instance", "okx_loan_up", ["job"], None),
+    ("account", "okx_loan_up", ["job", "instance"], ".+"),
+    ("order", "okx_loan_ltv_ratio", ["job", "instance", "account"], ".*"),
+]
+PICKER_NAMES = [name for name, *_ in PICKERS]
+
+
+@pytest.mark.parametrize(("name", "series", "must_filter", "all_value"), PICKERS)
+def test_picker_variables(
+    name: str, series: str, must_filter: list[str], all_value: str | None
+) -> None:
     var = variable(name)
     assert var["type"] == "query"
     assert var["datasource"] == DATASOURCE
     assert var["label"] == name.capitalize()
     assert var["multi"] is True and var["includeAll"] is True
-    assert var["allValue"] == ".+"
+    assert var.get("allValue") == all_value
+    assert var["current"]["value"] == ["$__all"], "All is selected on import"
     assert var["refresh"] == 2, "should reload on time range change"
     selector_text, label = variable_selector(var)
     assert label == name
     (selector,) = parse_promql(selector_text).selectors
-    assert selector.name == "okx_loan_up"
+    assert selector.name == series
     assert selector.matchers == {other: ("=~", f"${other}") for other in must_filter}
 
 
 def test_variables_come_in_dependency_order() -> None:
     names = [v["name"] for v in DASHBOARD["templating"]["list"]]
-    assert names.index("datasource") < names.index("job") < names.index("instance")
-    assert names.index("instance") < names.index("account")
+    assert names.index("datasource") < names.index("job")
+    assert [names.index(name) for name in PICKER_NAMES] == sorted(
+        names.index(name) for name in PICKER_NAMES
+    )
 
 
 @pytest.mark.parametrize("panel", data_panels(), ids=lambda p: p["title"])
@@ -299,8 +316,20 @@ def test_target_datasource_and_filters(item: tuple[dict[str, Any], dict[str, Any
         expected = {"job": ("=~", "$job"), "instance": ("=~", "$instance")}
         if selector.name not in WITHOUT_ACCOUNT:
             expected["account"] = ("=~", "$account")
+        if selector.name in PER_ORDER:
+            expected["order"] = ("=~", "$order")
         for label, matcher in expected.items():
             assert selector.matchers.get(label) == matcher, f"{selector.name}: {label} filter"
+        assert set(selector.matchers) == set(expected), f"{selector.name}: unexpected filters"
+
+
+@pytest.mark.parametrize("item", list(targets()), ids=target_id)
+def test_one_line_per_order(item: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    """A graph or stat of per-order series names the order in each series' legend."""
+    _, target = item
+    names = {selector.name for selector in parse_promql(target["expr"]).selectors}
+    if names & PER_ORDER and target.get("format") != "table":
+        assert "{{order}}" in target["legendFormat"], target["legendFormat"]
 
 
 @pytest.mark.parametrize("item", list(targets()), ids=target_id)
@@ -321,7 +350,7 @@ def test_rates_use_rate_interval_and_counters_are_rated(
 
 def test_dashboard_settings() -> None:
     assert DASHBOARD["uid"] == "okx-loan-exporter"
-    assert DASHBOARD["editable"] is False
+    assert DASHBOARD["editable"] is True, "users copy it and tune thresholds"
     assert 36 <= DASHBOARD["schemaVersion"] <= 41
     assert DASHBOARD["title"] and DASHBOARD.get("id") is None
 
@@ -371,9 +400,10 @@ def panels_with_query(kinds: set[str], expr: str) -> list[dict[str, Any]]:
     ]
 
 
-LTV = 'okx_loan_ltv_ratio{job=~"$job", instance=~"$instance", account=~"$account"}'
-MC = 'okx_loan_margin_call_ltv_ratio{job=~"$job", instance=~"$instance", account=~"$account"}'
-LIQ = 'okx_loan_liquidation_ltv_ratio{job=~"$job", instance=~"$instance", account=~"$account"}'
+ORDER = 'job=~"$job", instance=~"$instance", account=~"$account", order=~"$order"'
+LTV = f"okx_loan_ltv_ratio{{{ORDER}}}"
+MC = f"okx_loan_margin_call_ltv_ratio{{{ORDER}}}"
+LIQ = f"okx_loan_liquidation_ltv_ratio{{{ORDER}}}"
 
 
 def test_ltv_against_margin_call_at_a_glance() -> None:
@@ -392,6 +422,20 @@ def test_ltv_thresholds_and_headroom_over_time() -> None:
     for threshold in (MC, LIQ):
         assert find_panels({"stat"}, f"1 - {LTV} / {threshold}"), "headroom now"
         assert find_panels({"timeseries"}, f"1 - {LTV} / {threshold}"), "headroom over time"
+
+
+def test_accounts_table_has_one_row_per_order() -> None:
+    """Account-level columns are repeated on each order's row, so rows merge per order."""
+    (table,) = find_panels({"table"}, LTV, "okx_loan_up{")
+    for target in table["targets"]:
+        names = {s.name for s in parse_promql(target["expr"]).selectors}
+        if not names <= PER_ORDER:
+            expr = " ".join(target["expr"].split())
+            assert f"group_right () group by (job, instance, account, order) ({LTV})" in expr
+            assert "or on (job, instance, account)" in expr, "accounts without an order vanish"
+    organize = next(t for t in table["transformations"] if t["id"] == "organize")["options"]
+    assert organize["renameByName"]["order"] == "Order"
+    assert organize["indexByName"]["order"] == organize["indexByName"]["account"] + 1
 
 
 def test_money_amounts_and_liquidation_price() -> None:
@@ -423,7 +467,7 @@ def used_dashboard_names() -> set[str]:
     names = set()
     for _, target in targets():
         names |= {s.name for s in parse_promql(target["expr"]).selectors if s.name}
-    for name in ("job", "instance", "account"):
+    for name in PICKER_NAMES:
         names |= {s.name for s in parse_promql(variable_selector(variable(name))[0]).selectors}
     return names
 
@@ -470,7 +514,7 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     """Prometheus's own parser (promtool) accepts every dashboard and variable query."""
     promtool = require_binary("promtool")
     exprs = [target["expr"] for _, target in targets()]
-    exprs += [variable_selector(variable(n))[0] for n in ("job", "instance", "account")]
+    exprs += [variable_selector(variable(n))[0] for n in PICKER_NAMES]
     rules_file = {
         "groups": [
             {
@@ -491,12 +535,6 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
 
 
 # --- Against the real exporter ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -564,8 +602,9 @@ def test_dashboard_and_rules_query_only_metrics_the_exporter_exposes(exposed: Ex
 
 @pytest.mark.e2e
 @pytest.mark.timeout(60)
-def test_account_filters_match_the_exposed_labels(exposed: Exposed) -> None:
-    """Series the dashboard filters by account carry that label; the others do not."""
+def test_account_and_order_filters_match_the_exposed_labels(exposed: Exposed) -> None:
+    """Series the dashboard filters by account (order) carry that label; the others do not."""
     for name in used_dashboard_names() - PROMETHEUS_MADE:
         if name in exposed.labels:
             assert ("account" in exposed.labels[name]) == (name not in WITHOUT_ACCOUNT), name
+            assert ("order" in exposed.labels[name]) == (name in PER_ORDER), name

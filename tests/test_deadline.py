@@ -9,12 +9,11 @@ real time; the TTL runs on the fake clock, so "no new request" is exact.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 from conftest import FakeClock, Harness, Scrape, account_config, sim_account
+from processes import wait_for
 
 from okx_loan_exporter.simulator import Simulator
 
@@ -71,14 +70,6 @@ def assert_quick_accounts_served(scrape: Scrape) -> None:
         assert ltv(scrape, name) == pytest.approx(value), name
 
 
-def wait_until(condition: Callable[[], bool], limit: float = 5.0) -> None:
-    """Poll for an event that takes real (network) time; fail after ``limit`` seconds."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, "the event did not happen in time"
-        time.sleep(0.02)
-
-
 def test_deadline_serves_cached_values_and_the_cut_off_fetch_completes_into_the_cache(world: World):
     world.make_slow(1.2)  # longer than the 1 s deadline, shorter than the timeout
     sent = world.requests()
@@ -98,7 +89,7 @@ def test_deadline_serves_cached_values_and_the_cut_off_fetch_completes_into_the_
             (order.order_id, order.current_ltv) for order in slow.position.orders
         ] == [(ORDER, NEW_LTV)]
 
-    wait_until(fetched)
+    wait_for("the cut-off fetch to land in the cache", fetched, 5.0, interval=0.02)
     later = world.exporter.scrape("1")
     assert up(later, SLOW) == 1
     assert ltv(later, SLOW) == pytest.approx(NEW_LTV)

@@ -1,29 +1,18 @@
-"""Tests for the Dockerfile and .dockerignore, without a Docker engine.
+"""Static tests of the Dockerfile and .dockerignore: hadolint, and what users of the image rely on.
 
-hadolint lints the Dockerfile. The static checks hold what a user of the image relies on (non-root,
-port, health check, no secrets in the build context). The slow end-to-end test does what the image
-does: builds the wheel from exactly the files .dockerignore lets in, installs it into a fresh venv,
-runs the Dockerfile's own ENTRYPOINT + CMD from it and then its HEALTHCHECK command.
+The static checks hold what a user of the image relies on (non-root, port, health check, no
+secrets in the build context). tests/test_image.py builds the image with buildah and runs it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import socket
 import subprocess
-import sys
-import time
 import tomllib
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-from e2e_support import stop_process
 from tooling import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,139 +173,3 @@ def test_no_secrets_in_layers() -> None:
     admitted = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     assert admitted <= {"pyproject.toml", "README.md", "LICENSE", "okx_loan_exporter"}
     assert {"pyproject.toml", "okx_loan_exporter"} <= admitted
-
-
-# --- The Dockerfile's own commands, run from a fresh venv ---------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def build_context(target: Path) -> Path:
-    """Copy what .dockerignore admits, as `docker build` would send it."""
-    target.mkdir()
-    for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines():
-        if not line.startswith("!"):
-            continue
-        source = ROOT / line[1:].strip().rstrip("/")
-        if source.is_dir():
-            shutil.copytree(
-                source, target / source.name, ignore=shutil.ignore_patterns("__pycache__")
-            )
-        elif source.is_file():
-            shutil.copy2(source, target / source.name)
-    return target
-
-
-@dataclass
-class Installed:
-    bin: Path
-    env: dict[str, str]
-    workdir: Path
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    """The wheel built from the Docker build context, installed into a new venv (slow-ish)."""
-    base = tmp_path_factory.mktemp("image")
-    context = build_context(base / "context")
-    wheels = base / "wheels"
-
-    def run(*args: str | Path) -> None:
-        result = subprocess.run(
-            [str(a) for a in args], capture_output=True, text=True, timeout=180, check=False
-        )
-        assert result.returncode == 0, f"{args}:\n{result.stdout}\n{result.stderr}"
-
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", wheels, context)
-    (wheel,) = wheels.glob("okx_loan_exporter-*.whl")
-    run(sys.executable, "-m", "venv", base / "venv")
-    bin_dir = base / "venv" / "bin"
-    run(bin_dir / "python", "-m", "pip", "install", "--disable-pip-version-check", wheel)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
-    workdir = base / "work"  # not the repository: only the installed wheel can be imported
-    workdir.mkdir()
-    return Installed(bin_dir, env, workdir)
-
-
-@pytest.fixture(scope="module")
-def running(installed: Installed) -> Iterator[str]:
-    """ENTRYPOINT + CMD from the venv, the listen address moved to loopback, plus --demo."""
-    port = free_port()
-    entrypoint = exec_form(last("ENTRYPOINT"))
-    cmd = exec_form(last("CMD"))
-    moved = [
-        f"--web.listen-address=127.0.0.1:{port}" if a.startswith("--web.listen-address=") else a
-        for a in cmd
-    ]
-    assert moved != cmd, "CMD sets no --web.listen-address="
-    executable = shutil.which(entrypoint[0], path=installed.env["PATH"])
-    assert executable and Path(executable).parent == installed.bin, "not the venv's script"
-    log = installed.workdir / "exporter.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [executable, *entrypoint[1:], *moved, "--demo"],
-            cwd=installed.workdir,
-            env=installed.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the exporter exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/metrics", timeout=2) as response:
-                    if "okx_loan_up{" in response.read().decode():
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"no okx_loan_up on {url}/metrics in 15 s:\n{log.read_text()}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        stop_process(process, timeout=10)
-
-
-@pytest.mark.e2e
-@pytest.mark.timeout(120)
-def test_image_entrypoint_serves_metrics_and_health(running: str) -> None:
-    with urllib.request.urlopen(f"{running}/metrics", timeout=5) as response:
-        assert response.status == 200
-        assert re.search(r'^okx_loan_up\{account="[^"]+"\} 1\.0$', response.read().decode(), re.M)
-    with urllib.request.urlopen(f"{running}/-/healthy", timeout=5) as response:
-        assert response.status == 200
-
-
-@pytest.mark.e2e
-@pytest.mark.timeout(120)
-def test_image_healthcheck_command(installed: Installed, running: str) -> None:
-    """The HEALTHCHECK command succeeds against the running exporter, fails with none there."""
-    port = running.rsplit(":", 1)[1]
-
-    def healthcheck(on_port: str) -> subprocess.CompletedProcess[str]:
-        command = [
-            a.replace(f"127.0.0.1:{PORT}", f"127.0.0.1:{on_port}") for a in healthcheck_command()
-        ]
-        return subprocess.run(
-            command,
-            cwd=installed.workdir,
-            env=installed.env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-
-    healthy = healthcheck(port)
-    assert healthy.returncode == 0, healthy.stderr
-    dead = healthcheck(str(free_port()))
-    assert dead.returncode != 0
-    assert "Connection refused" in dead.stderr or "URLError" in dead.stderr

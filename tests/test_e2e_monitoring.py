@@ -3,11 +3,14 @@
 The simulator and the exporter run as processes; Prometheus (Debian's ``prometheus``) scrapes the
 exporter every second with ``examples/prometheus/rules.yml`` loaded (every ``for:`` shortened) and
 sends alerts to Alertmanager (Debian's ``prometheus-alertmanager``) configured from
-``examples/alertmanager/alertmanager.yml`` with its webhooks pointed at a receiver in this test. An
-account driven past its margin-call LTV must page the critical receiver and resolve there; then
-every query of ``grafana/okx-loan-dashboard.json`` (panels, rows and template variables) must return
-data from that Prometheus. One account fails on purpose all along, so the failure panels have
-something to show.
+``examples/alertmanager/alertmanager.yml`` with its webhooks pointed at a receiver in this test.
+One set-up serves every test: an account driven past its margin-call LTV must page the critical
+receiver and resolve there; the demo's order whose LTV cycles through its margin call (time
+compressed to a short cycle) must page for that order only and resolve; every query of
+``grafana/okx-loan-dashboard.json`` (panels, rows and template variables) must return data from
+that Prometheus, one series per order of the demo's two-order account. One account fails on
+purpose all along, so the failure panels have something to show, and Prometheus also scrapes
+Alertmanager, so a query that forgets its job filter shows another job's series.
 """
 
 from __future__ import annotations
@@ -50,10 +53,20 @@ ALERTMANAGER_EXAMPLE = ROOT / "examples" / "alertmanager" / "alertmanager.yml"
 DASHBOARD = ROOT / "grafana" / "okx-loan-dashboard.json"
 
 JOB = "okx-loan-exporter"
-ACCOUNTS = ("btc-usdt", "okx-docs-example", "eth-usdc", "no-loan", "demo-trading")
-DRIVEN = "btc-usdt"
-"""The account whose LTV the alert test pushes past the margin call (one collateral currency, so
+OTHER_JOB = "alertmanager"
+"""Another job Prometheus scrapes (the test's Alertmanager), whose `up` the dashboard must not
+show."""
+ACCOUNTS = ("btc-usdt", "okx-docs-example", "eth-usdc", "no-loan", "demo-trading", "two-orders")
+ORDERS = {"1001", "1101", "1201", "2001", "2002"}
+"""The demo's ordIds (okx-docs-example's loan has none: order="")."""
+DRIVEN, DRIVEN_ORDER = "btc-usdt", "1001"
+"""The order whose LTV the alert test pushes past the margin call (one collateral currency, so
 it also keeps the liquidation-price panel in data)."""
+TWO_ORDERS, CYCLING_ORDER, STEADY_ORDER = "two-orders", "2002", "2001"
+"""The demo account with two orders: 2002's LTV cycles through its margin call, 2001's stays low."""
+MARGIN_CALL_CYCLE = 20.0
+"""The simulator's --margin-call-cycle in seconds: order 2002 is past its margin call from a
+quarter to three quarters of each cycle (the demo's default is 5 minutes)."""
 FAILING = "no-loan"
 """The account that fails all along (HTTP 500), so failure rates are not zero."""
 SHORT_FOR = "1s"
@@ -142,7 +155,8 @@ class WebhookReceiver:
                 labels = alert.get("labels", {})
                 lines.append(
                     f"  {post.path} {alert.get('status')} {labels.get('alertname')} "
-                    f"account={labels.get('account')} severity={labels.get('severity')}"
+                    f"account={labels.get('account')} order={labels.get('order')} "
+                    f"severity={labels.get('severity')}"
                 )
         return "\n".join(lines)
 
@@ -174,7 +188,8 @@ def shortened_rules() -> dict[str, Any]:
 
 def prometheus_config(rules: Path, exporter: str, alertmanager: str) -> dict[str, Any]:
     """examples/prometheus/prometheus.yml scraping ``exporter`` every second, alerting to
-    ``alertmanager``, with ``rules`` loaded; other jobs are dropped."""
+    ``alertmanager``, with ``rules`` loaded; the example's other jobs are replaced by one that
+    scrapes ``alertmanager``."""
     config = copy.deepcopy(load_yaml(PROMETHEUS_EXAMPLE))
     config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
     config["rule_files"] = [str(rules)]
@@ -184,7 +199,8 @@ def prometheus_config(rules: Path, exporter: str, alertmanager: str) -> dict[str
     jobs[0].update(
         scrape_interval="1s", scrape_timeout="1s", static_configs=[{"targets": [exporter]}]
     )
-    config["scrape_configs"] = jobs
+    other = {"job_name": OTHER_JOB, "static_configs": [{"targets": [alertmanager]}]}
+    config["scrape_configs"] = [*jobs, other]
     return dict(config)
 
 
@@ -255,6 +271,17 @@ class Stack:
             return [{"metric": {}, "value": data["result"]}]
         return list(data["result"])
 
+    def posted(self, status: str, *, after: float, **labels: str) -> tuple[Post, dict[str, Any]]:
+        """Wait (up to ALERT_TIMEOUT) for the first webhook post since ``after`` with an alert
+        in ``status`` carrying ``labels``; the post and that alert."""
+        return wait_for(
+            f"an alert {labels} {status} at the webhook",
+            lambda: self.webhook.find(status, after=after, **labels),
+            ALERT_TIMEOUT,
+            interval=0.1,
+            details=self.diagnostics,
+        )
+
     def diagnostics(self) -> str:
         """What Prometheus and Alertmanager see, the webhook posts and the process logs."""
         parts = [self.webhook.summary()]
@@ -288,7 +315,9 @@ def stack(
         managed_processes(request, tmp / "logs") as processes,
         WebhookReceiver() as webhook,
     ):
-        _, control = start_simulator(processes, exporter_config)
+        _, control = start_simulator(
+            processes, exporter_config, "--margin-call-cycle", f"{MARGIN_CALL_CYCLE:g}s"
+        )
         control.set_account(FAILING, fault="http_500_html")
         edit_config(exporter_config, cache_ttl="1s", timeout="2s")
         _, exporter_port = processes.start(
@@ -349,7 +378,7 @@ def stack(
 
 
 def test_margin_call_alert_reaches_the_critical_webhook_and_resolves(stack: Stack) -> None:
-    selector = f'{{job="{JOB}",account="{DRIVEN}"}}'
+    selector = f'{{job="{JOB}",account="{DRIVEN}",order="{DRIVEN_ORDER}"}}'
     [margin_call] = stack.query(f"okx_loan_margin_call_ltv_ratio{selector}")
     [liquidation] = stack.query(f"okx_loan_liquidation_ltv_ratio{selector}")
     margin_call_ltv = float(margin_call["value"][1])
@@ -359,15 +388,9 @@ def test_margin_call_alert_reaches_the_critical_webhook_and_resolves(stack: Stac
     critical_path = receiver_path("critical")
 
     pushed = time.monotonic()
-    stack.control.set_account(DRIVEN, ltv=driven_ltv)
-    post, alert = wait_for(
-        f"OkxLoanMarginCall for {DRIVEN} firing at the webhook",
-        lambda: stack.webhook.find(
-            "firing", after=pushed, alertname="OkxLoanMarginCall", account=DRIVEN
-        ),
-        ALERT_TIMEOUT,
-        interval=0.1,
-        details=stack.diagnostics,
+    stack.control.set_account(DRIVEN, order=DRIVEN_ORDER, ltv=driven_ltv)
+    post, alert = stack.posted(
+        "firing", after=pushed, alertname="OkxLoanMarginCall", account=DRIVEN
     )
     fired_after = post.received - pushed
     assert post.path == critical_path, f"routed to {post.path}, not the critical receiver"
@@ -375,12 +398,8 @@ def test_margin_call_alert_reaches_the_critical_webhook_and_resolves(stack: Stac
     labels = alert["labels"]
     assert labels["severity"] == "critical"
     assert (labels["job"], labels["instance"]) == (JOB, stack.exporter_target)
-    # The templates ran against this Prometheus: the LTV and OKX's thresholds, as percentages.
-    annotations = alert["annotations"]
-    assert DRIVEN in annotations["summary"]
-    assert percent(driven_ltv) in annotations["summary"], annotations["summary"]
-    for threshold in (margin_call_ltv, liquidation_ltv):
-        assert percent(threshold) in annotations["description"], annotations["description"]
+    assert labels["order"] == DRIVEN_ORDER
+    check_annotations(alert, DRIVEN, DRIVEN_ORDER, driven_ltv, margin_call_ltv, liquidation_ltv)
     # Prometheus fires the "approaching the margin call" warning too; Alertmanager holds it back.
     warning = (
         f'ALERTS{{alertname="OkxLoanMarginCallWarning",account="{DRIVEN}",alertstate="firing"}}'
@@ -393,15 +412,9 @@ def test_margin_call_alert_reaches_the_critical_webhook_and_resolves(stack: Stac
     )
 
     lowered = time.monotonic()
-    stack.control.set_account(DRIVEN, ltv=0.3)
-    post, alert = wait_for(
-        f"OkxLoanMarginCall for {DRIVEN} resolved at the webhook",
-        lambda: stack.webhook.find(
-            "resolved", after=lowered, alertname="OkxLoanMarginCall", account=DRIVEN
-        ),
-        ALERT_TIMEOUT,
-        interval=0.1,
-        details=stack.diagnostics,
+    stack.control.set_account(DRIVEN, order=DRIVEN_ORDER, ltv=0.3)
+    post, alert = stack.posted(
+        "resolved", after=lowered, alertname="OkxLoanMarginCall", account=DRIVEN
     )
     resolved_after = post.received - lowered
     assert post.path == critical_path
@@ -415,6 +428,74 @@ def test_margin_call_alert_reaches_the_critical_webhook_and_resolves(stack: Stac
         f"firing at the webhook {fired_after:.2f} s after the LTV change, resolved "
         f"{resolved_after:.2f} s after it went back to 0.3 "
         f"(scrape/eval 1s, for: {SHORT_FOR}, group_wait/group_interval 1s)"
+    )
+
+
+def check_annotations(
+    alert: dict[str, Any],
+    account: str,
+    order: str,
+    ltv: float | None,
+    margin_call_ltv: float,
+    liquidation_ltv: float,
+) -> None:
+    """The templates ran against this Prometheus: they name the account and order, the LTV (when
+    known) and the order's own thresholds, as percentages."""
+    summary, description = alert["annotations"]["summary"], alert["annotations"]["description"]
+    assert f"account {account}, order {order}:" in summary, summary
+    assert f"account {account}, order {order} (" in description, description
+    if ltv is not None:
+        assert percent(ltv) in summary, summary
+    assert f"margin-call LTV of {percent(margin_call_ltv)}." in description, description
+    assert f"LTV of {percent(liquidation_ltv)}." in description, description
+
+
+def test_the_demo_order_cycling_through_its_margin_call_pages_for_that_order_only(
+    stack: Stack,
+) -> None:
+    """two-orders/2002's LTV crosses its margin-call LTV and comes back every cycle: the critical
+    receiver gets OkxLoanMarginCall for that order, then its resolution; order 2001 of the same
+    account never alerts."""
+    selector = f'{{job="{JOB}",account="{TWO_ORDERS}",order="{CYCLING_ORDER}"}}'
+    [margin_call] = stack.query(f"okx_loan_margin_call_ltv_ratio{selector}")
+    [liquidation] = stack.query(f"okx_loan_liquidation_ltv_ratio{selector}")
+    margin_call_ltv = float(margin_call["value"][1])
+    liquidation_ltv = float(liquidation["value"][1])
+    past = f"okx_loan_ltv_ratio{selector} >= okx_loan_margin_call_ltv_ratio{selector}"
+    labels = {"alertname": "OkxLoanMarginCall", "account": TWO_ORDERS, "order": CYCLING_ORDER}
+    started = time.monotonic()
+
+    def seen_past(expected: bool) -> float | None:
+        """Now, if Prometheus sees the order past its margin call (``expected``) or not."""
+        return time.monotonic() if bool(stack.query(past)) == expected else None
+
+    # A fresh crossing: first below the margin call, then past it.
+    wait_for("order 2002 below its margin call", lambda: seen_past(False), MARGIN_CALL_CYCLE)
+    crossed = wait_for("order 2002 past its margin call", lambda: seen_past(True), 20)
+    post, alert = stack.posted("firing", after=crossed, **labels)
+    fired_after = post.received - crossed
+    assert post.path == receiver_path("critical")
+    assert alert["labels"]["severity"] == "critical"
+    check_annotations(alert, TWO_ORDERS, CYCLING_ORDER, None, margin_call_ltv, liquidation_ltv)
+    ltv_text = re.search(r"LTV (\S+%) reached", alert["annotations"]["summary"])
+    assert ltv_text and float(ltv_text.group(1)[:-1]) >= margin_call_ltv * 100, alert
+
+    fell = wait_for("order 2002 back below", lambda: seen_past(False), MARGIN_CALL_CYCLE)
+    post, alert = stack.posted("resolved", after=fell, **labels)
+    resolved_after = post.received - fell
+    # Order 2001 never alerted, neither at a receiver nor in Prometheus.
+    steady = {"account": TWO_ORDERS, "order": STEADY_ORDER}
+    for status in ("firing", "resolved"):
+        assert stack.webhook.find(status, **steady) is None, stack.webhook.summary()
+    window = f"{math.ceil(time.monotonic() - stack.scraping_since) + 5}s"
+    steady_alerts = f'ALERTS{{account="{TWO_ORDERS}",order="{STEADY_ORDER}"}}[{window}]'
+    assert stack.query(f"count_over_time({steady_alerts})") == [], "order 2001 alerted"
+    print(
+        f"OkxLoanMarginCall ({TWO_ORDERS}, order {CYCLING_ORDER}, cycle "
+        f"{MARGIN_CALL_CYCLE:g} s): firing at the webhook {fired_after:.2f} s after Prometheus "
+        f"saw the LTV reach {percent(margin_call_ltv)}, resolved {resolved_after:.2f} s after it "
+        f"saw it back below; fire and resolve observed {post.received - started:.2f} s after "
+        "the test began"
     )
 
 
@@ -481,7 +562,12 @@ def resolve_variables(stack: Stack, dashboard: dict[str, Any]) -> dict[str, str]
     """Run the template variables' queries in order, each seeing the ones before it; return
     their values as the dashboard's queries will see them with everything selected."""
     values = dict(GRAFANA_BUILTINS)
-    expected = {"job": {JOB}, "instance": {stack.exporter_target}, "account": set(ACCOUNTS)}
+    expected = {
+        "job": {JOB},
+        "instance": {stack.exporter_target},
+        "account": set(ACCOUNTS),
+        "order": ORDERS,
+    }
     for variable in dashboard.get("templating", {}).get("list", []):
         name, kind = variable["name"], variable.get("type")
         if kind == "datasource":
@@ -493,9 +579,11 @@ def resolve_variables(stack: Stack, dashboard: dict[str, Any]) -> dict[str, str]
         assert found, f"variable ${name}: {text} returns no values"
         if name in expected:
             assert expected[name] <= set(found), f"variable ${name}: {text} -> {found}"
-        # Grafana's multi-value format for Prometheus: a regex alternation of the values.
+        # All selected: the variable's allValue if it has one, else Grafana's multi-value format
+        # for Prometheus, a regex alternation of the values found.
         escaped = [grafana_regex_escape(value) for value in found]
-        values[name] = escaped[0] if len(escaped) == 1 else f"({'|'.join(escaped)})"
+        alternation = escaped[0] if len(escaped) == 1 else f"({'|'.join(escaped)})"
+        values[name] = variable.get("allValue") or alternation
     return values
 
 
@@ -521,6 +609,20 @@ def problem_with(stack: Stack, expr: str) -> str | None:
     jobs = {item["metric"].get("job") for item in result} - {None}
     if jobs - {JOB}:
         return f"series of other jobs: {jobs}"
+    accounts = {item["metric"].get("account") for item in result}
+    orders = {
+        item["metric"].get("order")
+        for item in result
+        if item["metric"].get("account") == TWO_ORDERS
+    }
+    if orders - {None}:
+        # One series (line, row) per order; OKX gives a liquidation price to 2001 only (2002 has
+        # two collateral currencies).
+        expected = {STEADY_ORDER} if "liquidation_price" in expr else {STEADY_ORDER, CYCLING_ORDER}
+        if orders != expected:
+            return f"{TWO_ORDERS}: series for orders {orders}, not one per order {expected}"
+    if "group_right" in expr and "okx_loan_up{" in expr and FAILING not in accounts:
+        return f"no row for {FAILING}, an account without any order"
     return None
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from metric_contract import PER_ORDER
 from tooling import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,27 +110,61 @@ def test_promtool_unit_tests(path: Path) -> None:
     assert "SUCCESS" in result.stdout
 
 
-def test_promtool_unit_tests_catch_alerts_that_miss_the_threshold(tmp_path: Path) -> None:
-    """The unit tests can fail: with `>` for `>=`, each LTV alert misses "at the threshold"."""
+#: Mutations of rules.yml that the unit tests must catch: (what, [(old, new, count)], the alerts
+#: whose checks must then fail). Each is a mistake that would hide a loan's risk from its owner.
+MUTATIONS = {
+    "strict comparison misses the threshold itself": (
+        [
+            ("okx_loan_ltv_ratio\n          >= ", "okx_loan_ltv_ratio\n          > ", 2),
+            ("ltv_ratio >= ", "ltv_ratio > ", 1),
+        ],
+        {"OkxLoanMarginCallWarning", "OkxLoanMarginCall", "OkxLoanNearLiquidation"},
+    ),
+    "annotations do not name the order": (
+        [("{{ with $labels.order }}, order {{ . }}{{ end }}", "", 8)],
+        {"OkxLoanMarginCallWarning", "OkxLoanMarginCall", "OkxLoanNearLiquidation"}
+        | {"OkxLoanLtvMissing"},
+    ),
+    "a complete order hides another order's missing LTV": (
+        [("unless on (job, instance, account, order)", "unless on (job, instance, account)", 1)],
+        {"OkxLoanLtvMissing"},
+    ),
+    "an alert holds on to a vanished order's last values": (
+        [
+            (
+                "expr: okx_loan_ltv_ratio >= okx_loan_margin_call_ltv_ratio",
+                "expr: last_over_time(okx_loan_ltv_ratio[10m])"
+                " >= last_over_time(okx_loan_margin_call_ltv_ratio[10m])",
+                1,
+            )
+        ],
+        {"OkxLoanMarginCall"},
+    ),
+}
+
+
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+def test_promtool_unit_tests_catch_a_mutated_rule(mutation: str, tmp_path: Path) -> None:
+    """The unit tests can fail: each mutation of the rules makes the named alerts' checks fail."""
     promtool = require_binary("promtool")
+    replacements, alerts_caught = MUTATIONS[mutation]
     rules_dir = tmp_path / "examples" / "prometheus"
     tests_dir = tmp_path / "tests" / "monitoring"
     rules_dir.mkdir(parents=True)
     tests_dir.mkdir(parents=True)
-    mutated = 0
     for path in rule_files():
         text = path.read_text(encoding="utf-8")
-        mutated += text.count("okx_loan_ltv_ratio\n          >= ") + text.count("ltv_ratio >= ")
-        text = text.replace("okx_loan_ltv_ratio\n          >= ", "okx_loan_ltv_ratio\n          > ")
-        text = text.replace("ltv_ratio >= ", "ltv_ratio > ")
+        for old, new, count in replacements:
+            assert text.count(old) == count, f"expected {count} x {old!r} in {path.name}"
+            text = text.replace(old, new)
         (rules_dir / path.name).write_text(text, encoding="utf-8")
-    assert mutated == 3, "expected three LTV alerts comparing with >="
     for path in UNIT_TESTS:
         (tests_dir / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
     result = run([promtool, "test", "rules", *(p.name for p in UNIT_TESTS)], cwd=tests_dir)
-    assert result.returncode != 0
-    for alert in ("OkxLoanMarginCallWarning", "OkxLoanMarginCall,", "OkxLoanNearLiquidation"):
-        assert f"alertname: {alert}" in result.stdout + result.stderr, alert
+    assert result.returncode != 0, f"the unit tests pass with the mutation: {mutation}"
+    output = result.stdout + result.stderr
+    for alert in alerts_caught:
+        assert re.search(rf"alertname: {alert}, time|ALERTS\{{alertname=\"{alert}\"", output), alert
 
 
 # --- what the unit tests cover ------------------------------------------------------------------
@@ -159,6 +194,36 @@ def test_every_alert_is_unit_tested_pending_firing_and_resolving(alert: str) -> 
             after = any(t > first and not firing for t, firing in times)
             cycle_tested = cycle_tested or (before and after)
     assert cycle_tested, f"no unit test expects {alert} quiet, then firing, then resolved"
+
+
+def series_orders(case: dict[str, Any]) -> set[tuple[str, str]]:
+    """(account, order) of every input series of a unit test case that has an order."""
+    found = set()
+    for item in case.get("input_series", []):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', item["series"]))
+        if labels.get("order"):
+            found.add((labels["account"], labels["order"]))
+    return found
+
+
+@pytest.mark.parametrize(
+    "alert",
+    [rule["alert"] for rule in alerts() if any(name in rule["expr"] for name in PER_ORDER)],
+)
+def test_every_ltv_alert_is_unit_tested_for_one_order_of_two(alert: str) -> None:
+    """Some test expects the alert for one order of an account whose other order stays quiet."""
+    for case in unit_test_cases():
+        fired = {
+            (expected["exp_labels"]["account"], str(expected["exp_labels"]["order"]))
+            for check in case.get("alert_rule_test", [])
+            if check["alertname"] == alert
+            for expected in check.get("exp_alerts") or []
+            if "order" in expected["exp_labels"]
+        }
+        quiet = series_orders(case) - fired
+        if any(account == other for account, _ in fired for other, _ in quiet):
+            return
+    pytest.fail(f"no unit test fires {alert} for one order while another of the account is quiet")
 
 
 def test_every_recording_rule_value_is_unit_tested() -> None:
@@ -202,6 +267,26 @@ def test_alert_conventions(rule: dict[str, Any]) -> None:
     text = annotations["summary"] + annotations["description"]
     if "okx_loan_" in rule["expr"]:
         assert "$labels.account" in text, f"{name}: the annotations do not name the account"
+    if any(series in rule["expr"] for series in PER_ORDER):
+        for key in ("summary", "description"):
+            assert "$labels.order" in annotations[key], f"{name}: the {key} does not name the order"
+
+
+LOOKUP = re.compile(r'printf "((?:\\.|[^"\\])*)"((?:\s+\$labels\.\w+)*)\s*\|\s*query')
+
+
+@pytest.mark.parametrize("rule", alerts(), ids=lambda r: r["alert"])
+def test_annotation_lookups_select_the_alerts_own_series(rule: dict[str, Any]) -> None:
+    """A threshold looked up for the annotations is the alerting order's own, not any order's of
+    the account: the selector names every identifying label, each filled from the alert's."""
+    for text in rule["annotations"].values():
+        for template, args in LOOKUP.findall(text):
+            ((metric, matchers),) = re.findall(r"(\w+)\{([^}]*)\}", template)
+            names = re.findall(r"(\w+)=%q", matchers)
+            assert names == [arg.removeprefix("$labels.") for arg in args.split()], text
+            expected = ["job", "instance", "account"]
+            expected += ["order"] if metric in PER_ORDER else []
+            assert names == expected, f"{metric}: looked up by {names}, not {expected}"
 
 
 @pytest.mark.parametrize(
@@ -321,7 +406,7 @@ def test_routing_timing_and_grouping() -> None:
     assert "slack_configs" in text
 
 
-def test_margin_call_inhibits_the_warning_for_the_same_account() -> None:
+def test_margin_call_inhibits_the_warning_for_the_same_order_only() -> None:
     rules = load_yaml(ALERTMANAGER_CONFIG)["inhibit_rules"]
     known = set(alert_names())
     for rule in rules:
@@ -331,6 +416,8 @@ def test_margin_call_inhibits_the_warning_for_the_same_account() -> None:
     assert any(
         rule["source_matchers"] == ['alertname="OkxLoanMarginCall"']
         and rule["target_matchers"] == ['alertname="OkxLoanMarginCallWarning"']
-        and "account" in rule["equal"]
         for rule in rules
     )
+    # One order's margin call or liquidation must never silence another order's alert.
+    for rule in rules:
+        assert {"account", "order"} <= set(rule["equal"]), rule

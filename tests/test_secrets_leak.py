@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import REPO, FakeClock, Harness, sim_account
+from processes import wait_for
 
 from okx_loan_exporter.cache import MAX_AUTH_BACKOFF
 from okx_loan_exporter.config import ConfigError, load_config
@@ -444,14 +445,6 @@ def test_check_config_prints_no_secret(tmp_path: Path):
 # --- real processes ------------------------------------------------------------------------------
 
 
-def wait_for(condition: Callable[[], bool], limit: float = 10.0) -> None:
-    """Poll (the exporter runs on the real clock in another process)."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for the exporter"
-        time.sleep(0.05)
-
-
 SUBPROCESS_FAULTS = ("invalid_json", "http_500_html", "huge_body", "hang", "auth_50113")
 """Faults run through the exporter process (the auth one last: its backoff grows)."""
 
@@ -484,7 +477,7 @@ def test_exporter_process_at_debug_level_leaks_nothing(
         return seen
 
     try:
-        wait_for(next_request(0))
+        wait_for("the exporter's first OKX request", next_request(0), 10.0)
         steps: list[Callable[[], None]] = [
             lambda: simulator.set_clock_skew(120.0),
             lambda: simulator.set_clock_skew(0.0),
@@ -495,7 +488,7 @@ def test_exporter_process_at_debug_level_leaks_nothing(
         for step in steps:
             sent = requests()
             step()
-            wait_for(next_request(sent))
+            wait_for("the exporter's next OKX request", next_request(sent), 10.0)
     finally:
         http.close()
         process.stop()
@@ -533,7 +526,7 @@ def test_permission_warning_only_for_inline_secrets_readable_by_others(
         for process in processes.values():
             url = process.wait_serving()
             # Up proves the secrets were read; polled, as a loaded machine may miss one deadline.
-            wait_for(lambda url=url: UP in http.get(f"{url}/metrics").text)
+            wait_for("the account up", lambda url=url: UP in http.get(f"{url}/metrics").text, 10.0)
     for process in processes.values():
         process.stop()
     assert "holds inline secrets" in processes[inline].stderr
@@ -573,7 +566,7 @@ def test_demo_leaks_neither_its_own_secrets_nor_others(exporter_process):
             texts.append(http.get(f"{url}/metrics").text)
             return all(f'okx_loan_up{{account="{name}"}} 0.0' in texts[-1] for name in faults)
 
-        wait_for(all_down)
+        wait_for("every account down", all_down, 10.0)
         texts.append(http.get(f"{url}/").text)
     assert process.stop() == 0
     assert "OKX code 50105" in process.stderr

@@ -1,0 +1,697 @@
+"""The Grafana dashboard as code: builds grafana/okx-loan-dashboard.json with the Foundation SDK.
+
+Run ``python grafana/dashboard.py`` after editing this file and commit both; the SDK is a test
+dependency (``pip install -e '.[test]'``). tests/test_dashboard.py fails when the two differ.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import common, gauge, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.builders import dashboard as builder
+from grafana_foundation_sdk.cog.builder import Builder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as kinds
+from grafana_foundation_sdk.models import dashboard as model
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat, QueryEditorMode
+
+OUTPUT = Path(__file__).resolve().with_name("okx-loan-dashboard.json")
+DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
+
+_ACCOUNT = 'job=~"$job", instance=~"$instance", account=~"$account"'
+_ORDER = f'{_ACCOUNT}, order=~"$order"'
+
+
+def account_series(name: str) -> str:
+    """A per-account series, filtered by the job, instance and account pickers."""
+    return f"{name}{{{_ACCOUNT}}}"
+
+
+def order_series(name: str) -> str:
+    """A per-order series, filtered by the order picker too."""
+    return f"{name}{{{_ORDER}}}"
+
+
+LTV = order_series("okx_loan_ltv_ratio")
+MARGIN_CALL = order_series("okx_loan_margin_call_ltv_ratio")
+LIQUIDATION = order_series("okx_loan_liquidation_ltv_ratio")
+ORDERS = account_series("okx_loan_orders")
+DATA_AGE = f"time() - {account_series('okx_loan_last_success_timestamp_seconds')}"
+
+
+def on_each_order(value: str) -> str:
+    """An account's value repeated on each of its selected orders (so that table rows are per
+    order), or on the account alone when it holds no order at all."""
+    return (
+        f"({value}) * on (job, instance, account) group_right () "
+        f"group by (job, instance, account, order) ({LTV}) "
+        f"or on (job, instance, account) (({value}) unless on (job, instance, account) "
+        f"({ORDERS} > 0))"
+    )
+
+
+# --- Queries and panels ---------------------------------------------------------------------------
+
+
+def query(expr: str, legend: str, ref: str = "A") -> prometheus.Dataquery:
+    return (
+        prometheus.Dataquery()
+        .ref_id(ref)
+        .datasource(DATASOURCE)
+        .editor_mode(QueryEditorMode.CODE)
+        .expr(expr)
+        .legend_format(legend)
+        .range()
+    )
+
+
+def table_query(expr: str, ref: str) -> prometheus.Dataquery:
+    return (
+        prometheus.Dataquery()
+        .ref_id(ref)
+        .datasource(DATASOURCE)
+        .editor_mode(QueryEditorMode.CODE)
+        .expr(expr)
+        .format(PromQueryFormat.TABLE)
+        .instant()
+    )
+
+
+def thresholds(*steps: tuple[float | None, str]) -> builder.ThresholdsConfig:
+    return (
+        builder.ThresholdsConfig()
+        .mode(model.ThresholdsMode.ABSOLUTE)
+        .steps([model.Threshold(value=value, color=color) for value, color in steps])
+    )
+
+
+def texts(**by_value: tuple[str, str | None]) -> list[model.ValueMapping]:
+    """A value mapping: {"0": ("DOWN", "red")} shows 0 as a red DOWN."""
+    return [
+        model.ValueMap(
+            options={
+                value: model.ValueMappingResult(text=text, color=color, index=index)
+                for index, (value, (text, color)) in enumerate(by_value.items())
+            }
+        )
+    ]
+
+
+UP_DOWN = texts(**{"0": ("DOWN", "red"), "1": ("UP", "green")})
+
+
+def stat_panel(
+    title: str, description: str, unit: str, expr: str, legend: str, *, width: int, height: int
+) -> stat.Panel:
+    return (
+        stat.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .span(width)
+        .height(height)
+        .with_target(query(expr, legend))
+        .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False))
+        .color_mode(kinds.BigValueColorMode.BACKGROUND)
+        .graph_mode(kinds.BigValueGraphMode.AREA)
+        .justify_mode(kinds.BigValueJustifyMode.AUTO)
+        .orientation(kinds.VizOrientation.AUTO)
+        .text_mode(kinds.BigValueTextMode.VALUE_AND_NAME)
+        .wide_layout(True)
+        .show_percent_change(False)
+    )
+
+
+def graph_panel(
+    title: str,
+    description: str,
+    unit: str,
+    targets: Sequence[prometheus.Dataquery],
+    *,
+    width: int,
+    height: int,
+) -> timeseries.Panel:
+    return (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .span(width)
+        .height(height)
+        .targets(list(targets))
+        .draw_style(kinds.GraphDrawStyle.LINE)
+        .line_interpolation(kinds.LineInterpolation.STEP_AFTER)
+        .line_width(2)
+        .fill_opacity(0)
+        .show_points(kinds.VisibilityMode.NEVER)
+        .span_nulls(False)
+        .axis_border_show(False)
+        .axis_placement(kinds.AxisPlacement.AUTO)
+        .stacking(common.StackingConfig().group("A").mode(kinds.StackingMode.NONE))
+        .thresholds_style(
+            common.GraphThresholdsStyleConfig().mode(kinds.GraphThresholdsStyleMode.OFF)
+        )
+        .legend(
+            common.VizLegendOptions()
+            .display_mode(kinds.LegendDisplayMode.TABLE)
+            .placement(kinds.LegendPlacement.BOTTOM)
+            .show_legend(True)
+            .calcs(["lastNotNull"])
+        )
+        .tooltip(
+            common.VizTooltipOptions()
+            .mode(kinds.TooltipDisplayMode.MULTI)
+            .sort(kinds.SortOrder.DESCENDING)
+        )
+    )
+
+
+def table_panel(
+    title: str,
+    description: str,
+    unit: str,
+    columns: dict[str, str],
+    *,
+    first: dict[str, str],
+    last: dict[str, str] | None = None,
+    hidden: Sequence[str] = (),
+    width: int,
+    height: int,
+) -> table.Panel:
+    """A table merging instant queries, one column per query (``columns``: name -> expr), between
+    the label columns ``first`` and ``last`` (label -> column name)."""
+    refs = [chr(ord("A") + index) for index in range(len(columns))]
+    values = {f"Value #{ref}": name for ref, name in zip(refs, columns, strict=True)}
+    names = {**(first), **values, **(last or {})}
+    return (
+        table.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .span(width)
+        .height(height)
+        .targets([table_query(expr, ref) for ref, expr in zip(refs, columns.values(), strict=True)])
+        .align(kinds.FieldTextAlignment.AUTO)
+        .cell_options(kinds.TableAutoCellOptions())
+        .show_header(True)
+        .cell_height(kinds.TableCellHeight.SM)
+        .footer(common.TableFooterOptions().show(False).reducer(["sum"]))
+        .with_transformation(model.DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(
+            model.DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": dict.fromkeys(["Time", "__name__", *hidden], True),
+                    "indexByName": {name: index for index, name in enumerate(names)},
+                    "renameByName": names,
+                },
+            )
+        )
+    )
+
+
+def setting(name: str, value: object) -> model.DynamicConfigValue:
+    return model.DynamicConfigValue(id_val=name, value=value)
+
+
+def dashed(color: str) -> list[model.DynamicConfigValue]:
+    return [
+        setting("custom.lineStyle", {"fill": "dash", "dash": [10, 10]}),
+        setting("color", {"mode": "fixed", "fixedColor": color}),
+    ]
+
+
+# --- Rows -----------------------------------------------------------------------------------------
+
+RATIO_TO_MARGIN_CALL = f"{LTV} / {MARGIN_CALL}"
+RATIO_TO_LIQUIDATION = f"{LTV} / {LIQUIDATION}"
+HEADROOM_TO_MARGIN_CALL = f"1 - {LTV} / {MARGIN_CALL}"
+HEADROOM_TO_LIQUIDATION = f"1 - {LTV} / {LIQUIDATION}"
+PER_ORDER = "{{account}} {{order}}"
+
+
+def ratio_stat(
+    title: str, description: str, expr: str, *steps: tuple[float | None, str]
+) -> stat.Panel:
+    """A stat of the risk row: one per-order ratio, coloured by ``steps``."""
+    return (
+        stat_panel(title, description, "percentunit", expr, PER_ORDER, width=6, height=6)
+        .decimals(1)
+        .thresholds(thresholds(*steps))
+    )
+
+
+def risk_row() -> list[Builder[model.Panel]]:
+    return [
+        ratio_stat(
+            "LTV as % of margin-call LTV",
+            "Per loan order: its current LTV (OKX curLTV) divided by OKX's margin-call LTV "
+            "(marginCallLTV) for the same order: 100 % means OKX's margin call is reached. The LTV "
+            "is shown as a fraction of the margin-call LTV rather than as a raw LTV, so that fixed "
+            "colour steps are right for every order whatever OKX's threshold for it: orange from "
+            "90 % (the default of the OkxLoanMarginCallWarning alert), red from 100 % "
+            "(OkxLoanMarginCall). Empty when OKX reports no LTV (no active loan). The raw values "
+            "are in the table below and the LTV graph.",
+            RATIO_TO_MARGIN_CALL,
+            (None, "green"),
+            (0.9, "orange"),
+            (1, "red"),
+        ).min(0),
+        gauge.Panel()
+        .title("LTV as % of liquidation LTV")
+        .description(
+            "Per loan order: its current LTV (OKX curLTV) divided by OKX's liquidation LTV "
+            "(liqLTV): at 100 % OKX liquidates the order's collateral. Shown as a fraction of the "
+            "liquidation LTV, so the gauge's scale and colours are right for every order: orange "
+            "from 80 %, red from 95 % (the default of the OkxLoanNearLiquidation alert). The "
+            "margin call usually comes before this gauge turns orange; see the panel on its left."
+        )
+        .datasource(DATASOURCE)
+        .unit("percentunit")
+        .decimals(1)
+        .min(0)
+        .max(1)
+        .span(6)
+        .height(6)
+        .thresholds(thresholds((None, "green"), (0.8, "orange"), (0.95, "red")))
+        .with_target(query(RATIO_TO_LIQUIDATION, PER_ORDER))
+        .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False))
+        .orientation(kinds.VizOrientation.AUTO)
+        .show_threshold_labels(False)
+        .show_threshold_markers(True)
+        .sizing(kinds.BarGaugeSizing.AUTO)
+        .min_viz_height(75)
+        .min_viz_width(75),
+        ratio_stat(
+            "Headroom to margin call",
+            "Per loan order: how much its collateral's USD value can still fall, as a share of its "
+            "current value, before the LTV reaches OKX's margin-call LTV, with the debt unchanged: "
+            "1 - LTV / margin-call LTV (the same as the recording rule "
+            "okx_loan:margin_call_headroom:ratio). Red at or below 0 % (margin call reached), "
+            "orange below 10 % (where the OkxLoanMarginCallWarning alert fires by default).",
+            HEADROOM_TO_MARGIN_CALL,
+            (None, "red"),
+            (0, "orange"),
+            (0.1, "green"),
+        ),
+        ratio_stat(
+            "Headroom to liquidation",
+            "Per loan order: how much its collateral's USD value can still fall, as a share of its "
+            "current value, before the LTV reaches OKX's liquidation LTV, with the debt unchanged: "
+            "1 - LTV / liquidation LTV (the same as the recording rule "
+            "okx_loan:liquidation_headroom:ratio). Red below 5 % (where the OkxLoanNearLiquidation "
+            "alert fires by default), orange below 20 %.",
+            HEADROOM_TO_LIQUIDATION,
+            (None, "red"),
+            (0.05, "orange"),
+            (0.2, "green"),
+        ),
+        graph_panel(
+            "LTV against margin-call and liquidation LTV",
+            "One line per loan order: its current LTV (OKX curLTV, solid) with OKX's margin-call "
+            "LTV (marginCallLTV, dashed orange) and liquidation LTV (liqLTV, dashed red) for that "
+            "order. The exporter caches OKX's answer for cache_ttl, so steps are at most that "
+            "often.",
+            "percentunit",
+            [
+                query(LTV, f"{PER_ORDER} LTV", "A"),
+                query(MARGIN_CALL, f"{PER_ORDER} margin call", "B"),
+                query(LIQUIDATION, f"{PER_ORDER} liquidation", "C"),
+            ],
+            width=12,
+            height=9,
+        )
+        .min(0)
+        .override_by_regexp("/ margin call$/", dashed("orange"))
+        .override_by_regexp("/ liquidation$/", dashed("red")),
+        graph_panel(
+            "Headroom over time",
+            "Per loan order: how much its collateral's USD value can fall, as a share of its "
+            "current value, before the margin call (1 - LTV / margin-call LTV) and before "
+            "liquidation (1 - LTV / liquidation LTV), with the debt unchanged. Below the red line "
+            "at 0 % the threshold is reached.",
+            "percentunit",
+            [
+                query(HEADROOM_TO_MARGIN_CALL, f"{PER_ORDER} to margin call", "A"),
+                query(HEADROOM_TO_LIQUIDATION, f"{PER_ORDER} to liquidation", "B"),
+            ],
+            width=12,
+            height=9,
+        )
+        .thresholds_style(
+            common.GraphThresholdsStyleConfig().mode(kinds.GraphThresholdsStyleMode.LINE)
+        )
+        .thresholds(thresholds((None, "red"), (0, "transparent"))),
+        table_panel(
+            "Accounts and loan orders",
+            "One row per loan order (an account without any order gets one row of its own), now: "
+            "OKX's current LTV, margin-call and liquidation LTV, the headroom to each (how far the "
+            "collateral's USD value can fall before it), the account's number of orders, whether "
+            "OKX reports an active loan, whether the last request to OKX succeeded, and how old "
+            "the data is. An empty cell means OKX sent no value.",
+            "percentunit",
+            {
+                "LTV": LTV,
+                "Margin-call LTV": MARGIN_CALL,
+                "Liquidation LTV": LIQUIDATION,
+                "Headroom to margin call": HEADROOM_TO_MARGIN_CALL,
+                "Headroom to liquidation": HEADROOM_TO_LIQUIDATION,
+                "Orders of the account": on_each_order(ORDERS),
+                "Active loan": on_each_order(account_series("okx_loan_active")),
+                "OKX reachable": on_each_order(account_series("okx_loan_up")),
+                "Data age": on_each_order(DATA_AGE),
+            },
+            first={"account": "Account", "order": "Order"},
+            last={"instance": "Exporter", "job": "Job"},
+            width=24,
+            height=8,
+        )
+        .decimals(2)
+        .override_by_name(
+            "Orders of the account", [setting("unit", "none"), setting("decimals", 0)]
+        )
+        .override_by_name(
+            "Active loan",
+            [
+                setting("unit", "none"),
+                setting("mappings", texts(**{"0": ("no", None), "1": ("yes", None)})),
+            ],
+        )
+        .override_by_name(
+            "OKX reachable",
+            [
+                setting("unit", "none"),
+                setting("mappings", UP_DOWN),
+                setting("custom.cellOptions", {"type": "color-text"}),
+            ],
+        )
+        .override_by_name("Data age", [setting("unit", "s"), setting("decimals", 0)]),
+    ]
+
+
+def loan_row() -> list[Builder[model.Panel]]:
+    borrowed = order_series("okx_loan_borrowed_amount")
+    collateral = order_series("okx_loan_collateral_amount")
+    return [
+        graph_panel(
+            "Borrowed and collateral value (USD)",
+            "Per loan order: the USD value of everything it borrowed (OKX loanNotionalUsd) and of "
+            "all its collateral (collateralNotionalUsd), as OKX values them. LTV is their ratio.",
+            "currencyUSD",
+            [
+                query(order_series("okx_loan_borrowed_notional_usd"), f"{PER_ORDER} borrowed", "A"),
+                query(
+                    order_series("okx_loan_collateral_notional_usd"), f"{PER_ORDER} collateral", "B"
+                ),
+            ],
+            width=12,
+            height=8,
+        ).min(0),
+        stat_panel(
+            "Liquidation price",
+            "Per loan order: the price at which OKX liquidates its collateral "
+            "(riskWarningData.liqPx), in the quote currency of the instrument named after the "
+            "order (riskWarningData.instId). OKX gives it only when the order has exactly one "
+            "collateral currency and one borrowed currency; otherwise this panel is empty.",
+            "none",
+            order_series("okx_loan_liquidation_price"),
+            f"{PER_ORDER} {{{{instrument}}}}",
+            width=12,
+            height=8,
+        )
+        .no_value("not given by OKX")
+        .thresholds(thresholds((None, "text")))
+        .color_mode(kinds.BigValueColorMode.NONE),
+        table_panel(
+            "Amounts per currency",
+            "Per loan order and currency: the amount borrowed (OKX loanData.amt) and the amount "
+            "pledged as collateral (collateralData.amt), each in that currency's own unit. A "
+            "repaid or withdrawn currency, or a closed order, disappears at once.",
+            "none",
+            {"Borrowed": borrowed, "Collateral": collateral},
+            first={"account": "Account", "order": "Order", "currency": "Currency"},
+            hidden=["job", "instance"],
+            width=8,
+            height=9,
+        ),
+        graph_panel(
+            "Borrowed amount per currency",
+            "Per loan order and currency: the amount borrowed (OKX loanData.amt), in that "
+            "currency's own unit.",
+            "none",
+            [query(borrowed, f"{PER_ORDER} {{{{currency}}}}")],
+            width=8,
+            height=9,
+        ).min(0),
+        graph_panel(
+            "Collateral amount per currency",
+            "Per loan order and currency: the amount pledged as collateral (OKX "
+            "collateralData.amt), in that currency's own unit.",
+            "none",
+            [query(collateral, f"{PER_ORDER} {{{{currency}}}}")],
+            width=8,
+            height=9,
+        ).min(0),
+    ]
+
+
+def health_stat(title: str, description: str, unit: str, expr: str, legend: str) -> stat.Panel:
+    """A stat of the health row: the latest value, without a graph."""
+    return stat_panel(title, description, unit, expr, legend, width=6, height=5).graph_mode(
+        kinds.BigValueGraphMode.NONE
+    )
+
+
+def up_down_stat(title: str, description: str, expr: str, legend: str) -> stat.Panel:
+    """A health stat of a 0/1 series: a red DOWN or a green UP."""
+    return (
+        health_stat(title, description, "none", expr, legend)
+        .mappings(UP_DOWN)
+        .thresholds(thresholds((None, "red"), (1, "green")))
+    )
+
+
+def health_row() -> list[Builder[model.Panel]]:
+    def per_account_rate(name: str, by: str = "account") -> str:
+        return f"sum by ({by}) (rate({account_series(name)}[$__rate_interval]))"
+
+    def latency(quantile: str) -> prometheus.Dataquery:
+        buckets = per_account_rate("okx_loan_api_request_duration_seconds_bucket", "account, le")
+        return query(
+            f"histogram_quantile({quantile}, {buckets})",
+            f"{{{{account}}}} p{quantile[2:].ljust(2, '0')}",
+            chr(ord("A") + ["0.5", "0.9", "0.99"].index(quantile)),
+        )
+
+    requests = per_account_rate("okx_loan_api_requests_total")
+    failures = per_account_rate("okx_loan_api_request_failures_total")
+    exporter = 'job=~"$job", instance=~"$instance"'
+    return [
+        up_down_stat(
+            "OKX reachable",
+            "Per account: 1 (UP) when the exporter's last request to OKX for this account "
+            "succeeded (okx_loan_up), 0 (DOWN) when it failed. While it is down the exporter "
+            "serves the last good values until max_stale.",
+            account_series("okx_loan_up"),
+            "{{account}}",
+        ),
+        health_stat(
+            "Data age",
+            "Per account: seconds since the exporter last fetched the position from OKX "
+            "successfully (time() - okx_loan_last_success_timestamp_seconds). Normally below the "
+            "exporter's cache_ttl plus the scrape interval. Orange from 1 minute; red from 5 "
+            "minutes (the default max_stale, past which the exporter drops the position). The "
+            "OkxLoanDataStale alert fires past 10 minutes.",
+            "s",
+            DATA_AGE,
+            "{{account}}",
+        )
+        .decimals(0)
+        .thresholds(thresholds((None, "green"), (60, "orange"), (300, "red"))),
+        up_down_stat(
+            "Exporter scraped",
+            "Per exporter: whether Prometheus's last scrape of it succeeded (up). DOWN means no "
+            "data at all, and no OKX loan alert can fire (OkxLoanExporterDown). Only the jobs and "
+            "instances that expose okx_loan_up are listed, never other jobs' targets.",
+            f"up{{{exporter}}}",
+            "{{instance}}",
+        ),
+        health_stat(
+            "Exporter version",
+            "Per exporter: the version it reports (okx_loan_exporter_build_info).",
+            "none",
+            f"okx_loan_exporter_build_info{{{exporter}}}",
+            "{{instance}}: {{version}}",
+        )
+        .thresholds(thresholds((None, "text")))
+        .color_mode(kinds.BigValueColorMode.NONE)
+        .text_mode(kinds.BigValueTextMode.NAME),
+        graph_panel(
+            "OKX requests per second",
+            "Per account: loan-info requests the exporter sent to OKX per second "
+            "(okx_loan_api_requests_total), summed over exporters. OKX allows 5 requests per 2 "
+            "seconds per user; the exporter sends at most one per cache_ttl per account.",
+            "reqps",
+            [query(requests, "{{account}}")],
+            width=8,
+            height=8,
+        ).min(0),
+        graph_panel(
+            "OKX failures per second by reason",
+            "Per account and reason: failed requests to OKX per second "
+            "(okx_loan_api_request_failures_total). rate_limited: OKX code 50011, raise "
+            "cache_ttl; auth: key, secret, passphrase, IP whitelist or demo flag wrong; "
+            "api_error: another OKX error code; http_error: an unexpected HTTP status; timeout "
+            "and network: OKX not reached; invalid_response: an answer the exporter could not "
+            "read.",
+            "reqps",
+            [
+                query(
+                    per_account_rate("okx_loan_api_request_failures_total", "account, reason"),
+                    "{{account}} {{reason}}",
+                )
+            ],
+            width=8,
+            height=8,
+        ).min(0),
+        graph_panel(
+            "OKX failure ratio",
+            "Per account: the share of requests to OKX that failed, for any reason (failures / "
+            "requests).",
+            "percentunit",
+            [query(f"{failures} / {requests}", "{{account}}")],
+            width=8,
+            height=8,
+        )
+        .min(0)
+        .max(1),
+        graph_panel(
+            "OKX request latency",
+            "Per account: the 50th, 90th and 99th percentile of the time a loan-info request to "
+            "OKX took, from the okx_loan_api_request_duration_seconds histogram. Requests slower "
+            "than the exporter's timeout count as failures (timeout).",
+            "s",
+            [latency("0.5"), latency("0.9"), latency("0.99")],
+            width=12,
+            height=8,
+        ).min(0),
+        graph_panel(
+            "Clock offset to OKX",
+            "Per account: the offset between this machine's clock and OKX's (GET "
+            "/api/v5/public/time) as the exporter measured it (okx_loan_clock_offset_seconds). "
+            "The exporter corrects its request timestamps by it; OKX rejects a request whose "
+            "timestamp is more than 30 seconds off (code 50102). A large offset means the "
+            "machine's clock needs NTP.",
+            "s",
+            [query(account_series("okx_loan_clock_offset_seconds"), "{{account}}")],
+            width=12,
+            height=8,
+        ),
+    ]
+
+
+# --- Variables and the dashboard ------------------------------------------------------------------
+
+ALL = model.VariableOption(selected=True, text=["All"], value=["$__all"])
+
+
+def picker(name: str, description: str, query_text: str) -> builder.QueryVariable:
+    """A multi-value query variable with All selected, reloaded when the time range changes."""
+    return (
+        builder.QueryVariable(name)
+        .label(name.capitalize())
+        .description(description)
+        .datasource(DATASOURCE)
+        .query(query_text)
+        .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(model.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .current(ALL)
+    )
+
+
+def variables() -> list[Builder[model.VariableModel]]:
+    return [
+        builder.DatasourceVariable("datasource").label("Data source").type("prometheus"),
+        # No allValue for job and instance: All then stands for the values found, the exporter's
+        # jobs and instances only, so `up{job=~"$job"}` never shows another job's targets.
+        picker(
+            "job",
+            "Prometheus jobs that scrape okx-loan-exporter.",
+            "label_values(okx_loan_up, job)",
+        ),
+        picker(
+            "instance",
+            "Exporters in the selected jobs.",
+            'label_values(okx_loan_up{job=~"$job"}, instance)',
+        ),
+        picker(
+            "account",
+            "OKX accounts (the names from the exporter's config) of the selected exporters.",
+            'label_values(okx_loan_up{job=~"$job", instance=~"$instance"}, account)',
+        ).all_value(".+"),
+        # All is ".*" so that a loan without ordId (order="", no label in Prometheus) shows too.
+        picker(
+            "order",
+            "Loan orders (OKX ordId) of the selected accounts. All includes a loan OKX reports "
+            "without an ordId.",
+            f"label_values(okx_loan_ltv_ratio{{{_ACCOUNT}}}, order)",
+        ).all_value(".*"),
+    ]
+
+
+def build() -> model.Dashboard:
+    """The dashboard, panel ids numbered top to bottom."""
+    dashboard = (
+        builder.Dashboard("OKX Flexible Loan")
+        .uid("okx-loan-exporter")
+        .description(
+            "OKX Flexible Loan positions per account and loan order from okx-loan-exporter: LTV "
+            "against OKX's margin-call and liquidation LTV, headroom, debt and collateral, and "
+            "the exporter's own health."
+        )
+        .tags(["okx", "okx-loan-exporter", "prometheus"])
+        .editable()
+        .annotations([])
+        .tooltip(model.DashboardCursorSync.CROSSHAIR)
+        .time("now-6h", "now")
+        .timezone("")
+        .refresh("30s")
+        .variables(variables())
+    )
+    for title, panels in (
+        ("Risk at a glance", risk_row()),
+        ("Loan and collateral", loan_row()),
+        ("Exporter health", health_row()),
+    ):
+        dashboard.with_row(builder.Row(title))
+        for panel in panels:
+            dashboard.with_panel(panel)
+    result = dashboard.build()
+    for number, built in enumerate(result.panels or [], start=1):
+        built.id_val = number
+    return result
+
+
+def render() -> str:
+    """The dashboard's JSON text, as committed."""
+    return JSONEncoder(sort_keys=True, indent=2, ensure_ascii=False).encode(build()) + "\n"
+
+
+def main(argv: Sequence[str] = sys.argv[1:]) -> int:
+    """Write the dashboard to grafana/okx-loan-dashboard.json (or to the one path given)."""
+    target = Path(argv[0]) if argv else OUTPUT
+    target.write_text(render(), encoding="utf-8")
+    print(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
