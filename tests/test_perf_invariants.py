@@ -233,9 +233,10 @@ def test_every_change_the_collector_would_show_renders_again():
     for snapshots in steps:
         rendered = cache.render(snapshots, encoder, content_type)
         assert rendered is not None
-        families, trailer = rendered
-        assert families + trailer == encoder(LoanCollector(snapshots, __version__))
-        seen.append(families)
+        assert rendered.families + rendered.trailer == encoder(
+            LoanCollector(snapshots, __version__)
+        )
+        seen.append(rendered.families)
     assert seen[0] == seen[1] == seen[2]
     assert seen[3] != seen[4]  # the currency order changed, so the text did
     assert len(set(seen[3:])) == len(seen) - 3
@@ -294,9 +295,19 @@ def test_any_sequence_of_scrapes_renders_like_the_reference(sequence, accept):
     cache = RenderCache(__version__)
     encoder, content_type = choose_encoder(accept)
     for snapshots in sequence:
-        rendered = cache.render(snapshots, encoder, content_type)
+        compressed = bool(len(snapshots) % 2)  # the gzip stream is made on demand, or not at all
+        rendered = cache.render(snapshots, encoder, content_type, compressed=compressed)
         assert rendered is not None
-        assert b"".join(rendered) == encoder(LoanCollector(snapshots, __version__))
+        expected = encoder(LoanCollector(snapshots, __version__))
+        assert rendered.families + rendered.trailer == expected
+        if compressed:
+            assert rendered.compressed is not None
+            prefix, compressor = rendered.compressed
+            finished = compressor.copy()
+            assert (
+                gzip.decompress(prefix + finished.compress(rendered.trailer) + finished.flush())
+                == expected
+            )
 
 
 def call(app, method="GET", query="", **headers):
