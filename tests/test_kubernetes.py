@@ -104,8 +104,11 @@ def test_renders_the_objects_a_prometheus_operator_user_needs(rendered) -> None:
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS, ids=lambda v: v or "newest")
-def test_built_in_kinds_pass_kubernetes_validate_strict(rendered, tmp_path, version) -> None:
-    built_in = [doc for doc in rendered if doc["kind"] not in CUSTOM_KINDS]
+@pytest.mark.parametrize("directory", ["kubernetes", "kubernetes-sharded"])
+def test_built_in_kinds_pass_kubernetes_validate_strict(tmp_path, directory, version) -> None:
+    built_in = [
+        doc for doc in kustomize(BASE.parent / directory) if doc["kind"] not in CUSTOM_KINDS
+    ]
     result = kubernetes_validate(write_all(tmp_path / "built-in.yaml", built_in), version)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -118,8 +121,9 @@ def test_kubernetes_validate_catches_a_misspelt_field(rendered, tmp_path) -> Non
 
 
 @pytest.mark.parametrize("kind", sorted(CUSTOM_KINDS))
-def test_custom_resources_match_prometheus_operators_schema(rendered, tmp_path, kind) -> None:
-    document = write_all(tmp_path / f"{kind}.yaml", [one(rendered, kind)])
+@pytest.mark.parametrize("directory", ["kubernetes", "kubernetes-sharded"])
+def test_custom_resources_match_prometheus_operators_schema(tmp_path, directory, kind) -> None:
+    document = write_all(tmp_path / f"{kind}.yaml", [one(kustomize(BASE.parent / directory), kind)])
     result = check_jsonschema(shared_schema(CUSTOM_KINDS[kind]), document, options=CRD_OPTIONS)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -336,20 +340,6 @@ def test_the_sharded_overlay_swaps_the_deployment_for_a_statefulset(sharded) -> 
         ("ServiceMonitor", "okx-loan-exporter"),  # one for all the shards
         ("StatefulSet", "okx-loan-exporter"),
     ]
-
-
-@pytest.mark.parametrize("version", KUBERNETES_VERSIONS, ids=lambda v: v or "newest")
-def test_the_sharded_overlay_passes_kubernetes_validate_strict(sharded, tmp_path, version) -> None:
-    built_in = [doc for doc in sharded if doc["kind"] not in CUSTOM_KINDS]
-    result = kubernetes_validate(write_all(tmp_path / "built-in.yaml", built_in), version)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_the_sharded_overlays_service_monitor_matches_the_crd(sharded, tmp_path) -> None:
-    document = write_all(tmp_path / "monitor.yaml", [one(sharded, "ServiceMonitor")])
-    schema = shared_schema(CUSTOM_KINDS["ServiceMonitor"])
-    result = check_jsonschema(schema, document, options=CRD_OPTIONS)
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def shard_env(statefulset: dict[str, Any]) -> dict[str, Any]:
