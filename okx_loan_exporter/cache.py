@@ -97,6 +97,10 @@ class AccountCache:
         self._next_attempt = float("-inf")
         self._auth_failures = 0
         self._task: asyncio.Task[None] | None = None
+        self._fetches = 0
+        """Fetches started and finished: request counts, outcome and clock offset change only
+        while one runs, so a snapshot taken between two fetches can be handed out again."""
+        self._kept: tuple[tuple[int, bool, bool], AccountSnapshot] | None = None
 
     def fetch_if_due(self) -> asyncio.Task[None] | None:
         """The fetch this scrape must wait for: the one in flight, a new one if due, or None."""
@@ -117,12 +121,21 @@ class AccountCache:
         return (task is None or task.done()) and self._clock() < self._next_attempt
 
     def snapshot(self, *, pending: bool = False) -> AccountSnapshot:
+        """The account's state now. Between fetches the same object is returned while nothing it
+        shows changed: a scrape of many accounts then builds nothing, and the render cache
+        recognises the snapshots by identity."""
         outcome = self._outcome
         fresh = (
             outcome.last_success is not None
             and self._clock() - outcome.last_success <= self._max_stale
         )
-        return AccountSnapshot(
+        task = self._task
+        settled = task is None or task.done()
+        key = (self._fetches, fresh, pending)
+        kept = self._kept
+        if settled and kept is not None and kept[0] == key:
+            return kept[1]
+        snapshot = AccountSnapshot(
             name=self.name,
             position=outcome.position if fresh else None,
             up=self._attempted and outcome.failure is None and not pending,
@@ -134,8 +147,12 @@ class AccountCache:
             last_hint=outcome.hint,
             connections=self.connections.snapshot(),
         )
+        if settled and self._fetches == key[0]:
+            self._kept = (key, snapshot)
+        return snapshot
 
     async def _fetch(self) -> None:
+        self._fetches += 1
         started = self._clock()
         self._next_attempt = started + self._ttl  # whatever the outcome: one request per TTL
         offset = self._source.clock_offset
@@ -158,6 +175,7 @@ class AccountCache:
             self._record_success(position)
         finally:
             self._attempted = True
+            self._fetches += 1
             self._log_clock_correction(offset)
 
     def _log_clock_correction(self, before: float) -> None:

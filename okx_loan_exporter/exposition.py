@@ -173,7 +173,7 @@ def _same_snapshots(old: Sequence[AccountSnapshot], new: Sequence[AccountSnapsho
     are compared by value; none of them can be -0.0 or NaN, where equality and text part ways.
     """
     return len(old) == len(new) and all(
-        a.position is b.position and a == b for a, b in zip(old, new, strict=True)
+        a is b or (a.position is b.position and a == b) for a, b in zip(old, new, strict=True)
     )
 
 

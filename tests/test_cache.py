@@ -338,3 +338,21 @@ def test_idle_only_while_nothing_is_due_or_in_flight():
         return busy, still_busy
 
     assert asyncio.run(in_flight()) == (False, False)
+
+
+def test_a_snapshot_is_handed_out_again_until_something_it_shows_changes():
+    cache, source, clock = make(position(0.5), position(0.6), ttl=10.0, max_stale=30.0)
+    first = only(refresh(cache))
+    assert only(cache.snapshots()) is first  # nothing changed: the same object
+    clock.now += 5
+    assert only(cache.snapshots()) is first
+    clock.now += 6  # the TTL passed: a new fetch, a new answer
+    second = only(refresh(cache))
+    assert second is not first and second.position.orders[0].current_ltv == 0.6
+    assert only(cache.snapshots()) is second
+    clock.now += 31  # older than max_stale: the position is withheld, without a fetch
+    withheld = only(cache.snapshots())
+    assert withheld is not second and withheld.position is None
+    pending = cache.accounts[0].snapshot(pending=True)
+    assert pending.up is False and pending is not withheld
+    assert source.calls == 2
