@@ -8,6 +8,7 @@ start for another reason, such as a listen address already in use.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import logging
 import os
@@ -31,6 +32,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("okx_loan_exporter")
 
 EXIT_OK, EXIT_RUNTIME, EXIT_CONFIG = 0, 1, 2
+GC_THRESHOLDS = (20_000, 10, 10)
+"""The garbage collector's generation thresholds while serving. Python's default (700, 10, 10)
+ran a collection every 700 allocations: during a cold scrape of 1,000 accounts over HTTPS (httpx,
+anyio and asyncio allocate many short-lived objects per request) that was about a tenth of the
+CPU time. Reference counting still frees everything without cycles at once."""
 DEMO_CACHE_TTL = "1s"  # the simulator moves prices every second
 
 
@@ -194,12 +200,26 @@ def _serve(
     watcher: WebConfigWatcher,
     shard: Shard | None,
 ) -> int:
-    from okx_loan_exporter.exporter import Exporter
-    from okx_loan_exporter.web import create_app
-
+    """Serve until SIGTERM or SIGINT, with the demo's simulator if there is no config."""
     simulator = None
     if config is None:
         simulator, config = _start_demo()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        return _run(args, config, watcher, shard)
+    finally:
+        gc.set_threshold(*thresholds)  # main() may run in-process (tests)
+        if simulator is not None:
+            simulator.stop()
+
+
+def _run(
+    args: argparse.Namespace, config: ExporterConfig, watcher: WebConfigWatcher, shard: Shard | None
+) -> int:
+    from okx_loan_exporter.exporter import Exporter
+    from okx_loan_exporter.web import create_app
+
     exporter = Exporter(config)
     try:
         server = ExporterHTTPServer(create_app(exporter, watcher), args.listen_address, watcher)
@@ -225,8 +245,6 @@ def _serve(
     log.info("shutting down")
     server.shutdown()
     exporter.close()
-    if simulator is not None:
-        simulator.stop()
     return EXIT_OK
 
 
