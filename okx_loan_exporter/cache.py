@@ -1,5 +1,6 @@
-"""Per-account TTL cache of positions: at most one OKX request per account per TTL, single flight,
-backoff after authentication failures, and a bound on how long stale values are served.
+"""Per-account TTL cache of positions: at most one OKX request per account per TTL (counted from the
+end of the previous fetch, so that it holds where OKX receives them too), single flight, backoff
+after authentication failures, and a bound on how long stale values are served.
 
 All state changes happen on one asyncio event loop; scrapes ask :meth:`PositionCache.refresh`,
 which starts the fetches that are due, waits for the ones in flight up to the scrape's deadline,
@@ -174,6 +175,9 @@ class AccountCache:
         else:
             self._record_success(position)
         finally:
+            # The TTL also runs from the end: a request delayed on its way (a busy event loop, a
+            # slow connection) must not bring the next one within a TTL of it at OKX.
+            self._next_attempt = max(self._next_attempt, self._clock() + self._ttl)
             self._attempted = True
             self._fetches += 1
             self._log_clock_correction(offset)

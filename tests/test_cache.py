@@ -356,3 +356,31 @@ def test_a_snapshot_is_handed_out_again_until_something_it_shows_changes():
     pending = cache.accounts[0].snapshot(pending=True)
     assert pending.up is False and pending is not withheld
     assert source.calls == 2
+
+
+class SlowSource(FakeSource):
+    """Each answer takes ``duration`` seconds of the clock."""
+
+    def __init__(self, clock, duration, *results):
+        super().__init__(*results)
+        self.clock = clock
+        self.duration = duration
+
+    async def loan_info(self):
+        self.clock.now += self.duration
+        return await super().loan_info()
+
+
+def test_the_ttl_runs_from_the_end_of_a_slow_fetch():
+    """A request that took 3 s to be answered may have reached OKX 3 s after it started: the next
+    one waits a whole TTL after that answer."""
+    clock = Clock()
+    source = SlowSource(clock, 3.0, position(0.5))
+    cache = PositionCache([AccountCache("main", source, ttl=10.0, max_stale=300.0, clock=clock)])
+    refresh(cache)  # started at 0, answered at 3
+    clock.now += 8.0  # 11 s after the start, 8 after the answer
+    refresh(cache)
+    assert source.calls == 1
+    clock.now += 2.0  # 10 s after the answer
+    refresh(cache)
+    assert source.calls == 2

@@ -313,9 +313,18 @@ def test_resources_fit_the_readmes_benchmark_figures(rendered) -> None:
     request = mebibytes(resources["requests"]["memory"])
     limit = mebibytes(resources["limits"]["memory"])
     assert request >= 1.3 * readme_rss_mib(100), "request: 100 accounts with 30 % to spare"
-    assert limit >= 1.5 * readme_rss_mib(500), "limit: 500 accounts with 50 % to spare"
-    assert limit <= 4 * readme_rss_mib(500), "a limit far above the figures hides a leak"
+    assert limit >= 1.3 * readme_rss_mib(1000), "limit: 1,000 accounts with 30 % to spare"
+    assert limit <= 4 * readme_rss_mib(1000), "a limit far above the figures hides a leak"
     assert "cpu" in resources["requests"]
+
+
+def test_each_shards_resources_fit_a_thousand_accounts(sharded) -> None:
+    (exporter,) = one(sharded, "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    request = mebibytes(exporter["resources"]["requests"]["memory"])
+    limit = mebibytes(exporter["resources"]["limits"]["memory"])
+    assert request >= 1.3 * readme_rss_mib(1000), "request: 1,000 accounts with 30 % to spare"
+    assert limit >= 1.5 * readme_rss_mib(1000), "limit: 1,000 accounts with 50 % to spare"
+    assert limit <= 2 * readme_rss_mib(2000), "a limit far above the figures hides a leak"
 
 
 # --- The sharded fleet: deploy/kubernetes-sharded ---------------------------------------------
