@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -268,6 +269,13 @@ class OkxClient:
                     FailureReason.NETWORK,
                     f"cannot resolve the host of {self._base_url}",
                     "check base_url or region, and DNS",
+                )
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                return OkxError(
+                    FailureReason.NETWORK,
+                    f"the TLS certificate of {self._base_url} is not trusted",
+                    "behind a TLS-inspecting proxy set tls_ca_file (or SSL_CERT_FILE) to its CA; "
+                    "otherwise check base_url",
                 )
             seen.add(id(cause))
             cause = cause.__cause__ or cause.__context__

@@ -70,6 +70,12 @@ def test_an_untrusted_certificate_is_a_network_failure(
     assert scrape.value("okx_loan_up", account="tls-a") == 0
     assert scrape.failures("tls-a")["network"] == 1
     assert simulator.stats()["accounts"]["tls-a"]["requests"] == 0
+    (snapshot,) = harness.exporter.snapshots()
+    assert snapshot.last_error == (
+        f"network: the TLS certificate of {simulator.base_url} is not trusted (behind a "
+        "TLS-inspecting proxy set tls_ca_file (or SSL_CERT_FILE) to its CA; otherwise check "
+        "base_url)"
+    )
 
 
 def test_ssl_cert_file_is_trusted_without_tls_ca_file(
