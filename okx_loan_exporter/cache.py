@@ -2,6 +2,9 @@
 end of the previous fetch, so that it holds where OKX receives them too), single flight, backoff
 after authentication failures, and a bound on how long stale values are served.
 
+An account may have a credentials check (key rotation): it runs before every request, right after
+an authentication failure (a changed key is tried at once), and once per TTL during the backoff.
+
 All state changes happen on one asyncio event loop; scrapes ask :meth:`PositionCache.refresh`,
 which starts the fetches that are due, waits for the ones in flight up to the scrape's deadline,
 and returns a consistent :class:`AccountSnapshot` per account. A fetch that outlives the deadline is
@@ -41,6 +44,10 @@ class PositionSource(Protocol):
     clock_offset: float
 
     async def loan_info(self) -> Position: ...
+
+
+CredentialsCheck = Callable[[], bool]
+"""Re-reads an account's credentials from where they come from; True when they changed."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,7 @@ class AccountCache:
         stats: RequestStats | None = None,
         connections: ConnectionStats | None = None,
         clock: Callable[[], float] = time.time,
+        check_credentials: CredentialsCheck | None = None,
     ) -> None:
         self.name = name
         self.stats = stats if stats is not None else RequestStats()
@@ -102,13 +110,17 @@ class AccountCache:
         """Fetches started and finished: request counts, outcome and clock offset change only
         while one runs, so a snapshot taken between two fetches can be handed out again."""
         self._kept: tuple[tuple[int, bool, bool], AccountSnapshot] | None = None
+        self._check_credentials = check_credentials
+        self._credentials_checked = float("-inf")
 
     def fetch_if_due(self) -> asyncio.Task[None] | None:
         """The fetch this scrape must wait for: the one in flight, a new one if due, or None."""
         if self._task is not None and not self._task.done():
             return self._task
         if self._clock() < self._next_attempt:
-            return None
+            if not self._credentials_due() or not self._credentials_changed():
+                return None
+            self._next_attempt = self._clock()  # a new key during the auth backoff: try it now
         self._task = asyncio.get_running_loop().create_task(self._fetch())
         return self._task
 
@@ -119,7 +131,28 @@ class AccountCache:
         and a fetch is started only once the clock has passed ``_next_attempt``.
         """
         task = self._task
-        return (task is None or task.done()) and self._clock() < self._next_attempt
+        return (
+            (task is None or task.done())
+            and self._clock() < self._next_attempt
+            and not self._credentials_due()
+        )
+
+    def _credentials_due(self) -> bool:
+        """In the backoff after authentication failures, the key is looked at once per TTL."""
+        return (
+            self._check_credentials is not None
+            and self._auth_failures > 0
+            and self._clock() >= self._credentials_checked + self._ttl
+        )
+
+    def _credentials_changed(self) -> bool:
+        if self._check_credentials is None:
+            return False
+        self._credentials_checked = self._clock()
+        changed = self._check_credentials()
+        if changed:
+            self._auth_failures = 0
+        return changed
 
     def snapshot(self, *, pending: bool = False) -> AccountSnapshot:
         """The account's state now. Between fetches the same object is returned while nothing it
@@ -157,8 +190,14 @@ class AccountCache:
         started = self._clock()
         self._next_attempt = started + self._ttl  # whatever the outcome: one request per TTL
         offset = self._source.clock_offset
+        self._credentials_changed()
         try:
-            position = await self._source.loan_info()
+            try:
+                position = await self._source.loan_info()
+            except OkxError as error:
+                if error.reason is not FailureReason.AUTH or not self._credentials_changed():
+                    raise
+                position = await self._source.loan_info()  # the key changed meanwhile: use it
         except OkxError as error:
             self._record_failure(started, error.reason, str(error), error.code, error.hint)
         except asyncio.CancelledError:

@@ -2,12 +2,14 @@
 
 Exit codes: 0 after a clean stop or a good ``--check-config``; 2 for a bad flag or configuration
 (one line naming the file, the key and the fix, never a traceback); 1 when the exporter cannot
-start for another reason, such as a listen address already in use.
+start for another reason, such as a listen address already in use. SIGTERM and SIGINT stop the
+exporter; SIGHUP reloads its configuration (:mod:`okx_loan_exporter.reload`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import itertools
 import logging
@@ -15,15 +17,21 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Container, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
 from okx_loan_exporter import __version__
 from okx_loan_exporter.config import ConfigError, ExporterConfig, config_from_dict, load_config
 from okx_loan_exporter.logs import LOG_FORMATS, LOG_LEVELS, JsonFormatter, setup_logging
-from okx_loan_exporter.server import ExporterHTTPServer, parse_listen_address
-from okx_loan_exporter.sharding import SHARD_ENV, Shard, ShardError, parse_shard
+from okx_loan_exporter.server import (
+    MAX_CONNECTIONS,
+    ConnectionStats,
+    ExporterHTTPServer,
+    ServerLimits,
+    parse_listen_address,
+    raise_open_file_limit,
+)
+from okx_loan_exporter.sharding import SHARD_ENV, Shard, ShardError, parse_shard, select_shard
 from okx_loan_exporter.webconfig import WebConfigWatcher
 
 if TYPE_CHECKING:
@@ -61,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to serve on (default :9855)",
     )
     parser.add_argument(
+        "--web.max-connections",
+        dest="max_connections",
+        type=_positive_int,
+        default=MAX_CONNECTIONS,
+        metavar="N",
+        help=f"most HTTP connections kept open (default {MAX_CONNECTIONS}); at the cap, the one "
+        "waiting longest without a complete request is closed",
+    )
+    parser.add_argument(
         "--web.config.file",
         dest="web_config_file",
         metavar="PATH",
@@ -93,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"okx-loan-exporter {__version__}")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,14 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _refuse(*problems)
     for warning in (*watcher.current().warnings, *(config.warnings if config else ())):
         log.warning(warning)
-    if config is not None and shard is not None:
-        config = replace(config, accounts=tuple(shard.select(config.accounts)))
-        if not config.accounts:
-            log.warning(
-                "shard %s of %s holds none of the configured accounts; it serves no account",
-                shard,
-                config.source,
-            )
+    if config is not None:
+        config = select_shard(config, shard)
     if args.check_config:
         if config is None:
             print("configuration OK: demo mode")
@@ -162,7 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{in_shard}: {names}"
             )
         return EXIT_OK
-    return _serve(args, config, watcher, shard)
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        return _serve(args, config, watcher, shard)
+    finally:
+        gc.set_threshold(*thresholds)  # main() may run in-process (tests)
 
 
 def _refuse(*messages: str) -> int:
@@ -200,29 +222,36 @@ def _serve(
     watcher: WebConfigWatcher,
     shard: Shard | None,
 ) -> int:
-    """Serve until SIGTERM or SIGINT, with the demo's simulator if there is no config."""
+    from prometheus_client import CollectorRegistry
+
+    from okx_loan_exporter.exporter import Exporter
+    from okx_loan_exporter.exposition import Exposition, ProcessMetrics
+    from okx_loan_exporter.reload import Reloader
+    from okx_loan_exporter.web import create_app
+
+    raise_open_file_limit()
     simulator = None
     if config is None:
         simulator, config = _start_demo()
-    thresholds = gc.get_threshold()
-    gc.set_threshold(*GC_THRESHOLDS)
-    try:
-        return _run(args, config, watcher, shard)
-    finally:
-        gc.set_threshold(*thresholds)  # main() may run in-process (tests)
-        if simulator is not None:
-            simulator.stop()
-
-
-def _run(
-    args: argparse.Namespace, config: ExporterConfig, watcher: WebConfigWatcher, shard: Shard | None
-) -> int:
-    from okx_loan_exporter.exporter import Exporter
-    from okx_loan_exporter.web import create_app
-
+    # The server's connection figures are exported after the process metrics.
+    self_metrics = CollectorRegistry(auto_describe=False)
+    self_metrics.register(ProcessMetrics())
+    self_metrics.register(connection_stats := ConnectionStats())
     exporter = Exporter(config)
+    exposition = Exposition(__version__, process_metrics=self_metrics)
+    reloader = Reloader(
+        exporter, watcher, args.config_file, demo=simulator is not None, shard=shard
+    )
+    self_metrics.register(reloader)
     try:
-        server = ExporterHTTPServer(create_app(exporter, watcher), args.listen_address, watcher)
+        app = create_app(exporter, watcher, exposition=exposition, reloader=reloader)
+        server = ExporterHTTPServer(
+            app,
+            args.listen_address,
+            watcher,
+            ServerLimits(max_connections=args.max_connections),
+            connection_stats,
+        )
     except OSError as error:
         exporter.close()
         reason = error.strerror or str(error)
@@ -231,21 +260,66 @@ def _run(
         )
         return EXIT_RUNTIME
 
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    server.start_background()
-    log.info(
-        "serving %d account(s) on %s/metrics",
-        len(config.accounts),
-        server.url,
-        extra={"version": __version__, **({"shard": str(shard)} if shard else {})},
-    )
-    stop.wait()
+    with _signal_pipe((signal.SIGTERM, signal.SIGINT, signal.SIGHUP)) as signals:
+        server.start_background()
+        log.info(
+            "serving %d account(s) on %s/metrics",
+            len(config.accounts),
+            server.url,
+            extra={"version": __version__, **({"shard": str(shard)} if shard else {})},
+        )
+        while _wait_for_signal(signals, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}) == (
+            signal.SIGHUP
+        ):
+            # On its own thread: a config file that blocks (a FIFO, a hung mount) must not keep
+            # this thread from seeing SIGTERM. Reloads queue on the reloader's lock.
+            threading.Thread(target=reloader.reload_logged, name="reload", daemon=True).start()
     log.info("shutting down")
-    server.shutdown()
+    still_running = server.shutdown()
     exporter.close()
+    if simulator is not None:
+        simulator.stop()
+    if still_running:
+        # Their threads may be inside native code (bcrypt) that aborts the process if the
+        # interpreter shuts down under it; exit now instead, as a stop within 2 s requires.
+        log.warning("exiting with %d request(s) still being answered", still_running)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(EXIT_OK)
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _signal_pipe(signums: Iterable[signal.Signals]) -> Iterator[int]:
+    """A pipe that receives one byte, the signal number, per signal in ``signums``.
+
+    Python's C-level handler writes the byte (``signal.set_wakeup_fd``); the Python handler does
+    nothing, so no lock is ever taken in signal context. Yields the pipe's read end.
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    previous = {signum: signal.signal(signum, _ignore_signal) for signum in signums}
+    try:
+        yield read_end
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(read_end)
+        os.close(write_end)
+
+
+def _ignore_signal(signum: int, frame: object) -> None:
+    """Stands in for the default action (exit, KeyboardInterrupt); the wake-up byte acts."""
+
+
+def _wait_for_signal(read_end: int, wanted: Container[int]) -> int:
+    """Block until one of ``wanted`` arrives on the signal pipe; its number."""
+    while True:
+        for signum in os.read(read_end, 64):
+            if signum in wanted:
+                return signum
 
 
 def _start_demo() -> tuple[Simulator, ExporterConfig]:

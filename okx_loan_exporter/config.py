@@ -100,6 +100,8 @@ class AccountConfig:
     tls_ca_file: str | None = None
     """PEM file of the CA certificates trusted for ``base_url`` instead of the default ones
     (certifi's, or ``SSL_CERT_FILE``); an absolute path."""
+    secret_files: tuple[secret_sources.SecretFile, ...] = ()
+    """The secrets read from files, re-read when a file changes (key rotation)."""
 
 
 @dataclass(frozen=True)
@@ -342,6 +344,7 @@ def _account(
         names[name] = prefix
 
     secrets: dict[str, str] = {}
+    files: list[secret_sources.SecretFile] = []
     inline_keys: list[str] = []
     api_key_key = f"{prefix}.api_key"
     for secret in secret_sources.SECRETS:
@@ -352,6 +355,8 @@ def _account(
             secrets[secret] = value
             if inline:
                 inline_keys.append(used_key)
+            if used_key.endswith("_file"):
+                files.append(secret_sources.secret_file(entry, used_key, secret, base_dir))
             if secret == "api_key":
                 api_key_key = used_key
 
@@ -386,7 +391,14 @@ def _account(
     problems.errors.extend(mine.errors)
     if mine.errors:
         return None
-    account = AccountConfig(name=name, demo=demo, base_url=base_url, tls_ca_file=ca_file, **secrets)
+    account = AccountConfig(
+        name=name,
+        demo=demo,
+        base_url=base_url,
+        tls_ca_file=ca_file,
+        secret_files=tuple(files),
+        **secrets,
+    )
     return account, inline_keys, api_key_key
 
 
@@ -464,7 +476,18 @@ def _from_environ(environ: Mapping[str, str]) -> ExporterConfig:
         # A misspelt variable is often why one is missing: report it with the problems.
         problems.errors.extend(typos)
     problems.raise_any()
-    account = AccountConfig(name="default", demo=demo_text in _TRUE, base_url=base_url, **secrets)
+    files = tuple(
+        file
+        for secret in secret_sources.SECRETS
+        if (file := secret_sources.env_secret_file(environ, secret)) is not None
+    )
+    account = AccountConfig(
+        name="default",
+        demo=demo_text in _TRUE,
+        base_url=base_url,
+        secret_files=files,
+        **secrets,
+    )
     return ExporterConfig(
         accounts=(account,),
         cache_ttl=cache_ttl,

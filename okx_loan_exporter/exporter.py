@@ -2,14 +2,16 @@
 
 :class:`Exporter` owns the event loop thread on which all OKX requests and cache updates run, and
 the connection pools (one per ``ACCOUNTS_PER_POOL`` accounts of a base URL), with an httpx client
-per account over them (:mod:`okx_loan_exporter.okx_transport`). It hands each
-scrape the accounts' snapshots; turning them into text is :mod:`okx_loan_exporter.exposition`'s job.
+per account over them (:mod:`okx_loan_exporter.okx_transport`). It hands each scrape the
+accounts' snapshots; turning them into text is :mod:`okx_loan_exporter.exposition`'s job.
+:meth:`Exporter.apply` puts a reloaded configuration in force.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ssl
 import threading
 import time
@@ -20,7 +22,8 @@ import httpx
 
 from okx_loan_exporter import __version__
 from okx_loan_exporter.cache import AccountCache, AccountSnapshot, PositionCache
-from okx_loan_exporter.config import ExporterConfig
+from okx_loan_exporter.config import AccountConfig, ExporterConfig
+from okx_loan_exporter.key_rotation import SecretFileWatcher
 from okx_loan_exporter.okx import Credentials, OkxClient
 from okx_loan_exporter.okx_transport import AccountTransport, ConnectionStats, connection_pool
 from okx_loan_exporter.stats import RequestStats
@@ -66,6 +69,31 @@ class EventLoopThread:
         self._thread.join(timeout=2)
 
 
+@dataclasses.dataclass
+class AccountChanges:
+    """What :meth:`Exporter.apply` did, by account name."""
+
+    removed: tuple[str, ...] = ()
+    added: list[str] = dataclasses.field(default_factory=list)
+    changed: list[str] = dataclasses.field(default_factory=list)
+    unchanged: list[str] = dataclasses.field(default_factory=list)
+
+
+def _settings(account: AccountConfig) -> AccountConfig:
+    """The account's settings without the secrets read from files (those rotate by themselves)."""
+    rotating = {file.secret for file in account.secret_files}
+
+    def setting(secret: str, value: str) -> str:
+        return "" if secret in rotating else value
+
+    return dataclasses.replace(
+        account,
+        api_key=setting("api_key", account.api_key),
+        secret_key=setting("secret_key", account.secret_key),
+        passphrase=setting("passphrase", account.passphrase),
+    )
+
+
 class Exporter:
     """The running exporter: serves scrapes from per-account caches filled from OKX."""
 
@@ -77,55 +105,61 @@ class Exporter:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.config = config
+        self._clock = clock
+        self._transport = transport
         self._loop_thread = EventLoopThread()
-        self._pools: list[httpx.AsyncBaseTransport] = []
-        self._http_clients: list[httpx.AsyncClient] = []
         self._ssl_contexts: dict[str | None, ssl.SSLContext] = {}
-        keepalive = keepalive_seconds(config.cache_ttl)
-        accounts = []
-        pools: dict[tuple[str, str | None], httpx.AsyncBaseTransport] = {}  # being filled
-        members: dict[tuple[str, str | None], int] = {}  # accounts so far per base URL and CA
-        for account in config.accounts:
-            origin = (account.base_url, account.tls_ca_file)
-            count = members.get(origin, 0)
-            if count % ACCOUNTS_PER_POOL == 0:
-                pools[origin] = transport or connection_pool(
-                    max_connections=CONNECTIONS_PER_POOL,
-                    keepalive_expiry=keepalive,
-                    verify=self._ssl_context(account.tls_ca_file),
-                )
-                self._pools.append(pools[origin])
-            members[origin] = count + 1
-            connections = ConnectionStats()
-            http = httpx.AsyncClient(
-                transport=AccountTransport(pools[origin], connections),
-                timeout=config.timeout,
-                headers={"User-Agent": USER_AGENT},
-                follow_redirects=False,
+        Origin = tuple[str, str | None]  # base URL, CA file
+        self._filling: dict[Origin, tuple[httpx.AsyncBaseTransport, int]] = {}  # pool, members
+        self._pool_of: dict[str, httpx.AsyncBaseTransport] = {}  # account name -> its pool
+        self._client_of: dict[str, httpx.AsyncClient] = {}  # account name -> its own client
+        self.cache = PositionCache([self._new_account(account) for account in config.accounts])
+
+    def _new_account(self, account: AccountConfig) -> AccountCache:
+        """A fresh cache for ``account`` with its OKX client (and key rotation, for *_file keys)."""
+        origin = (account.base_url, account.tls_ca_file)
+        pool, members = self._filling.get(origin, (None, 0))
+        if pool is None or members % ACCOUNTS_PER_POOL == 0:
+            pool = self._transport or connection_pool(
+                max_connections=CONNECTIONS_PER_POOL,
+                keepalive_expiry=keepalive_seconds(self.config.cache_ttl),
+                verify=self._ssl_context(account.tls_ca_file),
             )
-            self._http_clients.append(http)
-            stats = RequestStats()
-            client = OkxClient(
-                http,
-                account.base_url,
-                Credentials(account.api_key, account.secret_key, account.passphrase),
-                demo=account.demo,
-                timeout=config.timeout,
-                clock=clock,
-                on_request=stats.observe,
-            )
-            accounts.append(
-                AccountCache(
-                    account.name,
-                    client,
-                    ttl=config.cache_ttl,
-                    max_stale=config.max_stale,
-                    stats=stats,
-                    connections=connections,
-                    clock=clock,
-                )
-            )
-        self.cache = PositionCache(accounts)
+        self._filling[origin] = (pool, members + 1)
+        self._pool_of[account.name] = pool
+        connections = ConnectionStats()
+        http = httpx.AsyncClient(
+            transport=AccountTransport(pool, connections),
+            timeout=self.config.timeout,
+            headers={"User-Agent": USER_AGENT},
+            follow_redirects=False,
+        )
+        self._client_of[account.name] = http
+        stats = RequestStats()
+        client = OkxClient(
+            http,
+            account.base_url,
+            Credentials(account.api_key, account.secret_key, account.passphrase),
+            demo=account.demo,
+            timeout=self.config.timeout,
+            clock=self._clock,
+            on_request=stats.observe,
+        )
+        watcher = (
+            SecretFileWatcher(account, self.config.source, client.use_credentials)
+            if account.secret_files
+            else None
+        )
+        return AccountCache(
+            account.name,
+            client,
+            ttl=self.config.cache_ttl,
+            max_stale=self.config.max_stale,
+            stats=stats,
+            connections=connections,
+            clock=self._clock,
+            check_credentials=watcher.check if watcher is not None else None,
+        )
 
     def _ssl_context(self, ca_file: str | None) -> ssl.SSLContext:
         """One context per CA file, shared by its pools: what httpx builds for every client by
@@ -137,6 +171,65 @@ class Exporter:
                 else ssl.create_default_context(cafile=ca_file)
             )
         return self._ssl_contexts[ca_file]
+
+    def apply(self, config: ExporterConfig) -> AccountChanges:
+        """Serve ``config`` from now on (a reload). An account whose settings are the same keeps
+        its cache, counters and schedule; the others start afresh; removed ones disappear.
+
+        A changed ``cache_ttl``, ``max_stale`` or ``timeout`` changes every account. A secret read
+        from a file is not a setting here: the account re-reads its files itself before each
+        request. Call it from one thread at a time, never the fetch loop's.
+        """
+        same_globals = (config.cache_ttl, config.max_stale, config.timeout) == (
+            self.config.cache_ttl,
+            self.config.max_stale,
+            self.config.timeout,
+        )
+        before = {account.name: account for account in self.config.accounts}
+        kept = {cache.name: cache for cache in self.cache.accounts}
+        after = {account.name for account in config.accounts}
+        changes = AccountChanges(removed=tuple(name for name in before if name not in after))
+        self.config = config
+        if not same_globals:
+            self._filling.clear()  # new pools, with the new keep-alive
+        old_clients, old_pools = dict(self._client_of), dict(self._pool_of)
+        caches = []
+        for account in config.accounts:
+            old = before.get(account.name)
+            if old is not None and same_globals and _settings(old) == _settings(account):
+                caches.append(kept[account.name])
+                changes.unchanged.append(account.name)
+                continue
+            (changes.changed if old is not None else changes.added).append(account.name)
+            caches.append(self._new_account(account))
+        self.cache = PositionCache(caches)
+        for name in changes.removed:
+            del self._client_of[name], self._pool_of[name]
+        gone = (*changes.removed, *changes.changed)
+        self._close_unused([old_clients[name] for name in gone], [old_pools[name] for name in gone])
+        return changes
+
+    def _close_unused(
+        self, clients: list[httpx.AsyncClient], pools: list[httpx.AsyncBaseTransport]
+    ) -> None:
+        """Close the clients of removed or replaced accounts, and those of ``pools`` (their
+        former pools) that no account uses any more."""
+        used = {id(pool) for pool in self._pool_of.values()}
+        self._filling = {
+            origin: entry for origin, entry in self._filling.items() if id(entry[0]) in used
+        }
+        unused = {id(pool): pool for pool in pools if id(pool) not in used}
+        if not clients and not unused:
+            return
+
+        async def close() -> None:
+            for client in clients:
+                await client.aclose()
+            for pool in unused.values():
+                if pool is not self._transport:
+                    await pool.aclose()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop_thread.loop)
 
     def scrape_wait(self, scrape_timeout: float | None) -> float:
         """How long a scrape may wait for OKX: bounded by ``timeout`` and Prometheus' deadline."""
@@ -161,12 +254,14 @@ class Exporter:
         return self.cache.snapshots()
 
     def close(self) -> None:
-        """Close the HTTP clients and stop the event loop."""
+        """Close the HTTP clients and their pools, and stop the event loop."""
+        clients = list(self._client_of.values())
+        pools = {id(pool): pool for pool in self._pool_of.values()}
 
         async def close_clients() -> None:
-            for client in self._http_clients:
+            for client in clients:
                 await client.aclose()
-            for pool in self._pools:
+            for pool in pools.values():
                 await pool.aclose()
 
         with contextlib.suppress(Exception):  # closing is best effort at shutdown

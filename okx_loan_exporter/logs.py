@@ -1,4 +1,7 @@
-"""Log formatting: logfmt (the Prometheus exporters' default) or one JSON object per line."""
+"""Log formatting: logfmt (the Prometheus exporters' default) or one JSON object per line.
+
+Both escape every unprintable character, so what a client or OKX sends cannot forge a log line.
+"""
 
 from __future__ import annotations
 
@@ -48,15 +51,41 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line with the same keys as the logfmt format."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(_fields(record), default=str, ensure_ascii=False)
+        # json.dumps escapes C0 controls only; DEL, C1, separators and bidi overrides stay raw.
+        return _escape_unprintable(json.dumps(_fields(record), default=str, ensure_ascii=False))
 
 
 def _logfmt_value(value: object) -> str:
     text = str(value)
-    if text and not any(char in text for char in ' "=\n\t\\'):
+    if text and text.isprintable() and not any(char in text for char in ' "=\\'):
         return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
+    return '"' + _escape_unprintable(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+
+
+def _escape_unprintable(text: str) -> str:
+    """``text`` with every character that is not printable escaped: controls (C0, DEL, C1),
+    line and paragraph separators, format characters such as bidi overrides, lone surrogates.
+
+    So a request line or an OKX message cannot start a new log line or fool a terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escape(char) for char in text)
+
+
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    """``\\n``, or ``\\uXXXX`` (a UTF-16 surrogate pair above U+FFFF), valid in JSON too."""
+    short = _SHORT_ESCAPES.get(char)
+    if short is not None:
+        return short
+    code = ord(char)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error")

@@ -158,6 +158,11 @@ class OkxClient:
         self.clock_offset = 0.0
         """OKX's clock minus the local clock in seconds, measured after a 50102; 0 until then."""
 
+    def use_credentials(self, credentials: Credentials) -> None:
+        """Sign the next requests with ``credentials`` (a rotated key); old ones stay redacted."""
+        self._fragments = self._fragments | credentials.fragments()
+        self._credentials = credentials
+
     async def loan_info(self) -> Position:
         """Return the account's position, or raise :class:`OkxError`."""
         try:
@@ -178,11 +183,12 @@ class OkxClient:
 
     async def _signed_loan_info(self) -> Position:
         timestamp = okx_timestamp(self._clock() + self.clock_offset)
+        credentials = self._credentials
         headers = {
-            "OK-ACCESS-KEY": self._credentials.api_key,
-            "OK-ACCESS-SIGN": sign(self._credentials.secret_key, timestamp, "GET", LOAN_INFO_PATH),
+            "OK-ACCESS-KEY": credentials.api_key,
+            "OK-ACCESS-SIGN": sign(credentials.secret_key, timestamp, "GET", LOAN_INFO_PATH),
             "OK-ACCESS-TIMESTAMP": timestamp,
-            "OK-ACCESS-PASSPHRASE": self._credentials.passphrase,
+            "OK-ACCESS-PASSPHRASE": credentials.passphrase,
             "Content-Type": "application/json",
         }
         if self._demo:

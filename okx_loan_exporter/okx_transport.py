@@ -84,7 +84,7 @@ class AccountTransport(httpx.AsyncBaseTransport):
     """
 
     def __init__(self, pool: httpx.AsyncBaseTransport, stats: ConnectionStats) -> None:
-        self._pool = pool
+        self.pool = pool
         self.stats = stats
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -98,13 +98,13 @@ class AccountTransport(httpx.AsyncBaseTransport):
 
         request.extensions = {**request.extensions, "trace": trace}
         try:
-            return await self._pool.handle_async_request(request)
+            return await self.pool.handle_async_request(request)
         except _STALE_CONNECTION_ERRORS:
             if opened or not _idempotent(request):
                 raise  # a fresh connection failed, or the request must not reach OKX twice
         self.stats.request_retried()
         opened = False
-        return await self._pool.handle_async_request(request)
+        return await self.pool.handle_async_request(request)
 
     async def aclose(self) -> None:
         """Nothing to release: the pool is shared and closed by its owner."""

@@ -12,6 +12,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from okx_loan_exporter.yamlload import ConfigError, os_reason, type_name
@@ -27,6 +28,39 @@ _SECRET_WHAT = {"api_key": "API key", "secret_key": "secret key", "passphrase": 
 _MAX_SECRET_FILE_BYTES = 64 * 1024
 
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A secret read from a file, so that it can be read again when the file changes."""
+
+    secret: str
+    """Which secret: one of SECRETS."""
+    key: str
+    """The dotted key (or variable) that names the file, for messages."""
+    path: str = field(repr=False)
+    """The file's absolute path as configured (symlinks not resolved)."""
+
+
+def secret_file(entry: Mapping[str, Any], used_key: str, secret: str, base_dir: str) -> SecretFile:
+    """The file behind ``used_key`` (a ``*_file`` key of ``entry`` that was read successfully)."""
+    return SecretFile(secret, used_key, _full_path(entry[f"{secret}_file"], base_dir))
+
+
+def env_secret_file(environ: Mapping[str, str], secret: str) -> SecretFile | None:
+    """The file of ``secret`` when the environment names one (``OKX_API_KEY_FILE``...)."""
+    var = f"{SECRET_ENV[secret]}_FILE"
+    path = environ.get(var)
+    return SecretFile(secret, var, _full_path(path, os.getcwd())) if path else None
+
+
+def read_again(file: SecretFile, source: str) -> str:
+    """The secret in ``file`` now, checked as at start; ConfigError (naming the key) if bad."""
+    return read_secret_file(file.path, source, file.key, _SECRET_WHAT[file.secret], "/")
+
+
+def _full_path(path: str, base_dir: str) -> str:
+    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(path.strip())))
 
 
 def account_secret(
@@ -148,7 +182,7 @@ def read_secret_file(path: object, source: str, key: str, what: str, base_dir: s
             "give the file's path, e.g. /run/secrets/okx_api_key",
         )
     given = os.path.expanduser(path.strip())
-    full = os.path.normpath(os.path.join(base_dir, given))
+    full = _full_path(path, base_dir)
     the_file = f"the file named by {key}"
     try:
         with open(full, "rb") as handle:

@@ -8,10 +8,15 @@ version (unlike ``hash()``), so COUNT exporters given the same config and the in
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
+
+from okx_loan_exporter.config import ExporterConfig
+
+log = logging.getLogger(__name__)
 
 SHARD_ENV = "OKX_SHARD"
 _SHARD_RE = re.compile(r"([0-9]{1,6})/([0-9]{1,6})", re.ASCII)
@@ -63,3 +68,19 @@ def parse_shard(text: str) -> Shard:
     if count < 1 or index >= count:
         raise ShardError(f"{text!r} needs 0 <= INDEX < COUNT")
     return Shard(index, count)
+
+
+def select_shard(config: ExporterConfig, shard: Shard | None) -> ExporterConfig:
+    """``config`` with only the accounts of ``shard`` (all of them for None), at start and at
+    every reload; a shard left without accounts is logged, not refused."""
+    if shard is None:
+        return config
+    mine = replace(config, accounts=tuple(shard.select(config.accounts)))
+    if not mine.accounts:
+        log.warning(
+            "shard %s of %s holds none of its %d account(s); it serves no account",
+            shard,
+            config.source,
+            len(config.accounts),
+        )
+    return mine

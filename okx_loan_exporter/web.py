@@ -1,9 +1,12 @@
-"""The WSGI app factory: ``/metrics``, the landing page ``/``, ``/-/healthy`` and ``/-/ready``.
+"""The WSGI app factory: ``/metrics``, the landing page ``/``, ``/-/healthy``, ``/-/ready`` and
+``POST /-/reload``.
 
 A failed OKX call is never an HTTP error here: it is ``okx_loan_up 0`` in a 200 answer. A GET of
 ``/metrics`` is answered from :class:`~okx_loan_exporter.exposition.Exposition`, exactly as
 prometheus_client's ``make_wsgi_app`` would; other methods and ``name[]`` filters go to
-``make_wsgi_app`` itself. Access control, when configured, wraps the whole app (see ``webconfig``).
+``make_wsgi_app`` itself. ``HEAD`` is answered as ``GET`` on every endpoint; the server sends the
+headers without the body. Access control, when configured, wraps the whole app (see
+``basicauth``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from okx_loan_exporter.basicauth import auth_middleware
 from okx_loan_exporter.exporter import Exporter
 from okx_loan_exporter.exposition import Exposition
 from okx_loan_exporter.landing import render_landing_page
+from okx_loan_exporter.reload import Reloader, ReloadFailed
 from okx_loan_exporter.webconfig import WebConfigWatcher
 
 log = logging.getLogger(__name__)
@@ -36,9 +40,11 @@ def create_app(
     watcher: WebConfigWatcher | None = None,
     *,
     exposition: Exposition | None = None,
+    reloader: Reloader | None = None,
     clock: Callable[[], float] = time.time,
 ) -> WSGIApp:
-    """Build the exporter's WSGI app; with ``watcher``, TLS/basic-auth settings apply to it."""
+    """Build the exporter's WSGI app; with ``watcher``, TLS/basic-auth settings apply to it;
+    with ``reloader``, ``POST /-/reload`` reloads the configuration (200, or 500 and why)."""
     render = exposition if exposition is not None else Exposition(__version__)
 
     def metrics(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -49,9 +55,12 @@ def create_app(
             log.error("the fetch loop did not answer in time; serving cached values")
             snapshots = exporter.snapshots()
         query = environ.get("QUERY_STRING")
-        if environ.get("REQUEST_METHOD") != "GET" or (query and "name[]" in parse_qs(query)):
+        method = environ.get("REQUEST_METHOD")
+        if method not in ("GET", "HEAD") or (query and "name[]" in parse_qs(query)):
+            # HEAD is answered as GET; the server leaves the body out.
+            as_get = {**environ, "REQUEST_METHOD": "GET"} if method == "HEAD" else environ
             filtered: WSGIApp = make_wsgi_app(render.registry(snapshots))
-            return filtered(environ, start_response)
+            return filtered(as_get, start_response)
         body, headers = render.answer(
             snapshots, environ.get("HTTP_ACCEPT"), environ.get("HTTP_ACCEPT_ENCODING")
         )
@@ -91,9 +100,26 @@ def create_app(
     not_found = text("404 Not Found", "Not found: see / for the endpoints\n")
     not_allowed = text("405 Method Not Allowed", "Use GET\n")
 
+    def reload(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        assert reloader is not None
+        if environ.get("REQUEST_METHOD") != "POST":
+            return text("405 Method Not Allowed", "Use POST\n")(environ, start_response)
+        try:
+            summary = reloader.reload()
+        except ReloadFailed as failed:
+            problems = "".join(f"{line}\n" for line in failed.lines)
+            return text("500 Internal Server Error", f"reload failed:\n{problems}")(
+                environ, start_response
+            )
+        return text("200 OK", f"configuration reloaded: {summary}\n")(environ, start_response)
+
+    if reloader is not None:
+        routes["/-/reload"] = reload
+
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         route = routes.get(environ.get("PATH_INFO") or "/", not_found)
-        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD") and route is not metrics:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in ("GET", "HEAD") and route not in (metrics, reload):
             route = not_allowed
         return route(environ, start_response)
 

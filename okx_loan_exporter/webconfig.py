@@ -479,6 +479,24 @@ class WebConfigWatcher:
         for warning in config.warnings:
             logger.warning(warning)
 
+    def read_now(self) -> Callable[[], None]:
+        """Read and validate the file now (a reload), raising ConfigError when it is bad; the
+        returned call puts it in force, so that a reload can check all its files first."""
+        if self.path is None:
+            return lambda: None
+        path = self.path
+        before = _stamp(path)
+        config, ctx = load(path)
+
+        def put_in_force() -> None:
+            with self._lock:
+                self._config, self._ctx, self._failed_with = config, ctx, None
+                self._stamps = self._stamps_afterload(before, config)
+            for warning in config.warnings:
+                logger.warning(warning)
+
+        return put_in_force
+
     def current(self) -> WebConfig:
         """The config in force, after re-reading the file if it changed."""
         if self.path is None:

@@ -68,8 +68,11 @@ class Process:
         ready_url: str | None = None,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
+        self.preexec_fn = preexec_fn
+        """Run in the child before the program starts (e.g. to set resource limits)."""
         self.argv = [str(arg) for arg in argv]
         self.ready_url = ready_url
         # OKX_* variables of the developer's shell must not reach the exporter under test.
@@ -98,6 +101,7 @@ class Process:
                 stderr=err,
                 env=self.env,
                 cwd=self.cwd,
+                preexec_fn=self.preexec_fn,
             )
         return self
 
@@ -201,6 +205,7 @@ class ProcessGroup:
         ready_timeout: float = 20.0,
         env: Mapping[str, str] | None = None,
         attempts: int = 3,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> tuple[Process, int]:
         """Start ``make_argv(port)`` on a free port and wait until ``ready_path`` answers 200.
 
@@ -212,7 +217,9 @@ class ProcessGroup:
             port = free_port()
             label = name if attempt == 1 else f"{name}.attempt{attempt}"
             url = f"http://{LOOPBACK}:{port}{ready_path}" if ready_path is not None else None
-            process = Process(label, make_argv(port), self.log_dir, ready_url=url, env=env)
+            process = Process(
+                label, make_argv(port), self.log_dir, ready_url=url, env=env, preexec_fn=preexec_fn
+            )
             self.processes.append(process.start())
             if url is None:
                 return process, port
@@ -385,8 +392,8 @@ class SimulatorControl:
         self.base_url = base_url
 
     def set_account(self, name: str, **changes: Any) -> dict[str, Any]:
-        """``POST /sim/accounts/<name>`` with ``changes`` (order, ltv, walk, fault, latency, close;
-        ltv and walk act on ``order``, by default the account's first)."""
+        """``POST /sim/accounts/<name>`` with ``changes`` (order, ltv, walk, fault, latency, close,
+        passphrase, secret_key; ltv and walk act on ``order``, by default the account's first)."""
         response = httpx.post(f"{self.base_url}/sim/accounts/{name}", json=changes, timeout=5.0)
         assert response.status_code == 200, f"simulator refused {changes}: {response.text}"
         return dict(response.json())

@@ -384,3 +384,78 @@ def test_the_ttl_runs_from_the_end_of_a_slow_fetch():
     clock.now += 2.0  # 10 s after the answer
     refresh(cache)
     assert source.calls == 2
+
+
+class RotatingKey:
+    """A credentials check whose answer the test sets: True once after the key changed."""
+
+    def __init__(self):
+        self.checks = 0
+        self.changed = False
+
+    def __call__(self):
+        self.checks += 1
+        changed, self.changed = self.changed, False
+        return changed
+
+
+def make_rotating(*results, ttl=10.0):
+    clock = Clock()
+    source = FakeSource(*results)
+    key = RotatingKey()
+    account = AccountCache(
+        "main", source, ttl=ttl, max_stale=300.0, clock=clock, check_credentials=key
+    )
+    return PositionCache([account]), source, clock, key
+
+
+def test_credentials_are_checked_before_every_request():
+    cache, source, clock, key = make_rotating(position(0.5), ttl=10)
+    refresh(cache)
+    clock.now += 5
+    refresh(cache)  # served from the cache: no request, no check
+    assert (source.calls, key.checks) == (1, 1)
+    clock.now += 5
+    refresh(cache)
+    assert (source.calls, key.checks) == (2, 2)
+
+
+def test_a_key_changed_on_disk_is_tried_at_once_after_an_auth_failure():
+    cache, source, _, key = make_rotating(
+        failure(FailureReason.AUTH, "50105"), position(0.5), ttl=10
+    )
+
+    async def changed_while_in_flight():
+        key.changed = True  # the file changed after the check that preceded the request
+        return await FakeSource.loan_info(source)
+
+    source.loan_info = changed_while_in_flight
+    snapshot = only(refresh(cache))
+    assert snapshot.up is True  # the failed request was retried with the new key at once
+    assert source.calls == 2
+
+
+def test_during_the_auth_backoff_the_key_is_checked_once_per_ttl_and_a_new_one_used_at_once():
+    cache, source, clock, key = make_rotating(
+        failure(FailureReason.AUTH, "50105"),
+        failure(FailureReason.AUTH, "50105"),
+        position(0.5),
+        ttl=10,
+    )
+    refresh(cache)
+    clock.now += 20
+    refresh(cache)  # the second failure backs off 40 s
+    assert source.calls == 2
+    checks = key.checks
+    clock.now += 5
+    assert cache.idle()
+    refresh(cache)
+    assert key.checks == checks  # not yet one TTL since the last check
+    clock.now += 5
+    assert not cache.idle()  # a check is due, so a scrape goes to the loop for it
+    refresh(cache)
+    assert (key.checks, source.calls) == (checks + 1, 2)  # unchanged: still backing off
+    clock.now += 10
+    key.changed = True
+    snapshot = only(refresh(cache))
+    assert source.calls == 3 and snapshot.up is True  # 20 s before the backoff's end

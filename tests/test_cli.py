@@ -2,12 +2,15 @@
 
 import json
 import logging
+import os
+import signal
+import threading
 from pathlib import Path
 
 import pytest
 
 from okx_loan_exporter import __version__
-from okx_loan_exporter.cli import main
+from okx_loan_exporter.cli import _signal_pipe, _wait_for_signal, main
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "config.yml"
 
@@ -151,3 +154,29 @@ def test_inline_secrets_in_readable_file_warn_at_start(tmp_path, capsys):
     config.chmod(0o600)
     assert main(["--config.file", str(config), "--check-config"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many", "1.5"])
+def test_max_connections_must_be_a_whole_number_of_1_or_more(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--web.max-connections", value, "--check-config"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--web.max-connections: {value!r} is not a whole number of 1 or more" in err
+
+
+def test_signals_reach_the_waiting_main_thread_through_the_pipe():
+    previous = signal.getsignal(signal.SIGUSR1)
+    with _signal_pipe((signal.SIGUSR1, signal.SIGUSR2)) as read_end:
+        sender = threading.Thread(
+            target=lambda: (
+                [os.kill(os.getpid(), signal.SIGUSR1) for _ in range(200)]
+                + [os.kill(os.getpid(), signal.SIGUSR2)]
+            )
+        )
+        sender.start()
+        # SIGUSR1 bytes arrive too (the pipe carries every signal with a handler); only the
+        # wanted one ends the wait, however many others come first.
+        assert _wait_for_signal(read_end, {signal.SIGUSR2}) == signal.SIGUSR2
+        sender.join()
+    assert signal.getsignal(signal.SIGUSR1) == previous

@@ -350,7 +350,6 @@ def test_metrics_answer_equals_prometheus_client_wsgi_app(exporter, exposition, 
     ("method", "query"),
     [
         ("OPTIONS", ""),
-        ("HEAD", ""),
         ("POST", ""),
         ("GET", "name[]=okx_loan_up"),
         ("GET", "name%5B%5D=okx_loan_ltv_ratio&name[]=process_open_fds"),
@@ -364,6 +363,15 @@ def test_other_methods_and_name_filters_answer_as_prometheus_client(
     answer = call(app, method, query)
     expected = call(make_wsgi_app(exposition.registry(exporter.snapshots())), method, query)
     assert answer == expected
+
+
+@pytest.mark.parametrize("query", ["", "name[]=okx_loan_up"])
+def test_head_answers_as_get_does(exporter, exposition, query):
+    # The app gives HEAD the GET answer; the server leaves the body out (see test_server).
+    app = create_app(exporter, exposition=exposition)
+    call(app)
+    reference = make_wsgi_app(exposition.registry(exporter.snapshots()))
+    assert call(app, "HEAD", query) == call(reference, "GET", query)
 
 
 class ConcurrencyOkx(ThreadingHTTPServer):

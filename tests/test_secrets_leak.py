@@ -18,12 +18,14 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -127,7 +129,8 @@ def test_every_fault_in_process_leaks_nothing(
     simulator = start_simulator([leak_account()])
     inline_path, files_path = write_configs(tmp_path, simulator.base_url)
     inline, files = load_config(str(inline_path), {}), load_config(str(files_path), {})
-    assert inline.accounts == files.accounts  # the same secrets both ways
+    # The same secrets both ways (the file-read ones also know their files, for key rotation).
+    assert inline.accounts == tuple(replace(a, secret_files=()) for a in files.accounts)
     texts = [
         repr(inline),
         str(inline),
@@ -449,16 +452,21 @@ SUBPROCESS_FAULTS = ("invalid_json", "http_500_html", "huge_body", "hang", "auth
 """Faults run through the exporter process (the auth one last: its backoff grows)."""
 
 
+def debug_exporter(exporter_process, config: Path) -> tuple[Any, str]:
+    """The exporter as a process at debug level with ``config``, and its URL once it serves."""
+    process = exporter_process(
+        "--config.file", str(config), "--log.level", "debug", "--web.listen-address", "127.0.0.1:0"
+    )
+    return process, process.wait_serving()
+
+
 @pytest.mark.subprocess
 def test_exporter_process_at_debug_level_leaks_nothing(
     tmp_path: Path, start_simulator, exporter_process
 ):
     simulator = start_simulator([leak_account()], clock=time.time)
     inline, _ = write_configs(tmp_path, simulator.base_url)
-    process = exporter_process(
-        "--config.file", str(inline), "--log.level", "debug", "--web.listen-address", "127.0.0.1:0"
-    )
-    url = process.wait_serving()
+    process, url = debug_exporter(exporter_process, inline)
     texts: list[str] = []
     http = httpx.Client(trust_env=False, timeout=10)
 
@@ -571,3 +579,59 @@ def test_demo_leaks_neither_its_own_secrets_nor_others(exporter_process):
     assert process.stop() == 0
     assert "OKX code 50105" in process.stderr
     assert_no_leak([process.stdout, process.stderr, *texts], DEMO_SECRETS + SECRETS)
+
+
+NEW_PASSPHRASE = "RTNWPQ-LEAKCHECK-ROTATED-0c4e19"
+
+
+@pytest.mark.subprocess
+def test_reload_and_key_rotation_leak_nothing(tmp_path: Path, start_simulator, exporter_process):
+    simulator = start_simulator([leak_account()], clock=time.time)
+    inline, files = write_configs(tmp_path, simulator.base_url)
+    process, url = debug_exporter(exporter_process, files)
+    texts: list[str] = []
+    http = httpx.Client(trust_env=False, timeout=10)
+
+    def scrape() -> str:
+        body = http.get(f"{url}/metrics").text
+        texts.append(body)
+        return body
+
+    def reload() -> httpx.Response:
+        answer = http.post(f"{url}/-/reload")
+        texts.append(answer.text)
+        return answer
+
+    try:
+        wait_for("the account up", lambda: UP in scrape(), 10.0)
+        # The key rotated at OKX, then in its file; a broken version of the file on the way.
+        simulator.set_credentials(NAME, passphrase=NEW_PASSPHRASE)
+        wait_for("the old passphrase refused", lambda: UP not in scrape(), 10.0)
+        (tmp_path / "passphrase.txt").write_text(f"{NEW_PASSPHRASE}\n{PASSPHRASE}\n")
+        wait_for(
+            "the broken file refused",
+            lambda: scrape() and "keeping the passphrase in use" in process.stderr_so_far(),
+            10.0,
+        )
+        assert reload().status_code == 500  # refused as at start
+        (tmp_path / "passphrase.txt").write_text(NEW_PASSPHRASE)
+        wait_for("the rotated key in use", lambda: UP in scrape(), 10.0)
+        assert reload().status_code == 200
+        # Reloads refused for files that hold the secrets in the wrong places.
+        files.write_text(inline.read_text() + f"  - name: {NEW_PASSPHRASE}\n")
+        assert reload().status_code == 500
+        files.write_text(inline.read_text().replace(f'"{API_KEY}"', f"[{API_KEY}]"))
+        process.process.send_signal(signal.SIGHUP)
+        wait_for(
+            "the failed SIGHUP reload",
+            lambda: process.stderr_so_far().count("reload failed:") == 3,
+            5.0,
+        )
+        scrape()
+    finally:
+        http.close()
+        process.stop()
+    assert "changed on disk" in process.stderr
+    assert "keeping the passphrase in use" in process.stderr
+    assert process.stderr.count("reload failed:") == 3
+    assert_no_leak([process.stdout, process.stderr, *texts], (*SECRETS, NEW_PASSPHRASE))

@@ -157,3 +157,27 @@ def test_three_exporter_processes_split_one_config(tmp_path, start_simulator, ex
         for name, count in requests.items():
             assert count >= 1
             assert seen[name]["requests"] == count, name  # no other process asked for it
+
+
+def test_a_reload_keeps_to_the_shard(tmp_path):
+    """SIGHUP or POST /-/reload reads the whole config again: the exporter still takes only its
+    shard's accounts, the new ones included."""
+    from okx_loan_exporter.config import load_config
+    from okx_loan_exporter.exporter import Exporter
+    from okx_loan_exporter.reload import Reloader
+    from okx_loan_exporter.sharding import select_shard
+    from okx_loan_exporter.webconfig import WebConfigWatcher
+
+    config_path, _ = write_config(tmp_path, count=6)
+    shard = Shard(1, 3)
+    exporter = Exporter(select_shard(load_config(config_path), shard))
+    try:
+        before = [account.name for account in exporter.config.accounts]
+        assert before == [f"acct-{i:04d}" for i in range(1, 7) if shard_of(f"acct-{i:04d}", 3) == 1]
+        write_config(tmp_path, count=15)
+        Reloader(exporter, WebConfigWatcher(None), config_path, shard=shard).reload()
+        after = [cache.name for cache in exporter.cache.accounts]
+    finally:
+        exporter.close()
+    assert after == [n for n in NAMES[:15] if shard_of(n, 3) == 1]
+    assert set(before) < set(after)

@@ -3,15 +3,20 @@
 import copy
 import gzip
 import json
+import socket
 from pathlib import Path
 
 import bcrypt
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from okx_loan_exporter import __version__
 from okx_loan_exporter.config import config_from_dict
 from okx_loan_exporter.exporter import Exporter
+from okx_loan_exporter.exposition import Exposition
+from okx_loan_exporter.server import ExporterHTTPServer
 from okx_loan_exporter.web import create_app
 from okx_loan_exporter.webconfig import WebConfigWatcher
 
@@ -209,3 +214,40 @@ def test_basic_auth_protects_everything_but_healthy(fake, tmp_path):
         assert http.get("/metrics", auth=("alice", "s3cret-pw")).status_code == 200
     exporter.close()
     assert fake.requests == 1  # denied scrapes never reached OKX
+
+
+def raw_answer(port, request):
+    """Everything a real server answers to ``request`` (bytes), split at the blank line."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    headers.pop("Date")
+    return status, headers, body
+
+
+@pytest.mark.parametrize("path", ["/", "/metrics", "/-/healthy", "/-/ready"])
+def test_head_on_every_get_endpoint_answers_the_get_headers_without_a_body(fake, path):
+    # No process metrics: they would change between the GET and the HEAD.
+    exporter = make_exporter(fake)
+    app = create_app(
+        exporter,
+        exposition=Exposition(__version__, process_metrics=CollectorRegistry()),
+        clock=lambda: 1_700_000_000.0,
+    )
+    server = ExporterHTTPServer(app, "127.0.0.1:0", WebConfigWatcher(None))
+    server.start_background()
+    try:
+        get = raw_answer(server.port, f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        head = raw_answer(server.port, f"HEAD {path} HTTP/1.0\r\n\r\n".encode())
+    finally:
+        server.shutdown()
+        exporter.close()
+    assert get[0] == head[0] == "HTTP/1.0 200 OK"
+    assert head[1] == get[1]
+    assert int(get[1]["Content-Length"]) == len(get[2]) > 0
+    assert head[2] == b""

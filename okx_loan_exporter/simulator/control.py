@@ -1,6 +1,6 @@
 """The unauthenticated ``/sim/*`` control API: read the stats, an account or the config, and
-change prices, LTVs, faults, latency, clock skew or orders (``POST``); every change is checked
-before any is made."""
+change prices, LTVs, faults, latency, clock skew, orders or an account's passphrase and secret key
+(``POST``); every change is checked before any is made."""
 
 from __future__ import annotations
 
@@ -64,7 +64,11 @@ def _change_config(sim: Simulator, document: dict[str, Any]) -> dict[str, Any]:
 
 def _change_account(sim: Simulator, name: str, document: dict[str, Any]) -> dict[str, Any]:
     """``POST /sim/accounts/<name>``; ``order`` picks the order (default: the first)."""
-    _only_keys(document, {"order", "ltv", "walk", "fault", "fault_count", "latency", "close"})
+    _only_keys(
+        document,
+        {"order", "ltv", "walk", "fault", "fault_count", "latency", "close", "passphrase"}
+        | {"secret_key"},
+    )
     order = document.get("order")
     if order is not None and not isinstance(order, str):
         raise ValueError("'order' must be an ordId string")
@@ -81,6 +85,11 @@ def _change_account(sim: Simulator, name: str, document: dict[str, Any]) -> dict
         raise ValueError("'close' cannot be combined with 'ltv' or 'walk'")
     if "latency" in document:
         _number(document["latency"], "latency")
+    for secret in ("passphrase", "secret_key"):
+        if secret in document and (
+            not isinstance(document[secret], str) or not document[secret].strip()
+        ):
+            raise ValueError(f"{secret!r} must be a non-empty string")
     fault = document.get("fault", view["fault"])
     count = document.get("fault_count")
     if fault is not None and fault not in FAULTS:
@@ -98,6 +107,10 @@ def _change_account(sim: Simulator, name: str, document: dict[str, Any]) -> dict
     if "close" in document:
         sim.close_order(name, order)
         order = None
+    if document.keys() & {"passphrase", "secret_key"}:
+        sim.set_credentials(
+            name, passphrase=document.get("passphrase"), secret_key=document.get("secret_key")
+        )
     return sim.account_view(name, order)
 
 

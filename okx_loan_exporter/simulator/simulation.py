@@ -288,6 +288,21 @@ class Simulator:
             else:
                 self._state(account).latency = float(seconds)
 
+    def set_credentials(
+        self, account: str, *, passphrase: str | None = None, secret_key: str | None = None
+    ) -> None:
+        """Rotate ``account``'s passphrase and/or secret key: the old ones are refused from now on
+        (50105, 50113) until :meth:`reset` brings the original ones back."""
+        for name, given in (("passphrase", passphrase), ("secret_key", secret_key)):
+            if given is not None and (not isinstance(given, str) or not given.strip()):
+                raise ValueError(f"{name} must be a non-empty string")
+        with self._lock:
+            state = self._state(account)
+            if passphrase is not None:
+                state.account.passphrase = passphrase
+            if secret_key is not None:
+                state.account.secret_key = secret_key
+
     def set_clock_skew(self, seconds: float) -> None:
         """Put the simulator's clock (public/time and the 30 s window) ``seconds`` ahead."""
         if (
@@ -387,7 +402,9 @@ class Simulator:
             now = self._clock()
             skew = self._skew
             delay = self._latency
-        error = auth_error(headers, method, target, body, now + skew, self._by_key)
+            # The account as it is now: its passphrase or secret key may have been rotated.
+            known = {} if account is None else {account.api_key: self._states[account.name].account}
+        error = auth_error(headers, method, target, body, now + skew, known)
         with self._lock:
             if account is None:
                 self._unattributed += 1
