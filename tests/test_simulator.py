@@ -1197,3 +1197,52 @@ def test_simulate_command_refuses_bad_flags_without_a_traceback():
 def test_main_returns_2_on_bad_flags(argv, capsys):
     assert main(argv) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--tls.cert-file", "x.pem"], "--tls.cert-file and --tls.key-file go together"),
+        (
+            ["--tls.cert-file", "/nonexistent.pem", "--tls.key-file", "/nonexistent.key"],
+            "cannot load --tls.cert-file/--tls.key-file: No such file or directory",
+        ),
+        (["--idle-close", "-1"], "usage:"),
+    ],
+)
+def test_main_refuses_bad_tls_flags(argv, says, capsys):
+    assert main(["--web.listen-address", "127.0.0.1:0", *argv]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_simulate_command_serves_https_and_writes_a_config_that_trusts_it(
+    tmp_path, test_certificates
+):
+    config_path = tmp_path / "exporter.yml"
+    process = _simulate(
+        "--web.listen-address",
+        "127.0.0.1:0",
+        "--tls.cert-file",
+        test_certificates.cert_file,
+        "--tls.key-file",
+        test_certificates.key_file,
+        "--write-exporter-config",
+        str(config_path),
+    )
+    try:
+        line = _read_line(process.stdout, timeout=10)
+        match = re.fullmatch(r"OKX simulator listening on (https://127\.0\.0\.1:\d+)\n", line)
+        assert match, line
+        config = yaml.safe_load(config_path.read_text())
+        assert config["base_url"] == match.group(1)
+        assert config["tls_ca_file"] == test_certificates.cert_file
+        context = ssl.create_default_context(cafile=config["tls_ca_file"])
+        with httpx.Client(base_url=match.group(1), verify=context, trust_env=False) as client:
+            assert client.get("/sim/stats").json()["tls_handshakes"] == 1
+        with pytest.raises(httpx.ConnectError):  # not trusted without the CA
+            httpx.get(match.group(1) + "/sim/stats", trust_env=False)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=2) == 0
+    finally:
+        process.kill()
+        process.wait()
