@@ -461,6 +461,148 @@ def loan_row() -> list[Builder[model.Panel]]:
     ]
 
 
+LIQUIDATION_TYPES = (
+    "forced_liquidation|partial_liquidation|forced_repayment_buy|forced_repayment_sell"
+)
+PER_ORDER_CURRENCY = "{{account}} {{order}} {{currency}}"
+
+
+class PrometheusAnnotation(model.AnnotationQuery):
+    """An annotation from a Prometheus query, with the fields Grafana's Prometheus data source
+    reads that the SDK's model lacks: the title, text and tags of each event, and the step."""
+
+    def __init__(self, *, title: str, text: str, tags: str, step: str, **fields: object) -> None:
+        super().__init__(**fields)  # type: ignore[arg-type]
+        self.extra = {"titleFormat": title, "textFormat": text, "tagKeys": tags, "step": step}
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), **self.extra}
+
+
+class AnnotationBuilder(Builder[model.AnnotationQuery]):
+    def __init__(self, annotation: model.AnnotationQuery) -> None:
+        self._annotation = annotation
+
+    def build(self) -> model.AnnotationQuery:
+        return self._annotation
+
+
+def liquidation_annotation() -> AnnotationBuilder:
+    """A mark on every time graph where OKX liquidated or force-repaid collateral."""
+    return AnnotationBuilder(
+        PrometheusAnnotation(
+            name="Liquidations",
+            datasource=DATASOURCE,
+            enable=True,
+            icon_color="red",
+            expr=(
+                "increase("
+                + account_series("okx_loan_events_total").replace(
+                    "}", f', type=~"{LIQUIDATION_TYPES}"}}'
+                )
+                + "[$__rate_interval]) > 0"
+            ),
+            title="{{account}}: {{type}}",
+            text="OKX sold collateral of {{account}} to cover its debt ({{type}}).",
+            tags="account,type",
+            step="30s",
+        )
+    )
+
+
+def activity_row() -> list[Builder[model.Panel]]:
+    events = account_series("okx_loan_last_event_timestamp_seconds")
+    max_borrow = order_series("okx_loan_max_borrow_amount")
+    max_redeem = order_series("okx_loan_max_redeem_amount")
+    return [
+        table_panel(
+            "Recent loan events",
+            "Per account and OKX loan-history type: when the newest record of that type happened "
+            "(okx_loan_last_event_timestamp_seconds, OKX ts). forced_liquidation, "
+            "partial_liquidation and forced_repayment_* mean OKX sold collateral to cover the "
+            "debt: they also show as red marks on the graphs (the Liquidations annotation) and "
+            "fire OkxLoanLiquidationEvent.",
+            "dateTimeAsIso",
+            {"Newest": f"{events} * 1000"},
+            first={"account": "Account", "type": "Type"},
+            hidden=["job", "instance"],
+            width=8,
+            height=9,
+        ),
+        graph_panel(
+            "Interest rate (APY)",
+            "Per account and debt currency: the yearly rate of the newest hourly interest accrual "
+            "(okx_loan_interest_rate, OKX interest-accrued interestRate); 0.0841 is 8.41 % a "
+            "year. OkxLoanInterestRateHigh warns above the APY kept in the recording rule "
+            "okx_loan:interest_rate_warning_apy (15 % as shipped).",
+            "percentunit",
+            [query(account_series("okx_loan_interest_rate"), "{{account}} {{currency}}")],
+            width=8,
+            height=9,
+        ).min(0),
+        graph_panel(
+            "Interest accrued",
+            "Per account and debt currency: interest OKX accrued, in the currency's own unit, "
+            "shown when the exporter first saw each hourly record (increase of "
+            "okx_loan_interest_accrued_total, which sums OKX's interest-accrued records first seen "
+            "since the exporter started).",
+            "none",
+            [
+                query(
+                    "sum by (account, currency) "
+                    f"(increase({account_series('okx_loan_interest_accrued_total')}"
+                    "[$__rate_interval]))",
+                    "{{account}} {{currency}}",
+                )
+            ],
+            width=8,
+            height=9,
+        ).min(0),
+        table_panel(
+            "Interest per currency",
+            "Per account and debt currency: the APY of the newest interest accrual "
+            "(okx_loan_interest_rate) and when OKX recorded it "
+            "(okx_loan_last_interest_timestamp_seconds). OKX accrues interest hourly: a time "
+            "more than an hour old means the exporter's interest_interval is long or the "
+            "endpoint is failing.",
+            "percentunit",
+            {
+                "APY": account_series("okx_loan_interest_rate"),
+                "Newest accrual": (
+                    f"{account_series('okx_loan_last_interest_timestamp_seconds')} * 1000"
+                ),
+            },
+            first={"account": "Account", "currency": "Currency"},
+            hidden=["job", "instance"],
+            width=6,
+            height=8,
+        ).override_by_name("Newest accrual", [setting("unit", "dateTimeAsIso")]),
+        graph_panel(
+            "Borrow headroom (USD)",
+            "Per loan order and debt currency: how much more the order can borrow now, in USD "
+            "(okx_loan_max_borrow_notional_usd, OKX max-loan notionalUsd). 0 means the order is "
+            "at OKX's borrowing limit.",
+            "currencyUSD",
+            [query(order_series("okx_loan_max_borrow_notional_usd"), PER_ORDER_CURRENCY)],
+            width=9,
+            height=8,
+        ).min(0),
+        table_panel(
+            "Borrow and withdraw headroom per currency",
+            "Per loan order and currency, in that currency's own unit: how much more can be "
+            "borrowed (okx_loan_max_borrow_amount, OKX max-loan maxLoan) and how much collateral "
+            "can be withdrawn now (okx_loan_max_redeem_amount, OKX "
+            "max-collateral-redeem-amount maxRedeemAmt).",
+            "none",
+            {"Can borrow": max_borrow, "Can withdraw": max_redeem},
+            first={"account": "Account", "order": "Order", "currency": "Currency"},
+            hidden=["job", "instance"],
+            width=9,
+            height=8,
+        ),
+    ]
+
+
 def health_stat(title: str, description: str, unit: str, expr: str, legend: str) -> stat.Panel:
     """A stat of the health row: the latest value, without a graph."""
     return stat_panel(title, description, unit, expr, legend, width=6, height=5).graph_mode(
@@ -534,11 +676,18 @@ def health_row() -> list[Builder[model.Panel]]:
         .text_mode(kinds.BigValueTextMode.NAME),
         graph_panel(
             "OKX requests per second",
-            "Per account: loan-info requests the exporter sent to OKX per second "
+            "Per account and endpoint: requests the exporter sent to OKX per second "
             "(okx_loan_api_requests_total), summed over exporters. OKX allows 5 requests per 2 "
-            "seconds per user; the exporter sends at most one per cache_ttl per account.",
+            "seconds per user and endpoint; the exporter sends loan-info at most once per "
+            "cache_ttl, each other endpoint on its own interval and never more than 2 per 2 "
+            "seconds.",
             "reqps",
-            [query(requests, "{{account}}")],
+            [
+                query(
+                    per_account_rate("okx_loan_api_requests_total", "account, endpoint"),
+                    "{{account}} {{endpoint}}",
+                )
+            ],
             width=8,
             height=8,
         ).min(0),
@@ -654,12 +803,12 @@ def build() -> model.Dashboard:
         .uid("okx-loan-exporter")
         .description(
             "OKX Flexible Loan positions per account and loan order from okx-loan-exporter: LTV "
-            "against OKX's margin-call and liquidation LTV, headroom, debt and collateral, and "
-            "the exporter's own health."
+            "against OKX's margin-call and liquidation LTV, headroom, debt and collateral, "
+            "liquidation events, interest, and the exporter's own health."
         )
         .tags(["okx", "okx-loan-exporter", "prometheus"])
         .editable()
-        .annotations([])
+        .annotations([liquidation_annotation()])
         .tooltip(model.DashboardCursorSync.CROSSHAIR)
         .time("now-6h", "now")
         .timezone("")
@@ -669,6 +818,7 @@ def build() -> model.Dashboard:
     for title, panels in (
         ("Risk at a glance", risk_row()),
         ("Loan and collateral", loan_row()),
+        ("Events, interest and headroom", activity_row()),
         ("Exporter health", health_row()),
     ):
         dashboard.with_row(builder.Row(title))

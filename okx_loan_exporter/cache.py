@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from okx_loan_exporter.activity_cache import ActivityCache, ActivitySnapshot
 from okx_loan_exporter.okx import FailureReason, OkxError
 from okx_loan_exporter.okx_transport import (
     NO_CONNECTIONS,
@@ -67,6 +68,8 @@ class AccountSnapshot:
     last_hint: str | None = None
     """What to do about ``last_failure``, in one line (OkxError's hint), for the landing page."""
     connections: ConnectionStatsSnapshot = NO_CONNECTIONS
+    activity: ActivitySnapshot | None = None
+    """The secondary endpoints' values (events, interest, headroom); None without them."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,12 @@ class AccountCache:
         connections: ConnectionStats | None = None,
         clock: Callable[[], float] = time.time,
         check_credentials: CredentialsCheck | None = None,
+        activity: ActivityCache | None = None,
     ) -> None:
         self.name = name
+        self.activity = activity
+        if activity is not None:
+            activity.on_clock_correction = self._log_clock_correction
         self.stats = stats if stats is not None else RequestStats()
         self.connections = connections if connections is not None else ConnectionStats()
         self._source = source
@@ -106,12 +113,10 @@ class AccountCache:
         self._next_attempt = float("-inf")
         self._auth_failures = 0
         self._task: asyncio.Task[None] | None = None
-        self._fetches = 0
-        """Fetches started and finished: request counts, outcome and clock offset change only
-        while one runs, so a snapshot taken between two fetches can be handed out again."""
-        self._kept: tuple[tuple[int, bool, bool], AccountSnapshot] | None = None
+        self._kept: tuple[tuple[object, ...], AccountSnapshot] | None = None
         self._check_credentials = check_credentials
         self._credentials_checked = float("-inf")
+        self._told_offset = source.clock_offset
 
     def fetch_if_due(self) -> asyncio.Task[None] | None:
         """The fetch this scrape must wait for: the one in flight, a new one if due, or None."""
@@ -131,11 +136,13 @@ class AccountCache:
         and a fetch is started only once the clock has passed ``_next_attempt``.
         """
         task = self._task
-        return (
+        loan_info_idle = (
             (task is None or task.done())
             and self._clock() < self._next_attempt
             and not self._credentials_due()
         )
+        activity = self._running_activity()
+        return loan_info_idle and (activity is None or activity.idle(self._outcome.position))
 
     def _credentials_due(self) -> bool:
         """In the backoff after authentication failures, the key is looked at once per TTL."""
@@ -154,39 +161,60 @@ class AccountCache:
             self._auth_failures = 0
         return changed
 
+    def start_activity(self) -> None:
+        """Start the secondary fetches that are due; nobody waits for them."""
+        activity = self._running_activity()
+        if activity is not None:
+            activity.start_due(self._outcome.position)
+
+    def _running_activity(self) -> ActivityCache | None:
+        """The secondary endpoints, asked only while loan-info answers: when it fails (a wrong
+        key, the network, a clock error) they would fail the same way, for nothing."""
+        outcome = self._outcome
+        if outcome.failure is None and outcome.last_success is not None:
+            return self.activity
+        return None
+
     def snapshot(self, *, pending: bool = False) -> AccountSnapshot:
-        """The account's state now. Between fetches the same object is returned while nothing it
-        shows changed: a scrape of many accounts then builds nothing, and the render cache
-        recognises the snapshots by identity."""
+        """The account's state now: the same object as last time while every part of it is the
+        same object (the outcome, the request and connection counts, the secondary endpoints'
+        values, which their own caches hand out again while unchanged), so that a scrape of many
+        accounts builds nothing and the render cache recognises the snapshots by identity."""
         outcome = self._outcome
         fresh = (
             outcome.last_success is not None
             and self._clock() - outcome.last_success <= self._max_stale
         )
-        task = self._task
-        settled = task is None or task.done()
-        key = (self._fetches, fresh, pending)
+        key = (
+            outcome,
+            fresh,
+            self._attempted and outcome.failure is None and not pending,
+            self.stats.snapshot(),
+            self.connections.snapshot(),
+            None if self.activity is None else self.activity.snapshot(outcome.position),
+            self._source.clock_offset,
+        )
         kept = self._kept
-        if settled and kept is not None and kept[0] == key:
+        if kept is not None and all(a is b for a, b in zip(kept[0], key, strict=True)):
             return kept[1]
+        _, _, up, requests, connections, activity, clock_offset = key
         snapshot = AccountSnapshot(
             name=self.name,
             position=outcome.position if fresh else None,
-            up=self._attempted and outcome.failure is None and not pending,
+            up=up,
             last_success=outcome.last_success,
             last_failure=outcome.failure,
             last_error=outcome.error,
-            requests=self.stats.snapshot(),
-            clock_offset=self._source.clock_offset,
+            requests=requests,
+            clock_offset=clock_offset,
             last_hint=outcome.hint,
-            connections=self.connections.snapshot(),
+            connections=connections,
+            activity=activity,
         )
-        if settled and self._fetches == key[0]:
-            self._kept = (key, snapshot)
+        self._kept = (key, snapshot)
         return snapshot
 
     async def _fetch(self) -> None:
-        self._fetches += 1
         started = self._clock()
         self._next_attempt = started + self._ttl  # whatever the outcome: one request per TTL
         offset = self._source.clock_offset
@@ -218,14 +246,20 @@ class AccountCache:
             # slow connection) must not bring the next one within a TTL of it at OKX.
             self._next_attempt = max(self._next_attempt, self._clock() + self._ttl)
             self._attempted = True
-            self._fetches += 1
             self._log_clock_correction(offset)
 
     def _log_clock_correction(self, before: float) -> None:
-        """Say when the client re-measured OKX's clock (after a 50102) and the offset moved."""
+        """Say when the client re-measured OKX's clock (after a 50102) and the offset moved.
+
+        Any call of the account may correct it (loan-info or a secondary endpoint); the offset
+        last told is kept, so that two calls that saw the same correction say it once.
+        """
         after = self._source.clock_offset
         if abs(after - before) < CLOCK_NOTICE_SECONDS:
             return
+        if abs(after - self._told_offset) < CLOCK_NOTICE_SECONDS:
+            return
+        self._told_offset = after
         extra = {"account": self.name, "clock_offset": round(after, 3)}
         if abs(after) < CLOCK_NOTICE_SECONDS:
             log.info(
@@ -327,6 +361,10 @@ class PositionCache:
         }
         if tasks and wait > 0:
             await asyncio.wait(tasks.values(), timeout=wait)
+        # After loan-info's wait, so that they never compete with it for connections; the next
+        # scrape (or this one's snapshot, if they are quick) shows what they bring.
+        for account in self.accounts:
+            account.start_activity()
         return [
             account.snapshot(pending=account.name in tasks and not tasks[account.name].done())
             for account in self.accounts

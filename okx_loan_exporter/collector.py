@@ -19,8 +19,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from okx_loan_exporter.activity_metrics import activity_families
 from okx_loan_exporter.cache import AccountSnapshot
-from okx_loan_exporter.okx import FailureReason
 from okx_loan_exporter.stats import DURATION_BUCKETS
 
 CACHED = "Cached: refreshed from OKX at most once per cache_ttl."
@@ -39,6 +39,7 @@ class LoanCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from _position_families(self._snapshots)
+        yield from activity_families(self._snapshots)
         yield from _health_families(self._snapshots)
         build = GaugeMetricFamily(
             "okx_loan_exporter_build_info", "The exporter's version; always 1.", labels=["version"]
@@ -157,18 +158,19 @@ def _health_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
     )
     requests = CounterMetricFamily(
         "okx_loan_api_requests",
-        "Requests sent to OKX (loan-info, and public/time after a clock-skew error).",
-        labels=["account"],
+        "Requests sent to OKX, by endpoint (public_time: OKX's clock, after a clock-skew error).",
+        labels=["account", "endpoint"],
     )
     failures = CounterMetricFamily(
         "okx_loan_api_request_failures",
-        "Requests to OKX that failed, by reason.",
-        labels=["account", "reason"],
+        "Requests to OKX that failed, by endpoint and reason (loan_info: every reason from the "
+        "start; other endpoints: a reason once it happened).",
+        labels=["account", "endpoint", "reason"],
     )
     duration = HistogramMetricFamily(
         "okx_loan_api_request_duration_seconds",
-        "Round-trip time of requests to OKX.",
-        labels=["account"],
+        "Round-trip time of requests to OKX, by endpoint (from its first request).",
+        labels=["account", "endpoint"],
     )
     connections = CounterMetricFamily(
         "okx_loan_api_connections_opened",
@@ -192,15 +194,17 @@ def _health_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
 
     for snapshot in snapshots:
         account = [snapshot.name]
-        stats = snapshot.requests
         up.add_metric(account, 1 if snapshot.up else 0)
         if snapshot.last_success is not None:
             last_success.add_metric(account, snapshot.last_success)
-        requests.add_metric(account, stats.requests)
-        for reason in FailureReason:
-            failures.add_metric([snapshot.name, reason.value], stats.failures[reason])
-        cumulative = list(zip(_BUCKET_BOUNDS, accumulate(stats.bucket_counts), strict=True))
-        duration.add_metric(account, cumulative, stats.duration_sum)
+        for endpoint, tally in snapshot.requests.endpoints.items():
+            labels = [snapshot.name, endpoint.value]
+            requests.add_metric(labels, tally.requests)
+            for reason, count in tally.failures.items():
+                failures.add_metric([*labels, reason.value], count)
+            if tally.requests:
+                cumulative = list(zip(_BUCKET_BOUNDS, accumulate(tally.bucket_counts), strict=True))
+                duration.add_metric(labels, cumulative, tally.duration_sum)
         connections.add_metric(account, snapshot.connections.opened)
         retries.add_metric(account, snapshot.connections.retries)
         offset.add_metric(account, snapshot.clock_offset)

@@ -17,6 +17,7 @@ does for its own files), or to the working directory when there is no config fil
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import os
@@ -42,6 +43,13 @@ MAX_TIMEOUT = 60.0
 DEFAULT_CACHE_TTL = 10.0
 DEFAULT_MAX_STALE = 300.0
 DEFAULT_TIMEOUT = 5.0
+INTERVALS: dict[str, float] = {
+    "history_interval": 60.0,
+    "interest_interval": 600.0,
+    "headroom_interval": 300.0,
+}
+"""The secondary endpoints' schedules and their defaults in seconds; 0 turns one off."""
+MIN_INTERVAL = 1.0
 
 ENVIRONMENT = "environment"
 """The source named in messages when the configuration comes from the environment."""
@@ -50,6 +58,7 @@ _TOP_KEYS = (
     "cache_ttl",
     "max_stale",
     "timeout",
+    *INTERVALS,
     "base_url",
     "region",
     "tls_ca_file",
@@ -71,6 +80,7 @@ _ENV_VARS = (
     "OKX_CACHE_TTL",
     "OKX_MAX_STALE",
     "OKX_TIMEOUT",
+    *(f"OKX_{key.upper()}" for key in INTERVALS),
     "OKX_SHARD",  # read by the command line (sharding.py)
 )
 
@@ -112,6 +122,9 @@ class ExporterConfig:
     cache_ttl: float = DEFAULT_CACHE_TTL
     max_stale: float = DEFAULT_MAX_STALE
     timeout: float = DEFAULT_TIMEOUT
+    history_interval: float = INTERVALS["history_interval"]
+    interest_interval: float = INTERVALS["interest_interval"]
+    headroom_interval: float = INTERVALS["headroom_interval"]
     source: str = ENVIRONMENT
     warnings: tuple[str, ...] = ()
 
@@ -217,6 +230,7 @@ def _from_mapping(
         source,
         problems,
     )
+    intervals = _intervals({key: (data.get(key), key) for key in INTERVALS}, source, problems)
     default_url = problems.attempt(
         lambda: _base_url(
             data.get("base_url"),
@@ -273,6 +287,7 @@ def _from_mapping(
         cache_ttl=cache_ttl,
         max_stale=max_stale,
         timeout=timeout,
+        **intervals,
         source=source,
         warnings=tuple(warnings),
     )
@@ -458,6 +473,14 @@ def _from_environ(environ: Mapping[str, str]) -> ExporterConfig:
         source,
         problems,
     )
+    intervals = _intervals(
+        {
+            key: (environ.get(f"OKX_{key.upper()}") or None, f"OKX_{key.upper()}")
+            for key in INTERVALS
+        },
+        source,
+        problems,
+    )
     warnings: list[str] = []
     base_url = problems.attempt(
         lambda: _base_url(
@@ -493,6 +516,7 @@ def _from_environ(environ: Mapping[str, str]) -> ExporterConfig:
         cache_ttl=cache_ttl,
         max_stale=max_stale,
         timeout=timeout,
+        **intervals,
         source=source,
         warnings=(*warnings, *(str(typo) for typo in typos)),
     )
@@ -606,6 +630,32 @@ def _durations(
         DEFAULT_MAX_STALE if max_stale is None else max_stale,
         DEFAULT_TIMEOUT if timeout is None else timeout,
     )
+
+
+def _intervals(
+    values: Mapping[str, tuple[object, str]], source: str, problems: yamlload.Problems
+) -> dict[str, float]:
+    """The secondary endpoints' intervals from (value or None, key) each: 0 (off) or >= 1 s."""
+    intervals = dict(INTERVALS)
+    for name, (value, key) in values.items():
+        if value is None:
+            continue
+        seconds = problems.attempt(functools.partial(parse_duration, value, source, key), None)
+        if seconds is None:
+            continue
+        if 0 < seconds < MIN_INTERVAL:
+            problems.add(
+                ConfigError(
+                    source,
+                    key,
+                    f"{_seconds(seconds)} is too short",
+                    f"set {key} to 0s (off) or at least {_seconds(MIN_INTERVAL)}, e.g. "
+                    f"{_seconds(INTERVALS[name])}",
+                )
+            )
+            continue
+        intervals[name] = seconds
+    return intervals
 
 
 def _base_url(

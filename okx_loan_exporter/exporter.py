@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import ssl
 import threading
 import time
@@ -21,11 +22,13 @@ from typing import Any, TypeVar
 import httpx
 
 from okx_loan_exporter import __version__
+from okx_loan_exporter.activity_cache import IN_FLIGHT, ActivityCache, Schedules
 from okx_loan_exporter.cache import AccountCache, AccountSnapshot, PositionCache
 from okx_loan_exporter.config import AccountConfig, ExporterConfig
 from okx_loan_exporter.key_rotation import SecretFileWatcher
 from okx_loan_exporter.okx import Credentials, OkxClient
 from okx_loan_exporter.okx_transport import AccountTransport, ConnectionStats, connection_pool
+from okx_loan_exporter.pacing import Pacer
 from okx_loan_exporter.stats import RequestStats
 
 T = TypeVar("T")
@@ -113,6 +116,7 @@ class Exporter:
         self._filling: dict[Origin, tuple[httpx.AsyncBaseTransport, int]] = {}  # pool, members
         self._pool_of: dict[str, httpx.AsyncBaseTransport] = {}  # account name -> its pool
         self._client_of: dict[str, httpx.AsyncClient] = {}  # account name -> its own client
+        self._in_flight = asyncio.Semaphore(IN_FLIGHT)  # secondary fetches, shared by every account
         self.cache = PositionCache([self._new_account(account) for account in config.accounts])
 
     def _new_account(self, account: AccountConfig) -> AccountCache:
@@ -129,13 +133,14 @@ class Exporter:
         self._pool_of[account.name] = pool
         connections = ConnectionStats()
         http = httpx.AsyncClient(
-            transport=AccountTransport(pool, connections),
+            transport=AccountTransport(pool, connections, CONNECTIONS_PER_POOL),
             timeout=self.config.timeout,
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,
         )
         self._client_of[account.name] = http
-        stats = RequestStats()
+        schedules = _schedules(self.config)
+        stats = RequestStats(schedules.endpoints())
         client = OkxClient(
             http,
             account.base_url,
@@ -159,6 +164,17 @@ class Exporter:
             connections=connections,
             clock=self._clock,
             check_credentials=watcher.check if watcher is not None else None,
+            activity=ActivityCache(
+                account.name,
+                client,
+                schedules,
+                max_stale=self.config.max_stale,
+                clock=self._clock,
+                pacer=functools.partial(Pacer, clock=self._clock),
+                in_flight=self._in_flight,
+            )
+            if schedules.endpoints()
+            else None,
         )
 
     def _ssl_context(self, ca_file: str | None) -> ssl.SSLContext:
@@ -176,15 +192,12 @@ class Exporter:
         """Serve ``config`` from now on (a reload). An account whose settings are the same keeps
         its cache, counters and schedule; the others start afresh; removed ones disappear.
 
-        A changed ``cache_ttl``, ``max_stale`` or ``timeout`` changes every account. A secret read
+        A changed ``cache_ttl``, ``max_stale``, ``timeout`` or secondary interval changes every
+        account. A secret read
         from a file is not a setting here: the account re-reads its files itself before each
         request. Call it from one thread at a time, never the fetch loop's.
         """
-        same_globals = (config.cache_ttl, config.max_stale, config.timeout) == (
-            self.config.cache_ttl,
-            self.config.max_stale,
-            self.config.timeout,
-        )
+        same_globals = _global_settings(config) == _global_settings(self.config)
         before = {account.name: account for account in self.config.accounts}
         kept = {cache.name: cache for cache in self.cache.accounts}
         after = {account.name for account in config.accounts}
@@ -259,6 +272,9 @@ class Exporter:
         pools = {id(pool): pool for pool in self._pool_of.values()}
 
         async def close_clients() -> None:
+            for account in self.cache.accounts:
+                if account.activity is not None:
+                    await account.activity.aclose()
             for client in clients:
                 await client.aclose()
             for pool in pools.values():
@@ -267,3 +283,19 @@ class Exporter:
         with contextlib.suppress(Exception):  # closing is best effort at shutdown
             self._loop_thread.run(close_clients(), timeout=1)
         self._loop_thread.stop()
+
+
+def _schedules(config: ExporterConfig) -> Schedules:
+    return Schedules(config.history_interval, config.interest_interval, config.headroom_interval)
+
+
+def _global_settings(config: ExporterConfig) -> tuple[float, ...]:
+    """The settings every account is built with: a change rebuilds them all on reload."""
+    return (
+        config.cache_ttl,
+        config.max_stale,
+        config.timeout,
+        config.history_interval,
+        config.interest_interval,
+        config.headroom_interval,
+    )

@@ -1,9 +1,9 @@
-"""Signed calls to OKX's loan-info endpoint and the classification of everything that can go wrong.
+"""Signed calls to OKX's flexible-loan endpoints, and the classification of what can go wrong.
 
-This module knows OKX and HTTP, nothing of Prometheus: it returns a :class:`Position` or raises
+This module knows OKX and HTTP, nothing of Prometheus: a call returns its parsed answer or raises
 :class:`OkxError` carrying one :class:`FailureReason`, a one-line detail and an operator's hint.
-Each HTTP request is reported to an optional ``on_request`` callback (duration and outcome), which
-is how the exporter counts requests without this module knowing about metrics.
+Each HTTP request is reported to an optional ``on_request`` callback (endpoint, duration and
+outcome), which is how the exporter counts requests without this module knowing about metrics.
 """
 
 from __future__ import annotations
@@ -16,17 +16,28 @@ import json
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TypeVar
+from urllib.parse import urlencode
 
 import httpx
 
+from okx_loan_exporter.loan_records import (
+    BorrowHeadroom,
+    HistoryRecord,
+    InterestRecord,
+    parse_interest_accrued,
+    parse_loan_history,
+    parse_max_loan,
+    parse_max_redeem,
+)
 from okx_loan_exporter.position import InvalidResponse, Position, parse_loan_info
 
-LOAN_INFO_PATH = "/api/v5/finance/flexible-loan/loan-info"
+LOAN_PATH = "/api/v5/finance/flexible-loan"
+LOAN_INFO_PATH = f"{LOAN_PATH}/loan-info"
 PUBLIC_TIME_PATH = "/api/v5/public/time"
 MAX_CLOCK_OFFSET = 86_400.0
 """A clock difference to OKX beyond a day is taken for a broken answer, not corrected for."""
@@ -49,9 +60,31 @@ class FailureReason(StrEnum):
     INVALID_RESPONSE = "invalid_response"
 
 
-RequestObserver = Callable[[float, "FailureReason | None"], None]
-"""Called once per HTTP request sent to OKX with its duration in seconds and its failure reason
-(None on success)."""
+class Endpoint(StrEnum):
+    """The OKX endpoints the exporter calls; the values are the ``endpoint`` label of its request
+    metrics."""
+
+    LOAN_INFO = "loan_info"
+    LOAN_HISTORY = "loan_history"
+    INTEREST_ACCRUED = "interest_accrued"
+    MAX_LOAN = "max_loan"
+    MAX_REDEEM = "max_redeem"
+    PUBLIC_TIME = "public_time"
+
+
+ENDPOINT_PATHS: dict[Endpoint, str] = {
+    Endpoint.LOAN_INFO: LOAN_INFO_PATH,
+    Endpoint.LOAN_HISTORY: f"{LOAN_PATH}/loan-history",
+    Endpoint.INTEREST_ACCRUED: f"{LOAN_PATH}/interest-accrued",
+    Endpoint.MAX_LOAN: f"{LOAN_PATH}/max-loan",
+    Endpoint.MAX_REDEEM: f"{LOAN_PATH}/max-collateral-redeem-amount",
+    Endpoint.PUBLIC_TIME: PUBLIC_TIME_PATH,
+}
+
+RequestObserver = Callable[[Endpoint, float, "FailureReason | None"], None]
+"""Called once per HTTP request sent to OKX with its endpoint, its duration in seconds and its
+failure reason (None on success)."""
+
 
 RATE_LIMIT_CODES = frozenset({"50011", "50061"})
 CLOCK_SKEW_CODE = "50102"
@@ -84,7 +117,7 @@ HINTS: dict[str, str] = {
 
 
 class OkxError(Exception):
-    """A failed loan-info attempt: the reason label, OKX's code if any, and what to do about it."""
+    """A failed call to OKX: the reason label, OKX's code if any, and what to do about it."""
 
     def __init__(
         self, reason: FailureReason, detail: str, hint: str = "", code: str | None = None
@@ -128,10 +161,10 @@ def okx_timestamp(epoch_seconds: float) -> str:
 
 
 class OkxClient:
-    """Fetches one account's loan-info, signing each request and correcting for clock skew.
+    """Calls one account's OKX endpoints, signing each request and correcting for clock skew.
 
-    ``http`` is shared by every account with the same base URL, so connections are pooled. The
-    whole attempt, including a clock correction and its retry, is bounded by ``timeout``.
+    ``http`` is shared by every account with the same base URL, so connections are pooled. Each
+    call, including a clock correction and its retry, is bounded by ``timeout``.
     """
 
     def __init__(
@@ -157,6 +190,7 @@ class OkxClient:
         self._max_body_bytes = max_body_bytes
         self.clock_offset = 0.0
         """OKX's clock minus the local clock in seconds, measured after a 50102; 0 until then."""
+        self._measuring: asyncio.Future[None] | None = None
 
     def use_credentials(self, credentials: Credentials) -> None:
         """Sign the next requests with ``credentials`` (a rotated key); old ones stay redacted."""
@@ -165,15 +199,58 @@ class OkxClient:
 
     async def loan_info(self) -> Position:
         """Return the account's position, or raise :class:`OkxError`."""
+        return await self.signed(Endpoint.LOAN_INFO, parse_loan_info)
+
+    async def loan_history(self) -> tuple[HistoryRecord, ...]:
+        """The newest page of loan-history records (every order; newest first)."""
+        return await self.signed(Endpoint.LOAN_HISTORY, parse_loan_history)
+
+    async def interest_accrued(self) -> tuple[InterestRecord, ...]:
+        """The newest page of interest accruals (every order; newest first)."""
+        return await self.signed(Endpoint.INTEREST_ACCRUED, parse_interest_accrued)
+
+    async def max_loan(self, currency: str, order_id: str) -> BorrowHeadroom:
+        """How much more of ``currency`` the order can borrow (POST, signed body)."""
+        body = {"borrowCcy": currency, **({"ordId": order_id} if order_id else {})}
+        return await self.signed(
+            Endpoint.MAX_LOAN, lambda answer: parse_max_loan(answer, currency), body=body
+        )
+
+    async def max_redeem(self, currency: str, order_id: str) -> float | None:
+        """How much of the collateral ``currency`` can be withdrawn from the order now."""
+        query = {"ccy": currency, **({"ordId": order_id} if order_id else {})}
+        return await self.signed(
+            Endpoint.MAX_REDEEM, lambda answer: parse_max_redeem(answer, currency), query=query
+        )
+
+    async def signed(
+        self,
+        endpoint: Endpoint,
+        parse: Callable[[dict[str, object]], T],
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Mapping[str, object] | None = None,
+    ) -> T:
+        """Call a private endpoint: GET with ``query``, or POST with the JSON ``body``.
+
+        The body is part of the signature, as the query string is. ``parse`` turns the ``code
+        "0"`` answer into the result and raises ``InvalidResponse`` when it is malformed. A 50102
+        re-measures OKX's clock and retries once; the whole call is bounded by ``timeout``.
+        """
+        path = ENDPOINT_PATHS[endpoint]
+        if query:
+            path += "?" + urlencode(query)
+        method, payload = ("GET", "") if body is None else ("POST", _json_body(body))
         try:
             async with asyncio.timeout(self._timeout):
+                offset = self.clock_offset
                 try:
-                    return await self._signed_loan_info()
+                    return await self._signed_once(endpoint, method, path, payload, parse)
                 except OkxError as error:
                     if error.code != CLOCK_SKEW_CODE:
                         raise
-                await self._measure_clock_offset()
-                return await self._signed_loan_info()
+                await self._correct_clock(offset)
+                return await self._signed_once(endpoint, method, path, payload, parse)
         except TimeoutError:
             raise OkxError(
                 FailureReason.TIMEOUT,
@@ -181,33 +258,56 @@ class OkxClient:
                 "check the network path to OKX, or raise timeout",
             ) from None
 
-    async def _signed_loan_info(self) -> Position:
+    async def _signed_once(
+        self,
+        endpoint: Endpoint,
+        method: str,
+        path: str,
+        payload: str,
+        parse: Callable[[dict[str, object]], T],
+    ) -> T:
         timestamp = okx_timestamp(self._clock() + self.clock_offset)
         credentials = self._credentials
         headers = {
             "OK-ACCESS-KEY": credentials.api_key,
-            "OK-ACCESS-SIGN": sign(credentials.secret_key, timestamp, "GET", LOAN_INFO_PATH),
+            "OK-ACCESS-SIGN": sign(credentials.secret_key, timestamp, method, path, payload),
             "OK-ACCESS-TIMESTAMP": timestamp,
             "OK-ACCESS-PASSPHRASE": credentials.passphrase,
             "Content-Type": "application/json",
         }
         if self._demo:
             headers["x-simulated-trading"] = "1"
-        return await self._request(LOAN_INFO_PATH, headers, self._parse_loan_info)
 
-    def _parse_loan_info(self, body: dict[str, object]) -> Position:
-        try:
-            return parse_loan_info(body)
-        except InvalidResponse as error:
-            raise OkxError(
-                FailureReason.INVALID_RESPONSE,
-                f"malformed loan-info answer: {self._redact(str(error))}",
-                "OKX changed its answer or a proxy rewrote it; the last good values are kept",
-            ) from None
+        def checked(answer: dict[str, object]) -> T:
+            try:
+                return parse(answer)
+            except InvalidResponse as error:
+                name = ENDPOINT_PATHS[endpoint].rsplit("/", 1)[-1]
+                raise OkxError(
+                    FailureReason.INVALID_RESPONSE,
+                    f"malformed {name} answer: {self._redact(str(error))}",
+                    "OKX changed its answer or a proxy rewrote it; the last good values are kept",
+                ) from None
+
+        return await self._request(endpoint, method, path, headers, checked, payload)
+
+    async def _correct_clock(self, offset_when_signed: float) -> None:
+        """Measure OKX's clock once for every call that met the same 50102 at the same time.
+
+        A call whose offset was corrected since it signed retries at once; concurrent calls share
+        one public/time request.
+        """
+        if self.clock_offset != offset_when_signed:
+            return
+        if self._measuring is None or self._measuring.done():
+            self._measuring = asyncio.ensure_future(self._measure_clock_offset())
+        await asyncio.shield(self._measuring)
 
     async def _measure_clock_offset(self) -> None:
         sent = self._clock()
-        okx_ms = await self._request(PUBLIC_TIME_PATH, {}, _parse_public_time)
+        okx_ms = await self._request(
+            Endpoint.PUBLIC_TIME, "GET", PUBLIC_TIME_PATH, {}, _parse_public_time
+        )
         received = self._clock()
         offset = okx_ms / 1000 - (sent + received) / 2
         if abs(offset) > MAX_CLOCK_OFFSET:
@@ -219,13 +319,19 @@ class OkxClient:
         self.clock_offset = offset
 
     async def _request(
-        self, path: str, headers: dict[str, str], parse: Callable[[dict[str, object]], T]
+        self,
+        endpoint: Endpoint,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        parse: Callable[[dict[str, object]], T],
+        payload: str = "",
     ) -> T:
-        """Send one GET, parse its ``code "0"`` answer, and report the request's outcome."""
+        """Send one request, parse its ``code "0"`` answer, and report the request's outcome."""
         started = time.perf_counter()
         reason: FailureReason | None = FailureReason.NETWORK
         try:
-            status, raw = await self._get(path, headers)
+            status, raw = await self._send(method, path, headers, payload)
             result = parse(self._decode(status, raw))
             reason = None
             return result
@@ -237,12 +343,15 @@ class OkxClient:
             raise
         finally:
             if self._on_request is not None:
-                self._on_request(time.perf_counter() - started, reason)
+                self._on_request(endpoint, time.perf_counter() - started, reason)
 
-    async def _get(self, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+    async def _send(
+        self, method: str, path: str, headers: dict[str, str], payload: str
+    ) -> tuple[int, bytes]:
         url = self._base_url + path
+        content = payload.encode() if payload else None
         try:
-            async with self._http.stream("GET", url, headers=headers) as response:
+            async with self._http.stream(method, url, headers=headers, content=content) as response:
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in response.aiter_bytes():
@@ -359,3 +468,8 @@ def _parse_public_time(body: dict[str, object]) -> int:
             "malformed public/time answer",
             "cannot correct the clock; fix the machine's clock (NTP)",
         ) from None
+
+
+def _json_body(body: Mapping[str, object]) -> str:
+    """The exact text sent and signed as a POST body: compact JSON, as OKX's SDK sends it."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)

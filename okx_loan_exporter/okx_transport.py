@@ -45,20 +45,21 @@ class ConnectionStats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._opened = 0
-        self._retries = 0
+        self._snapshot = NO_CONNECTIONS
 
     def connection_opened(self) -> None:
         with self._lock:
-            self._opened += 1
+            current = self._snapshot
+            self._snapshot = ConnectionStatsSnapshot(current.opened + 1, current.retries)
 
     def request_retried(self) -> None:
         with self._lock:
-            self._retries += 1
+            current = self._snapshot
+            self._snapshot = ConnectionStatsSnapshot(current.opened, current.retries + 1)
 
     def snapshot(self) -> ConnectionStatsSnapshot:
-        with self._lock:
-            return ConnectionStatsSnapshot(self._opened, self._retries)
+        """The counts now: the same object until one changes."""
+        return self._snapshot
 
 
 def connection_pool(
@@ -83,9 +84,14 @@ class AccountTransport(httpx.AsyncBaseTransport):
     Closing it leaves the shared pool open; its owner closes the pool.
     """
 
-    def __init__(self, pool: httpx.AsyncBaseTransport, stats: ConnectionStats) -> None:
+    def __init__(
+        self, pool: httpx.AsyncBaseTransport, stats: ConnectionStats, max_connections: int = 1
+    ) -> None:
         self.pool = pool
         self.stats = stats
+        self._resends = max_connections
+        """The pool may hold this many idle connections, each of which OKX may have closed: the
+        request is sent again until it goes out on a connection opened for it."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         opened = False
@@ -97,13 +103,14 @@ class AccountTransport(httpx.AsyncBaseTransport):
                 self.stats.connection_opened()
 
         request.extensions = {**request.extensions, "trace": trace}
-        try:
-            return await self.pool.handle_async_request(request)
-        except _STALE_CONNECTION_ERRORS:
-            if opened or not _idempotent(request):
-                raise  # a fresh connection failed, or the request must not reach OKX twice
-        self.stats.request_retried()
-        opened = False
+        for _ in range(self._resends):
+            opened = False
+            try:
+                return await self.pool.handle_async_request(request)
+            except _STALE_CONNECTION_ERRORS:
+                if opened or not _idempotent(request):
+                    raise  # a fresh connection failed, or the request must not reach OKX twice
+            self.stats.request_retried()  # the pool dropped that connection; try the next one
         return await self.pool.handle_async_request(request)
 
     async def aclose(self) -> None:

@@ -91,12 +91,14 @@ class Scrape:
         """The sample with exactly these labels, or None when the series is absent."""
         return self.samples.get((name, frozenset(labels.items())))
 
-    def failures(self, account: str) -> dict[str, float]:
-        """okx_loan_api_request_failures_total of ``account`` by reason."""
+    def failures(self, account: str, endpoint: str = "loan_info") -> dict[str, float]:
+        """okx_loan_api_request_failures_total of ``account`` and ``endpoint`` by reason."""
         return {
             dict(labels)["reason"]: value
             for (name, labels), value in self.samples.items()
-            if name == "okx_loan_api_request_failures_total" and ("account", account) in labels
+            if name == "okx_loan_api_request_failures_total"
+            and ("account", account) in labels
+            and ("endpoint", endpoint) in labels
         }
 
     def series(self, account: str) -> set[str]:
@@ -229,7 +231,8 @@ def start_simulator(fake_clock: FakeClock) -> Iterator[Callable[..., Simulator]]
 def start_exporter(fake_clock: FakeClock) -> Iterator[Callable[..., Harness]]:
     """``start_exporter(accounts, cache_ttl=0.5, timeout=1.0, ...)``: an exporter on 127.0.0.1.
 
-    ``accounts`` are :class:`AccountConfig` (see ``account_config``), or pass ``config``.
+    ``accounts`` are :class:`AccountConfig` (see ``account_config``), or pass ``config``;
+    ``intervals`` sets the secondary endpoints' schedules (``history_interval=0.0``...).
     """
     from okx_loan_exporter.config import ExporterConfig
     from okx_loan_exporter.exporter import Exporter
@@ -247,6 +250,7 @@ def start_exporter(fake_clock: FakeClock) -> Iterator[Callable[..., Harness]]:
         max_stale: float = 300.0,
         clock: Callable[[], float] | None = None,
         config: ExporterConfig | None = None,
+        **intervals: float,
     ) -> Harness:
         if config is None:
             config = ExporterConfig(
@@ -255,6 +259,7 @@ def start_exporter(fake_clock: FakeClock) -> Iterator[Callable[..., Harness]]:
                 max_stale=max_stale,
                 timeout=timeout,
                 source="test",
+                **intervals,
             )
         clock = clock or fake_clock
         exporter = Exporter(config, clock=clock)

@@ -14,6 +14,9 @@ PER_ORDER = frozenset(
         "okx_loan_margin_call_ltv_ratio",
         "okx_loan_liquidation_ltv_ratio",
         "okx_loan_liquidation_price",
+        "okx_loan_max_borrow_amount",
+        "okx_loan_max_borrow_notional_usd",
+        "okx_loan_max_redeem_amount",
     }
 )
 
@@ -27,5 +30,10 @@ CONTRACT = PER_ORDER | {
     "okx_loan_api_request_failures_total",
     "okx_loan_api_request_duration_seconds_bucket",
     "okx_loan_clock_offset_seconds",
+    "okx_loan_events_total",
+    "okx_loan_last_event_timestamp_seconds",
+    "okx_loan_interest_rate",
+    "okx_loan_interest_accrued_total",
+    "okx_loan_last_interest_timestamp_seconds",
     "okx_loan_exporter_build_info",
 }

@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from okx_loan_exporter.cache import AccountSnapshot
 from okx_loan_exporter.collector import LoanCollector
-from okx_loan_exporter.okx import FailureReason
+from okx_loan_exporter.okx import Endpoint, FailureReason
 from okx_loan_exporter.position import NO_LOAN, Order, Position, parse_loan_info
 from okx_loan_exporter.stats import RequestStats
 
@@ -16,6 +16,7 @@ DATA = Path(__file__).parent / "data"
 DOCS_EXAMPLE = json.loads((DATA / "loan_info_docs_example.json").read_text())
 TWO_ORDERS = json.loads((DATA / "loan_info_two_orders.json").read_text())
 OLD = {"account": "main", "order": ""}
+LOAN_INFO = {"account": "main", "endpoint": "loan_info"}
 """The labels of the docs example's one order: it predates orders, so its order label is empty."""
 
 
@@ -171,8 +172,8 @@ def test_vanished_order_disappears_with_its_currencies():
 
 def test_down_account_without_position_keeps_health_series_only():
     stats = RequestStats()
-    stats.observe(0.2, FailureReason.AUTH)
-    stats.observe(0.04, None)
+    stats.observe(Endpoint.LOAN_INFO, 0.2, FailureReason.AUTH)
+    stats.observe(Endpoint.LOAN_INFO, 0.04, None)
     registry, text = render(
         snapshot(
             position=None, up=False, last_success=None, stats=stats, failure=FailureReason.AUTH
@@ -182,24 +183,16 @@ def test_down_account_without_position_keeps_health_series_only():
     assert value("okx_loan_up", {"account": "main"}) == 0
     assert "okx_loan_last_success_timestamp_seconds{" not in text
     assert "okx_loan_active{" not in text and "okx_loan_ltv_ratio{" not in text
-    assert value("okx_loan_api_requests_total", {"account": "main"}) == 2
-    assert value("okx_loan_api_request_failures_total", {"account": "main", "reason": "auth"}) == 1
-    assert value("okx_loan_api_request_duration_seconds_count", {"account": "main"}) == 2
-    assert (
-        value("okx_loan_api_request_duration_seconds_bucket", {"account": "main", "le": "0.05"})
-        == 1
-    )
-    assert (
-        value("okx_loan_api_request_duration_seconds_bucket", {"account": "main", "le": "+Inf"})
-        == 2
-    )
-    assert (
-        abs(value("okx_loan_api_request_duration_seconds_sum", {"account": "main"}) - 0.24) < 1e-9
-    )
+    assert value("okx_loan_api_requests_total", LOAN_INFO) == 2
+    assert value("okx_loan_api_request_failures_total", {**LOAN_INFO, "reason": "auth"}) == 1
+    assert value("okx_loan_api_request_duration_seconds_count", LOAN_INFO) == 2
+    assert value("okx_loan_api_request_duration_seconds_bucket", {**LOAN_INFO, "le": "0.05"}) == 1
+    assert value("okx_loan_api_request_duration_seconds_bucket", {**LOAN_INFO, "le": "+Inf"}) == 2
+    assert abs(value("okx_loan_api_request_duration_seconds_sum", LOAN_INFO) - 0.24) < 1e-9
 
 
 def test_every_failure_reason_exported_from_the_start():
-    registry, _ = render(snapshot(position=None, up=False, last_success=None))
+    registry, text = render(snapshot(position=None, up=False, last_success=None))
     for reason in (
         "rate_limited",
         "auth",
@@ -211,10 +204,18 @@ def test_every_failure_reason_exported_from_the_start():
     ):
         assert (
             registry.get_sample_value(
-                "okx_loan_api_request_failures_total", {"account": "main", "reason": reason}
+                "okx_loan_api_request_failures_total", {**LOAN_INFO, "reason": reason}
             )
             == 0
         )
+    # the clock check is counted from the start too; durations appear with a first request
+    assert (
+        registry.get_sample_value(
+            "okx_loan_api_requests_total", {"account": "main", "endpoint": "public_time"}
+        )
+        == 0
+    )
+    assert "okx_loan_api_request_duration_seconds_count{" not in text
 
 
 def test_clock_offset_exported():

@@ -628,6 +628,22 @@ BAD_FILES = [
         id="timeout-zero",
     ),
     pytest.param(
+        "history_interval: 500ms\n" + ACCOUNTS,
+        {},
+        "history_interval",
+        "0.5s is too short",
+        "set history_interval to 0s (off) or at least 1s, e.g. 60s",
+        id="history-interval-too-short",
+    ),
+    pytest.param(
+        "headroom_interval: soon\n" + ACCOUNTS,
+        {},
+        "headroom_interval",
+        "'soon' is not a duration",
+        "500ms",
+        id="headroom-interval-bad",
+    ),
+    pytest.param(
         "timeout: 61\n" + ACCOUNTS,
         {},
         "timeout",
@@ -1279,6 +1295,18 @@ def test_environment_demo(value, demo):
             {"cache_ttl": 2.0, "max_stale": 600.0, "timeout": 3.0},
         ),
         ({"OKX_CACHE_TTL": "0.5"}, {"cache_ttl": 0.5}),
+        (
+            {},
+            {"history_interval": 60.0, "interest_interval": 600.0, "headroom_interval": 300.0},
+        ),
+        (
+            {
+                "OKX_HISTORY_INTERVAL": "0s",
+                "OKX_INTEREST_INTERVAL": "1h",
+                "OKX_HEADROOM_INTERVAL": "1",
+            },
+            {"history_interval": 0.0, "interest_interval": 3600.0, "headroom_interval": 1.0},
+        ),
     ],
 )
 def test_environment_options(extra, expected):
@@ -1365,6 +1393,12 @@ BAD_ENVIRONMENTS = [
         "OKX_CACHE_TTL",
         "'ten' is not a duration",
         id="ttl-bad",
+    ),
+    pytest.param(
+        {**ENV, "OKX_INTEREST_INTERVAL": "0.2"},
+        "OKX_INTEREST_INTERVAL",
+        "0.2s is too short; set OKX_INTEREST_INTERVAL to 0s (off) or at least 1s, e.g. 600s",
+        id="interest-interval-short",
     ),
     pytest.param(
         {**ENV, "OKX_TIMEOUT": "2m"},
@@ -1557,6 +1591,23 @@ def test_plain_http_warns_from_the_environment_too():
 def test_https_or_this_machine_does_not_warn(tmp_path, secrets_dir, url):
     path = write_config(tmp_path, secrets_dir, f"base_url: {url}\n" + ACCOUNTS)
     assert load_config(str(path), {}).warnings == ()
+
+
+def test_secondary_intervals_from_the_file_default_and_off():
+    config = config_from_dict(
+        {
+            "history_interval": "30s",
+            "interest_interval": "0s",
+            "accounts": [{"name": "a", "api_key": "k", "secret_key": "s", "passphrase": "p"}],
+        },
+        "test.yml",
+        {},
+    )
+    assert (config.history_interval, config.interest_interval, config.headroom_interval) == (
+        30.0,
+        0.0,
+        300.0,
+    )
 
 
 # --- tls_ca_file ---------------------------------------------------------------------------------

@@ -469,7 +469,32 @@ def used_dashboard_names() -> set[str]:
         names |= {s.name for s in parse_promql(target["expr"]).selectors if s.name}
     for name in PICKER_NAMES:
         names |= {s.name for s in parse_promql(variable_selector(variable(name))[0]).selectors}
+    for annotation in annotation_queries():
+        names |= {s.name for s in parse_promql(annotation["expr"]).selectors if s.name}
     return names
+
+
+def annotation_queries() -> list[dict[str, Any]]:
+    """The dashboard's Prometheus annotations (the built-in Grafana one has no expr)."""
+    return [item for item in DASHBOARD["annotations"]["list"] if item.get("expr")]
+
+
+def test_liquidations_are_annotations_filtered_like_the_panels() -> None:
+    (annotation,) = annotation_queries()
+    assert annotation["datasource"] == DATASOURCE and annotation["enable"] is True
+    (selector,) = parse_promql(annotation["expr"]).selectors
+    assert selector.name == "okx_loan_events_total"
+    assert selector.enclosing == "increase" and selector.ranged
+    assert selector.matchers["account"] == ("=~", "$account")
+    assert selector.matchers["job"] == ("=~", "$job")
+    kinds = selector.matchers["type"][1].split("|")
+    assert set(kinds) == {
+        "forced_liquidation",
+        "partial_liquidation",
+        "forced_repayment_buy",
+        "forced_repayment_sell",
+    }
+    assert "{{type}}" in annotation["titleFormat"] and "{{account}}" in annotation["titleFormat"]
 
 
 def test_every_contract_metric_is_on_the_dashboard() -> None:

@@ -93,8 +93,8 @@ def test_deadline_serves_cached_values_and_the_cut_off_fetch_completes_into_the_
     later = world.exporter.scrape("1")
     assert up(later, SLOW) == 1
     assert ltv(later, SLOW) == pytest.approx(NEW_LTV)
-    assert later.value("okx_loan_api_requests_total", account=SLOW) == (
-        cut.value("okx_loan_api_requests_total", account=SLOW) + 1
+    assert later.value("okx_loan_api_requests_total", account=SLOW, endpoint="loan_info") == (
+        cut.value("okx_loan_api_requests_total", account=SLOW, endpoint="loan_info") + 1
     )
     assert world.requests() == sent + 1, "the cut-off fetch was sent again within the TTL"
     assert_quick_accounts_served(later)

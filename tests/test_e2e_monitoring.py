@@ -56,8 +56,16 @@ JOB = "okx-loan-exporter"
 OTHER_JOB = "alertmanager"
 """Another job Prometheus scrapes (the test's Alertmanager), whose `up` the dashboard must not
 show."""
-ACCOUNTS = ("btc-usdt", "okx-docs-example", "eth-usdc", "no-loan", "demo-trading", "two-orders")
-ORDERS = {"1001", "1101", "1201", "2001", "2002"}
+ACCOUNTS = (
+    "btc-usdt",
+    "okx-docs-example",
+    "eth-usdc",
+    "no-loan",
+    "demo-trading",
+    "two-orders",
+    "liquidation",
+)
+ORDERS = {"1001", "1101", "1201", "2001", "2002", "3001"}
 """The demo's ordIds (okx-docs-example's loan has none: order="")."""
 DRIVEN, DRIVEN_ORDER = "btc-usdt", "1001"
 """The order whose LTV the alert test pushes past the margin call (one collateral currency, so
@@ -66,7 +74,9 @@ TWO_ORDERS, CYCLING_ORDER, STEADY_ORDER = "two-orders", "2002", "2001"
 """The demo account with two orders: 2002's LTV cycles through its margin call, 2001's stays low."""
 MARGIN_CALL_CYCLE = 20.0
 """The simulator's --margin-call-cycle in seconds: order 2002 is past its margin call from a
-quarter to three quarters of each cycle (the demo's default is 5 minutes)."""
+quarter to three quarters of each cycle (the demo's default is 5 minutes), and order 3001 of
+account liquidation is partially liquidated once per cycle."""
+LIQUIDATED = "liquidation"
 FAILING = "no-loan"
 """The account that fails all along (HTTP 500), so failure rates are not zero."""
 SHORT_FOR = "1s"
@@ -271,6 +281,21 @@ class Stack:
             return [{"metric": {}, "value": data["result"]}]
         return list(data["result"])
 
+    def query_range(self, expr: str, since: float) -> list[dict[str, Any]]:
+        """A range query from ``since`` (time.monotonic) until now, 1 s steps, as Grafana runs
+        an annotation over the dashboard's time range."""
+        now = time.time()
+        start = now - (time.monotonic() - since)
+        response = httpx.get(
+            f"{self.prometheus_url}/api/v1/query_range",
+            params={"query": expr, "start": start, "end": now, "step": 1},
+            timeout=10,
+        )
+        body = response.json()
+        if body.get("status") != "success":
+            raise QueryError(f"{body.get('errorType')}: {body.get('error')}")
+        return list(body["data"]["result"])
+
     def posted(self, status: str, *, after: float, **labels: str) -> tuple[Post, dict[str, Any]]:
         """Wait (up to ALERT_TIMEOUT) for the first webhook post since ``after`` with an alert
         in ``status`` carrying ``labels``; the post and that alert."""
@@ -319,7 +344,14 @@ def stack(
             processes, exporter_config, "--margin-call-cycle", f"{MARGIN_CALL_CYCLE:g}s"
         )
         control.set_account(FAILING, fault="http_500_html")
-        edit_config(exporter_config, cache_ttl="1s", timeout="2s")
+        edit_config(
+            exporter_config,
+            cache_ttl="1s",
+            timeout="2s",
+            history_interval="1s",
+            interest_interval="2s",
+            headroom_interval="2s",
+        )
         _, exporter_port = processes.start(
             "exporter", lambda port: exporter_argv(port, exporter_config)
         )
@@ -499,6 +531,31 @@ def test_the_demo_order_cycling_through_its_margin_call_pages_for_that_order_onl
     )
 
 
+def test_a_demo_liquidation_pages_with_its_type_and_account(stack: Stack) -> None:
+    """The demo's order 3001 climbs to its liquidation LTV once per cycle and OKX (the simulator)
+    liquidates part of it: loan-history gets a partial_liquidation record, the exporter counts it,
+    and OkxLoanLiquidationEvent reaches the critical receiver at once, naming type and account."""
+    started = time.monotonic()
+    labels = {"alertname": "OkxLoanLiquidationEvent", "account": LIQUIDATED}
+    post, alert = stack.posted("firing", after=stack.scraping_since - 5, **labels)
+    assert post.path == receiver_path("critical")
+    assert alert["labels"]["type"] == "partial_liquidation"
+    assert alert["labels"]["severity"] == "critical"
+    summary = alert["annotations"]["summary"]
+    assert summary == f"OKX loan account {LIQUIDATED}: OKX partial_liquidation", summary
+    [counted] = stack.query(
+        f'okx_loan_events_total{{job="{JOB}",account="{LIQUIDATED}",type="partial_liquidation"}}'
+    )
+    assert float(counted["value"][1]) >= 1
+    # no other account was liquidated, and the old records of every account counted nothing
+    others = stack.query(f'okx_loan_events_total{{job="{JOB}",account!="{LIQUIDATED}"}} > 0')
+    assert others == [], others
+    print(
+        f"OkxLoanLiquidationEvent ({LIQUIDATED}, partial_liquidation) at the critical webhook "
+        f"{post.received - started:.2f} s into the test"
+    )
+
+
 def percent(ratio: float) -> str:
     """Go's humanizePercentage for the round ratios used here: 0.72 -> '72%'."""
     return f"{ratio * 100:.4g}%"
@@ -636,6 +693,19 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
     values = resolve_variables(stack, dashboard)
     queries = list(panel_queries(dashboard.get("panels", [])))
     assert len(queries) >= 10, f"only {len(queries)} queries found in {DASHBOARD}"
+    annotations = [item for item in dashboard["annotations"]["list"] if item.get("expr")]
+    assert annotations, "no annotation queries"
+    for annotation in annotations:
+        # Grafana runs an annotation as a range query over the dashboard's time range: it must
+        # mark the demo's liquidations (one per margin-call cycle).
+        expr = substitute(annotation["expr"], values)
+        wait_for(
+            f"annotation {annotation['name']!r} to mark an event",
+            lambda expr=expr: stack.query_range(expr, since=stack.scraping_since - 5),
+            MARGIN_CALL_CYCLE + 10,
+            interval=1,
+            details=stack.diagnostics,
+        )
 
     problems = []
     for query in queries:

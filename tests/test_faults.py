@@ -155,6 +155,9 @@ FAILING: list[Row] = [
     ),
 ]
 
+LOAN_INFO_ONLY = {"history_interval": 0.0, "interest_interval": 0.0, "headroom_interval": 0.0}
+"""The secondary endpoints off, for the rows about loan-info."""
+
 EMPTY = Scrape(200, 0.0, "")
 """A scrape before the first one: every counter at 0."""
 
@@ -205,11 +208,13 @@ class World:
 
 @pytest.fixture
 def make_world(start_simulator, start_exporter, fake_clock, caplog) -> Callable[..., World]:
-    """``make_world(faulty=None, *, faulty_url=None, faulty_demo=None)``: the accounts, all served.
+    """``make_world(faulty=None, *, faulty_url=None, faulty_demo=None, intervals=...)``: the
+    accounts, all served.
 
     The faulty account lives in the simulator unless ``faulty_url`` points it elsewhere;
-    ``faulty_demo`` overrides its configured ``demo`` flag. Accounts the simulator serves start at
-    their LTV (the faulty one at GOOD_LTV).
+    ``faulty_demo`` overrides its configured ``demo`` flag; ``intervals`` are the secondary
+    endpoints' schedules (off by default: the loan-info rows count loan-info's requests).
+    Accounts the simulator serves start at their LTV (the faulty one at GOOD_LTV).
     """
     caplog.set_level(logging.INFO, logger="okx_loan_exporter")
 
@@ -218,6 +223,7 @@ def make_world(start_simulator, start_exporter, fake_clock, caplog) -> Callable[
         *,
         faulty_url: str | None = None,
         faulty_demo: bool | None = None,
+        intervals: dict[str, float] = LOAN_INFO_ONLY,
     ) -> World:
         faulty = faulty or sim_account(FAULTY)
         bystanders = [sim_account(name) for name in BYSTANDERS]
@@ -229,7 +235,7 @@ def make_world(start_simulator, start_exporter, fake_clock, caplog) -> Callable[
             account_config(faulty, faulty_url or simulator.base_url, demo=faulty_demo),
             *(account_config(account, simulator.base_url) for account in bystanders),
         ]
-        harness = start_exporter(configs, cache_ttl=TTL, timeout=TIMEOUT)
+        harness = start_exporter(configs, cache_ttl=TTL, timeout=TIMEOUT, **intervals)
         return World(simulator, harness, fake_clock, caplog)
 
     return make

@@ -43,6 +43,7 @@ from okx_loan_exporter.okx import (
     MAX_BODY_BYTES,
     PUBLIC_TIME_PATH,
     Credentials,
+    Endpoint,
     FailureReason,
     OkxClient,
     OkxError,
@@ -88,7 +89,7 @@ class ClientHarness:
             self.http, "https://okx.test", CREDENTIALS, timeout=5.0, on_request=self._observe
         )
 
-    def _observe(self, duration: float, reason: FailureReason | None) -> None:
+    def _observe(self, endpoint: Endpoint, duration: float, reason: FailureReason | None) -> None:
         assert duration >= 0
         self.reasons.append(reason)
 
@@ -980,7 +981,8 @@ def test_lone_surrogate_in_one_account_does_not_break_every_scrape() -> None:
     assert 'okx_loan_up{account="fine"} 1.0' in text
     assert 'okx_loan_up{account="hostile"} 0.0' in text
     assert (
-        'okx_loan_api_request_failures_total{account="hostile",reason="invalid_response"} 1.0'
+        'okx_loan_api_request_failures_total{account="hostile",endpoint="loan_info",'
+        'reason="invalid_response"} 1.0'
     ) in text
 
 

@@ -2,8 +2,8 @@
 
 The golden file is what a reviewer reads to see the contract: the docs example (an answer from
 before orders, so ``order=""``), an account with two orders (the docs example as 1001 and a
-single-collateral order 1002 with a liquidation price), an account with no loan and one whose
-key OKX refuses. Regenerate it after an intended change with
+single-collateral order 1002 with a liquidation price, and its events, interest and headroom),
+an account with no loan and one whose key OKX refuses. Regenerate it after an intended change with
 ``python tests/test_golden_metrics.py`` and review the diff.
 """
 
@@ -15,9 +15,12 @@ from pathlib import Path
 
 from prometheus_client.exposition import generate_latest
 
+from okx_loan_exporter.activity_cache import ActivitySnapshot, Schedules
 from okx_loan_exporter.cache import AccountSnapshot
 from okx_loan_exporter.collector import LoanCollector
-from okx_loan_exporter.okx import FailureReason
+from okx_loan_exporter.loan_activity import EventCounts, InterestState
+from okx_loan_exporter.loan_records import LOAN_HISTORY_TYPES, BorrowHeadroom
+from okx_loan_exporter.okx import Endpoint, FailureReason
 from okx_loan_exporter.position import NO_LOAN, parse_loan_info
 from okx_loan_exporter.stats import RequestStats
 
@@ -26,10 +29,10 @@ GOLDEN = DATA / "golden_metrics.prom"
 
 
 def _snapshot(name: str, answer: str | None, *, failure: FailureReason | None = None):
-    stats = RequestStats()
-    stats.observe(0.042, None)
+    stats = RequestStats(Schedules().endpoints())
+    stats.observe(Endpoint.LOAN_INFO, 0.042, None)
     if failure is not None:
-        stats.observe(0.3, failure)
+        stats.observe(Endpoint.LOAN_INFO, 0.3, failure)
     position = None
     if answer == "no loan":
         position = NO_LOAN
@@ -44,7 +47,19 @@ def _snapshot(name: str, answer: str | None, *, failure: FailureReason | None = 
         last_error=None,
         requests=stats.snapshot(),
         clock_offset=0.0,
+        activity=TWO_ORDERS_ACTIVITY if name == "two-orders" else None,
     )
+
+
+TWO_ORDERS_ACTIVITY = ActivitySnapshot(
+    events=EventCounts(
+        {**dict.fromkeys(LOAN_HISTORY_TYPES, 0), "partial_liquidation": 1},
+        {"borrowed": 1_699_990_000.0, "partial_liquidation": 1_700_000_000.123},
+    ),
+    interest={"USDC": InterestState(0.0841, 1_699_999_200.0, 0.0123)},
+    borrow={("1002", "USDT"): BorrowHeadroom("USDT", 1250.5, 1250.25)},
+    redeem={("1002", "BTC"): 0.0125},
+)
 
 
 def render() -> bytes:

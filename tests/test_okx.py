@@ -9,15 +9,18 @@ import pytest
 import respx
 
 from okx_loan_exporter.okx import (
+    ENDPOINT_PATHS,
     LOAN_INFO_PATH,
     PUBLIC_TIME_PATH,
     Credentials,
+    Endpoint,
     FailureReason,
     OkxClient,
     OkxError,
     okx_timestamp,
     sign,
 )
+from okx_loan_exporter.position import InvalidResponse
 
 BASE = "https://okx.test"
 DOCS_EXAMPLE = json.loads(
@@ -60,7 +63,7 @@ def fetch(*, demo=False, clock=lambda: FIXED_TIME, timeout=5.0, observed=None, m
                 demo=demo,
                 timeout=timeout,
                 clock=clock,
-                on_request=(lambda d, r: observed.append(r)) if observed is not None else None,
+                on_request=(lambda e, d, r: observed.append(r)) if observed is not None else None,
                 **kwargs,
             )
             return await client.loan_info(), client
@@ -248,3 +251,89 @@ def test_implausible_public_time_is_refused_not_applied(ts):
         fetch()
     assert caught.value.reason is FailureReason.INVALID_RESPONSE
     assert len(respx.calls) == 2  # no retry signed with a broken clock
+
+
+def call(endpoint, parse, **kwargs):
+    """One generic signed call with the fixed clock; returns (result, [(endpoint, reason)])."""
+    observed = []
+
+    async def run():
+        async with httpx.AsyncClient() as http:
+            client = OkxClient(
+                http,
+                BASE,
+                CREDENTIALS,
+                clock=lambda: FIXED_TIME,
+                on_request=lambda e, d, r: observed.append((e, r)),
+            )
+            return await client.signed(endpoint, parse, **kwargs)
+
+    return asyncio.run(run()), observed
+
+
+def assert_signed(request, method, signed_path, body=""):
+    """The request carries OKX's signature of exactly this method, path and body."""
+    assert request.method == method
+    assert request.content == body.encode()
+    assert request.headers["OK-ACCESS-SIGN"] == sign(
+        "secret-Zp4Rt9Wx", "2020-12-08T09:08:57.715Z", method, signed_path, body
+    )
+
+
+@respx.mock
+def test_get_with_query_signs_the_query_string():
+    path = ENDPOINT_PATHS[Endpoint.MAX_REDEEM]
+    route = respx.get(BASE + path).respond(200, json={"code": "0", "msg": "", "data": []})
+    result, observed = call(
+        Endpoint.MAX_REDEEM, lambda body: body["data"], query={"ccy": "BTC", "ordId": "1001"}
+    )
+    request = route.calls.last.request
+    assert result == []
+    signed_path = f"{path}?ccy=BTC&ordId=1001"
+    assert request.url.raw_path.decode() == signed_path
+    assert_signed(request, "GET", signed_path)
+    assert observed == [(Endpoint.MAX_REDEEM, None)]
+
+
+@respx.mock
+def test_post_signs_the_exact_json_body_it_sends():
+    path = ENDPOINT_PATHS[Endpoint.MAX_LOAN]
+    route = respx.post(BASE + path).respond(200, json={"code": "0", "msg": "", "data": []})
+    _, observed = call(
+        Endpoint.MAX_LOAN, lambda body: body["data"], body={"borrowCcy": "USDT", "ordId": "1001"}
+    )
+    request = route.calls.last.request
+    assert request.headers["Content-Type"] == "application/json"
+    assert_signed(request, "POST", path, '{"borrowCcy":"USDT","ordId":"1001"}')
+    assert observed == [(Endpoint.MAX_LOAN, None)]
+
+
+@respx.mock
+def test_any_endpoint_corrects_the_clock_and_reports_public_time():
+    path = ENDPOINT_PATHS[Endpoint.LOAN_HISTORY]
+    respx.get(BASE + path).mock(
+        side_effect=[okx_error("50102", 401), httpx.Response(200, json={"code": "0", "data": []})]
+    )
+    respx.get(BASE + PUBLIC_TIME_PATH).respond(
+        200, json={"code": "0", "data": [{"ts": str(int((FIXED_TIME - 40) * 1000))}], "msg": ""}
+    )
+    _, observed = call(Endpoint.LOAN_HISTORY, lambda body: body["data"], query={"limit": "100"})
+    assert observed == [
+        (Endpoint.LOAN_HISTORY, FailureReason.AUTH),
+        (Endpoint.PUBLIC_TIME, None),
+        (Endpoint.LOAN_HISTORY, None),
+    ]
+
+
+@respx.mock
+def test_a_parser_refusal_names_the_endpoint():
+    path = ENDPOINT_PATHS[Endpoint.INTEREST_ACCRUED]
+    respx.get(BASE + path).respond(200, json={"code": "0", "data": [{"refId": 5}]})
+
+    def refuse(body):
+        raise InvalidResponse("data[0].refId: expected a string")
+
+    with pytest.raises(OkxError) as caught:
+        call(Endpoint.INTEREST_ACCRUED, refuse)
+    assert caught.value.reason is FailureReason.INVALID_RESPONSE
+    assert "malformed interest-accrued answer: data[0].refId" in caught.value.detail

@@ -11,6 +11,7 @@ import time
 import httpx
 from conftest import account_config, sim_account
 
+from okx_loan_exporter.exporter import CONNECTIONS_PER_POOL
 from okx_loan_exporter.okx_transport import (
     IDEMPOTENT_EXTENSION,
     AccountTransport,
@@ -20,6 +21,7 @@ from okx_loan_exporter.okx_transport import (
 
 TTL = 0.5
 IDLE_CLOSE = 0.3
+LOAN_INFO_ONLY = {"history_interval": 0.0, "interest_interval": 0.0, "headroom_interval": 0.0}
 
 
 def tls_accounts(simulator, names, ca_file):
@@ -49,7 +51,7 @@ def test_https_fetches_reuse_one_connection_per_account(
     stats = simulator.stats()
     for name in names:
         assert scrape.value("okx_loan_up", account=name) == 1
-        assert scrape.value("okx_loan_api_requests_total", account=name) == 4
+        assert scrape.value("okx_loan_api_requests_total", account=name, endpoint="loan_info") == 4
         assert scrape.value("okx_loan_api_connections_opened_total", account=name) == 1
         assert scrape.value("okx_loan_api_connection_retries_total", account=name) == 0
         assert stats["accounts"][name]["ok"] == 4
@@ -96,20 +98,43 @@ def test_a_connection_okx_closed_is_retried_once_on_a_fresh_one(
     server whose idle timer fires as the request arrives: the request is sent again on a new
     connection within the same attempt, and the account stays up."""
     simulator = idle_closing(start_simulator, test_certificates)
-    harness = start_exporter(tls_accounts(simulator, ["tls-a"], test_certificates.ca_file))
+    harness = start_exporter(
+        tls_accounts(simulator, ["tls-a"], test_certificates.ca_file), **LOAN_INFO_ONLY
+    )
     first = harness.scrape()
     assert first.value("okx_loan_api_connections_opened_total", account="tls-a") == 1
     time.sleep(IDLE_CLOSE + 0.1)
     fake_clock.advance(TTL + 0.01)
     second = harness.scrape()
     assert second.value("okx_loan_up", account="tls-a") == 1
-    assert second.value("okx_loan_api_requests_total", account="tls-a") == 2  # one attempt each
+    assert (
+        second.value("okx_loan_api_requests_total", account="tls-a", endpoint="loan_info") == 2
+    )  # one attempt each
     assert set(second.failures("tls-a").values()) == {0}
     assert second.value("okx_loan_api_connection_retries_total", account="tls-a") == 1
     assert second.value("okx_loan_api_connections_opened_total", account="tls-a") == 2
     # The dropped request reached the server but was never answered.
     assert simulator.stats()["accounts"]["tls-a"]["ok"] == 2
     assert simulator.stats()["tls_handshakes"] == 2
+
+
+def test_every_stale_connection_of_the_pool_is_passed_over(
+    start_simulator, start_exporter, fake_clock, test_certificates
+):
+    """With the secondary endpoints on, an account's pool holds several idle connections, all
+    dropped by OKX meanwhile: the request goes through them to a fresh one, still one attempt."""
+    simulator = idle_closing(start_simulator, test_certificates)
+    harness = start_exporter(tls_accounts(simulator, ["tls-a"], test_certificates.ca_file))
+    harness.scrape()
+    time.sleep(0.3)  # the secondary fetches started by that scrape land
+    idle = harness.scrape().value("okx_loan_api_connections_opened_total", account="tls-a")
+    assert 1 <= idle <= CONNECTIONS_PER_POOL
+    time.sleep(IDLE_CLOSE + 0.1)
+    fake_clock.advance(TTL + 0.01)
+    second = harness.scrape()
+    assert second.value("okx_loan_up", account="tls-a") == 1
+    assert second.failures("tls-a")["network"] == 0
+    assert 1 <= second.value("okx_loan_api_connection_retries_total", account="tls-a") <= idle
 
 
 def test_a_failure_on_a_fresh_connection_is_not_retried(

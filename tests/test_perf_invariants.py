@@ -35,7 +35,7 @@ from okx_loan_exporter.collector import LoanCollector
 from okx_loan_exporter.config import config_from_dict
 from okx_loan_exporter.exporter import ACCOUNTS_PER_POOL, CONNECTIONS_PER_POOL, Exporter
 from okx_loan_exporter.exposition import Exposition, ProcessMetrics, RenderCache
-from okx_loan_exporter.okx import FailureReason
+from okx_loan_exporter.okx import Endpoint, FailureReason
 from okx_loan_exporter.position import NO_LOAN, Order, Position, parse_loan_info
 from okx_loan_exporter.stats import RequestStats
 from okx_loan_exporter.web import create_app
@@ -60,6 +60,9 @@ ACCEPT_HEADERS = [
     "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
 ]
 
+LOAN_INFO_ONLY = {"history_interval": "0s", "interest_interval": "0s", "headroom_interval": "0s"}
+"""The secondary endpoints off, for fakes that answer loan-info only."""
+
 
 class FixedProcess(Collector):
     """Process-like families with values that do not move."""
@@ -75,9 +78,9 @@ class FixedProcess(Collector):
 def stats(requests: int = 0, failures: Iterable[FailureReason] = (), *durations: float):
     tally = RequestStats()
     for duration in durations or [0.03] * requests:
-        tally.observe(duration, None)
+        tally.observe(Endpoint.LOAN_INFO, duration, None)
     for reason in failures:
-        tally.observe(0.2, reason)
+        tally.observe(Endpoint.LOAN_INFO, 0.2, reason)
     return tally.snapshot()
 
 
@@ -115,6 +118,7 @@ def exporter():
                 {"name": name, "api_key": f"k-{name}", "secret_key": "s", "passphrase": "p"}
                 for name in ("main", "other")
             ],
+            **LOAN_INFO_ONLY,  # the fake answers loan-info only
         },
         "test.yml",
         {},
@@ -479,6 +483,7 @@ def scripted_exporter(clock: Clock, okx: ScriptedOkx, accounts: int = 2) -> Expo
             "base_url": "https://okx.test",
             "cache_ttl": "1s",
             "max_stale": "3s",
+            **LOAN_INFO_ONLY,  # ScriptedOkx answers loan-info only
             "accounts": [
                 {"name": f"a{i}", "api_key": f"k{i}", "secret_key": "s", "passphrase": "p"}
                 for i in range(accounts)
@@ -499,8 +504,8 @@ def observable(snapshots: list[AccountSnapshot]) -> list[tuple]:
             s.up,
             s.last_success,
             s.last_failure,
-            s.requests.requests,
-            s.requests.failures,
+            s.requests.endpoints[Endpoint.LOAN_INFO].requests,
+            s.requests.endpoints[Endpoint.LOAN_INFO].failures,
             s.clock_offset,
         )
         for s in snapshots
@@ -572,6 +577,7 @@ def test_a_fetch_still_running_after_its_deadline_keeps_scrapes_on_the_loop():
             "base_url": "https://okx.test",
             "cache_ttl": "1s",
             "accounts": [{"name": "main", "api_key": "k", "secret_key": "s", "passphrase": "p"}],
+            **LOAN_INFO_ONLY,
         },
         "test.yml",
         {},

@@ -140,6 +140,18 @@ MUTATIONS = {
         ],
         {"OkxLoanMarginCall"},
     ),
+    "a liquidation is told only after it is old news": (
+        [("        for: 0m\n", "        for: 10m\n", 1)],
+        {"OkxLoanLiquidationEvent"},
+    ),
+    "a liquidation alert never resolves": (
+        [('forced_repayment_sell"}[30m]) > 0', 'forced_repayment_sell"}[10y]) > 0', 1)],
+        {"OkxLoanLiquidationEvent"},
+    ),
+    "the interest threshold itself already warns": (
+        [("okx_loan_interest_rate > on()", "okx_loan_interest_rate >= on()", 1)],
+        {"OkxLoanInterestRateHigh"},
+    ),
 }
 
 
@@ -254,6 +266,10 @@ def test_recording_rules_compute_the_documented_headroom() -> None:
     )
 
 
+EVENT_ALERTS = {"OkxLoanLiquidationEvent"}
+"""Alerts on a record OKX wrote (a liquidation): they fire at the first scrape that shows it."""
+
+
 @pytest.mark.parametrize("rule", alerts(), ids=lambda r: r["alert"])
 def test_alert_conventions(rule: dict[str, Any]) -> None:
     name = rule["alert"]
@@ -263,7 +279,10 @@ def test_alert_conventions(rule: dict[str, Any]) -> None:
     assert annotations.get("summary", "").strip(), f"{name}: no summary"
     assert annotations.get("description", "").strip(), f"{name}: no description"
     seconds = duration_seconds(str(rule.get("for", "")))
-    assert 60 <= seconds <= 300, f"{name}: for: {rule.get('for')} is not a production 1m..5m"
+    if name in EVENT_ALERTS:  # an event already happened: waiting would only delay the news
+        assert "for" in rule and seconds == 0, f"{name}: an event alert fires at once (for: 0m)"
+    else:
+        assert 60 <= seconds <= 300, f"{name}: for: {rule.get('for')} is not a production 1m..5m"
     text = annotations["summary"] + annotations["description"]
     if "okx_loan_" in rule["expr"]:
         assert "$labels.account" in text, f"{name}: the annotations do not name the account"

@@ -144,7 +144,7 @@ def test_three_exporter_processes_split_one_config(tmp_path, start_simulator, ex
         for family in text_string_to_metric_families(text):
             if family.name == "okx_loan_api_requests":
                 for sample in family.samples:
-                    if sample.name.endswith("_total"):
+                    if sample.name.endswith("_total") and sample.labels["endpoint"] == "loan_info":
                         requests[sample.labels["account"]] = sample.value
         exported.append(requests)
     names = [account.name for account in accounts]

@@ -53,8 +53,10 @@ def make_exporter(fake, names=("main",), **settings):
         }
         for name in names
     ]
+    # The fake answers loan-info only: the other endpoints are off.
+    off = {key: "0s" for key in ("history_interval", "interest_interval", "headroom_interval")}
     config = config_from_dict(
-        {"base_url": "https://okx.test", "accounts": accounts, **settings}, "test.yml", {}
+        {"base_url": "https://okx.test", "accounts": accounts, **off, **settings}, "test.yml", {}
     )
     return Exporter(config, transport=httpx.MockTransport(fake))
 
@@ -129,7 +131,13 @@ def test_failed_okx_call_is_up_zero_not_http_error(fake):
     assert sample(response.text, "okx_loan_up", account="main") == 0
     assert sample(response.text, "okx_loan_up", account="other") == 1
     assert (
-        sample(response.text, "okx_loan_api_request_failures_total", account="main", reason="auth")
+        sample(
+            response.text,
+            "okx_loan_api_request_failures_total",
+            account="main",
+            endpoint="loan_info",
+            reason="auth",
+        )
         == 1
     )
     assert sample(response.text, "okx_loan_ltv_ratio", account="main") is None

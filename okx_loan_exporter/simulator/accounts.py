@@ -47,7 +47,9 @@ class SimOrder:
 
     ``order_id=""`` is an order from before OKX had orders: its entry has no ``ordId`` key (only
     valid as an account's one order). ``margin_call_cycle`` makes its LTV drift through its
-    margin-call LTV and back once per period of the simulator's ``margin_call_cycle``.
+    margin-call LTV and back once per period of the simulator's ``margin_call_cycle``;
+    ``liquidation_cycle`` makes it climb to its liquidation LTV once per period instead, where OKX
+    partially liquidates it, after which the borrower tops it up again at the next period.
     """
 
     order_id: str
@@ -56,6 +58,7 @@ class SimOrder:
     margin_call_ltv: str = "0.7"
     liquidation_ltv: str = "0.8"
     margin_call_cycle: bool = False
+    liquidation_cycle: bool = False
 
 
 @dataclass
@@ -98,6 +101,8 @@ def demo_accounts() -> list[SimAccount]:
     - ``demo-trading``: order 1201 on a demo-trading key (needs ``x-simulated-trading: 1``).
     - ``two-orders``: order 2001 (BTC for USDT, LTV 0.4, with a liqPx) and order 2002 (ETH and SOL
       for USDC), whose LTV drifts from 0.65 through its 0.7 margin call to 0.75 and back.
+    - ``liquidation``: order 3001 (BTC for USDT), whose LTV climbs from 0.6 to its 0.8 liquidation
+      LTV once per margin-call cycle: OKX partially liquidates it, the borrower tops it up again.
     """
     return [
         _fake_account(
@@ -134,6 +139,10 @@ def demo_accounts() -> list[SimAccount]:
                     "2002", {"ETH": "2", "SOL": "20"}, {"USDC": "5850"}, margin_call_cycle=True
                 ),
             ],
+        ),
+        _fake_account(
+            "liquidation",
+            orders=[SimOrder("3001", {"BTC": "0.3"}, {"USDT": "10800"}, liquidation_cycle=True)],
         ),
     ]
 
@@ -242,4 +251,14 @@ def validated_copy(account: SimAccount, prices: Mapping[str, float]) -> SimAccou
             and Decimal(order.margin_call_ltv) < Decimal(order.liquidation_ltv)
         ):
             raise ValueError(f"{here}: a cycling order needs margin_call_ltv < liquidation_ltv")
+        if order.liquidation_cycle and (
+            order.margin_call_cycle
+            or not order.liquidation_ltv
+            or not order.margin_call_ltv
+            or Decimal(order.margin_call_ltv) >= Decimal(order.liquidation_ltv)
+        ):
+            raise ValueError(
+                f"{here}: a liquidation_cycle order needs margin_call_ltv < liquidation_ltv "
+                "and no margin_call_cycle"
+            )
     return copy.deepcopy(account)

@@ -158,7 +158,16 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_MARGIN_CALL_CYCLE_SECONDS,
         metavar="DURATION",
         help="period of the demo order whose LTV drifts through its margin call and back "
-        "(two-orders, order 2002; default 5m: above the margin call from 1m15s to 3m45s)",
+        "(two-orders, order 2002; default 5m: above the margin call from 1m15s to 3m45s), and of "
+        "the one climbing to its liquidation (liquidation, order 3001, liquidated at 4m30s)",
+    )
+    parser.add_argument(
+        "--hour",
+        dest="hour_seconds",
+        type=_duration,
+        default=60.0,
+        metavar="DURATION",
+        help="how long one simulated hour lasts, in which interest accrues once (default 1m)",
     )
     parser.add_argument(
         "--tls.cert-file",
@@ -229,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             margin_call_cycle=args.margin_call_cycle,
             tls=tls,
             idle_close=args.idle_close,
+            hour_seconds=args.hour_seconds,
         )
     except (OSError, ssl.SSLError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

@@ -66,9 +66,17 @@ def _change_account(sim: Simulator, name: str, document: dict[str, Any]) -> dict
     """``POST /sim/accounts/<name>``; ``order`` picks the order (default: the first)."""
     _only_keys(
         document,
-        {"order", "ltv", "walk", "fault", "fault_count", "latency", "close", "passphrase"}
-        | {"secret_key"},
+        {"order", "ltv", "walk", "fault", "fault_count", "fault_endpoint", "latency", "close"}
+        | {"passphrase", "secret_key"},
     )
+    endpoint = document.get("fault_endpoint", "loan-info")
+    if not isinstance(endpoint, str):
+        raise ValueError("'fault_endpoint' must be an endpoint name such as loan-history")
+    if endpoint != "loan-info":  # the other endpoints' faults are set alone
+        if document.keys() - {"fault", "fault_count", "fault_endpoint"}:
+            raise ValueError("'fault_endpoint' goes only with 'fault' and 'fault_count'")
+        sim.set_fault(name, document.get("fault"), document.get("fault_count"), None, endpoint)
+        return sim.account_view(name)
     order = document.get("order")
     if order is not None and not isinstance(order, str):
         raise ValueError("'order' must be an ordId string")

@@ -48,6 +48,29 @@ FAULTS: tuple[str, ...] = (
 )
 """Every fault name :meth:`Simulator.set_fault` and ``POST /sim/accounts/<name>`` accept."""
 
+ENDPOINT_FAULTS: tuple[str, ...] = (
+    "http_500_html",
+    "http_200_html",
+    "truncated_json",
+    "invalid_json",
+    "no_data",
+    "rate_limit",
+    "busy_50001",
+    "busy_50013",
+    "auth_50101",
+    "auth_50105",
+    "auth_50110",
+    "auth_50111",
+    "auth_50113",
+    "auth_50120",
+    "slow",
+    "hang",
+    "slow_bytes",
+    "close",
+)
+"""The faults of the other loan endpoints (loan-history, interest-accrued, max-loan, max-redeem):
+every fault that does not spoil a loan-info entry."""
+
 SLOW_FAULT_SECONDS = 3.0
 HUGE_BODY_BYTES = 50 * 1024 * 1024
 

@@ -24,6 +24,22 @@ DEFAULT_MARGIN_CALL_CYCLE_SECONDS = 300.0
 """Period of a cycling order's LTV: above its margin-call LTV from 1/4 to 3/4 of each period."""
 RATE_LIMIT_REQUESTS = 5
 RATE_LIMIT_PERIOD_SECONDS = 2.0
+RECORDS_KEPT = 2000
+"""loan-history and interest records kept per account (the oldest go first)."""
+
+
+LIQUIDATION_PHASE = 0.9
+"""Fraction of its period after which a liquidation-cycle order reaches its liquidation LTV."""
+
+
+def ramp_ltv(order: SimOrder, elapsed: float, period: float) -> Decimal:
+    """The LTV of a liquidation-cycle order: from the margin call minus the margin-call-to-
+    liquidation gap, straight up to the liquidation LTV at LIQUIDATION_PHASE of each period."""
+    margin_call, liquidation = Decimal(order.margin_call_ltv), Decimal(order.liquidation_ltv)
+    start = margin_call - (liquidation - margin_call)
+    phase = min(1.0, ((elapsed % period) / period) / LIQUIDATION_PHASE)
+    ltv = start + (liquidation - start) * Decimal(repr(phase))
+    return ltv.quantize(Q4, rounding=ROUND_HALF_EVEN)
 
 
 def cycle_ltv(order: SimOrder, elapsed: float, period: float) -> Decimal:
@@ -53,10 +69,19 @@ class OrderState:
         self.collateral_ratio = Decimal(1)
         self.pinned_ltv: Decimal | None = None
         self.moving = True
+        self.opening = (dict(order.collateral), dict(order.loans))
+        """The amounts the order was opened with, which a liquidation-cycle order returns to."""
+        self.liquidated_cycle: int | None = None
+        """The period in which a liquidation-cycle order was last liquidated."""
+        self.post_liquidation_ltv: Decimal | None = None
 
     def target_ltv(self, elapsed: float, period: float) -> Decimal | None:
         if not self.moving:
             return self.pinned_ltv
+        if self.order.liquidation_cycle:
+            if self.liquidated_cycle == math.floor(elapsed / period):
+                return self.post_liquidation_ltv
+            return ramp_ltv(self.order, elapsed, period)
         if self.order.margin_call_cycle:
             return cycle_ltv(self.order, elapsed, period)
         return None
@@ -130,6 +155,16 @@ class Stats:
     """Fewest seconds between two loan-info requests of the account (None before the second)."""
 
 
+@dataclass
+class EndpointStats(Stats):
+    """The counters of an endpoint other than loan-info, which also refuses parameters."""
+
+    refused: int = 0
+    """Answered with code 51000 (a parameter OKX refuses)."""
+    peak_in_window: int = 0
+    """The most requests accepted in any window of the rate limit (2 s)."""
+
+
 class RateWindow:
     """Sliding-window log: at most ``limit`` accepted requests in any ``period`` seconds."""
 
@@ -139,6 +174,11 @@ class RateWindow:
         self._limit = limit
         self._period = period
         self._accepted: deque[float] = deque()
+
+    @property
+    def in_window(self) -> int:
+        """Requests accepted in the window that ended at the last :meth:`allow`."""
+        return len(self._accepted)
 
     def allow(self, now: float) -> bool:
         while self._accepted and self._accepted[0] <= now - self._period:
@@ -161,12 +201,34 @@ class AccountState:
         self.latency = 0.0
         self.window = RateWindow()
         self.stats = Stats()
+        self.endpoint_stats: dict[str, EndpointStats] = {}
+        """Requests to the other private endpoints, by path (``stats`` is loan-info's)."""
+        self.windows: dict[str, RateWindow] = {}
+        """Rate limits of the other private endpoints, by path: each has its own budget."""
+        self.endpoint_faults: dict[str, tuple[str, int | None]] = {}
+        """Faults of the other private endpoints, by path: (fault, answers left or None)."""
+        self.history: deque[dict[str, Any]] = deque(maxlen=RECORDS_KEPT)
+        self.interest: deque[dict[str, Any]] = deque(maxlen=RECORDS_KEPT)
+        """Records as OKX answers them plus ``"_ordId"``, oldest first (refIds ascending)."""
+        self.hours_accrued = 0
+        """Hours of interest written, counted from the simulator's start."""
         self.last_request: float | None = None
 
-    def count_request(self, now: float) -> None:
-        """Count a loan-info request and the shortest interval between two."""
+    def take_endpoint_fault(self, path: str) -> str | None:
+        found = self.endpoint_faults.get(path)
+        if found is None:
+            return None
+        fault, remaining = found
+        if remaining is not None:
+            if remaining <= 1:
+                del self.endpoint_faults[path]
+            else:
+                self.endpoint_faults[path] = (fault, remaining - 1)
+        return fault
+
+    def count_interval(self, now: float) -> None:
+        """Keep the shortest interval between two loan-info requests."""
         stats = self.stats
-        stats.requests += 1
         if self.last_request is not None:
             interval = now - self.last_request
             if stats.shortest_interval is None or interval < stats.shortest_interval:

@@ -61,5 +61,12 @@ def okx_ok(data: list[Any]) -> Reply:
     return Reply(body=json_bytes({"code": "0", "data": data, "msg": ""}))
 
 
+def okx_parameter_error(name: str) -> Reply:
+    """OKX's answer to a missing or malformed parameter (code 51000, HTTP 400)."""
+    return Reply(
+        status=400, body=json_bytes({"code": "51000", "msg": f"Parameter {name} error", "data": []})
+    )
+
+
 def control_reply(status: int, document: object) -> Reply:
     return Reply(status=status, body=json_bytes(document))

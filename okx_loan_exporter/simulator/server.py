@@ -1,6 +1,5 @@
 """The HTTP side: a threading server (HTTP or HTTPS) that can drop hanging connections on stop,
-and the request handler that routes OKX's two paths and ``/sim/*`` and carries out a
-:class:`Reply`."""
+and the request handler that routes OKX's paths and ``/sim/*`` and carries out a :class:`Reply`."""
 
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from okx_loan_exporter.simulator.control import handle_control
+from okx_loan_exporter.simulator.loan_endpoints import METHODS
 from okx_loan_exporter.simulator.replies import Reply, control_reply, json_bytes
 
 if TYPE_CHECKING:
@@ -165,6 +165,8 @@ class SimulatorRequestHandler(BaseHTTPRequestHandler):
             reply = sim.answer_public_time()
         elif path == LOAN_INFO_PATH:
             reply = sim.answer_loan_info(self.command, self.path, self.headers, body)
+        elif path in METHODS:
+            reply = sim.answer_loan_endpoint(path, self.command, self.path, self.headers, body)
         elif path.startswith("/sim/"):
             reply = handle_control(sim, self.command, path, body)
         else:

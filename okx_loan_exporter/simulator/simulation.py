@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
+from okx_loan_exporter.simulator import loan_endpoints
 from okx_loan_exporter.simulator.accounts import (
     INDEX_PRICES,
     SimAccount,
@@ -25,10 +26,18 @@ from okx_loan_exporter.simulator.accounts import (
     value_of,
 )
 from okx_loan_exporter.simulator.auth import Headers, auth_error
-from okx_loan_exporter.simulator.faults import FAULTS, fault_reply
+from okx_loan_exporter.simulator.faults import ENDPOINT_FAULTS, FAULTS, fault_reply
+from okx_loan_exporter.simulator.history import Life, RefIds
 from okx_loan_exporter.simulator.market import Market
-from okx_loan_exporter.simulator.orders import DEFAULT_MARGIN_CALL_CYCLE_SECONDS, AccountState
-from okx_loan_exporter.simulator.replies import Reply, okx_error, okx_ok
+from okx_loan_exporter.simulator.orders import (
+    DEFAULT_MARGIN_CALL_CYCLE_SECONDS,
+    AccountState,
+    EndpointStats,
+    OrderState,
+    RateWindow,
+    Stats,
+)
+from okx_loan_exporter.simulator.replies import Reply, okx_error, okx_ok, okx_parameter_error
 from okx_loan_exporter.simulator.server import (
     SimulatorHTTPServer,
     SimulatorHTTPServer6,
@@ -45,8 +54,10 @@ class Simulator:
     cycle); ``clock_skew`` seconds are added to it for what OKX calls its time (public/time and the
     30 s window). ``latency`` delays every loan-info answer; ``walk_interval`` is the clock time
     between two steps of the price walk; ``margin_call_cycle`` is the period in seconds of the
-    orders whose LTV cycles through their margin call. ``prices`` are the market's starting index
-    prices (default :data:`INDEX_PRICES`). ``accounts=None`` means :func:`demo_accounts`.
+    orders whose LTV cycles through their margin call (and of those that climb to liquidation).
+    ``prices`` are the market's starting index prices (default :data:`INDEX_PRICES`).
+    ``hour_seconds`` is the clock time of one simulated hour, in which interest accrues once (the
+    demo compresses an hour to a minute). ``accounts=None`` means :func:`demo_accounts`.
     """
 
     def __init__(
@@ -62,7 +73,10 @@ class Simulator:
         prices: Mapping[str, float] | None = None,
         tls: tuple[str, str] | None = None,
         idle_close: float | None = None,
+        hour_seconds: float = 60.0,
     ) -> None:
+        if not 0 < hour_seconds < math.inf:
+            raise ValueError(f"hour_seconds must be > 0 seconds, got {hour_seconds}")
         if idle_close is not None and not 0 <= idle_close < math.inf:
             raise ValueError(f"idle_close must be >= 0 seconds, got {idle_close}")
         self._tls: ssl.SSLContext | None = None
@@ -94,6 +108,7 @@ class Simulator:
         self._cycle = float(margin_call_cycle)
         self._initial_skew = float(clock_skew)
         self._initial_latency = float(latency)
+        self._hour_seconds = float(hour_seconds)
         self._lock = threading.Lock()
         self._server: SimulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -111,6 +126,29 @@ class Simulator:
         self._unattributed = 0
         self._market = Market(self._prices, self._seed)
         self._states = {a.name: AccountState(copy.deepcopy(a)) for a in self._accounts}
+        self._life = Life(
+            refs=RefIds(),
+            seed=self._seed,
+            hour_seconds=self._hour_seconds,
+            period=self._cycle,
+            prices=lambda: self._now_prices()[0],
+            entry_ltv=self._current_ltv,
+        )
+        for state in self._states.values():
+            self._life.open(state, self._epoch)
+
+    def _current_ltv(self, order: OrderState) -> Decimal | None:
+        entry = self._entry(order)
+        return Decimal(entry["curLTV"]) if entry["curLTV"] else None
+
+    def _entry(self, order: OrderState) -> dict[str, Any]:
+        prices, elapsed = self._now_prices()
+        return order.entry(prices, order.target_ltv(elapsed, self._cycle))
+
+    def _live(self, state: AccountState) -> None:
+        """Write what happened to the account since it was last looked at."""
+        _, elapsed = self._now_prices()
+        self._life.catch_up(state, self._epoch, elapsed)
 
     def _now_prices(self) -> tuple[dict[str, Decimal], float]:
         """The market moved to the clock's step, and the seconds of market time since the start
@@ -120,10 +158,8 @@ class Simulator:
         return self._market.prices(), elapsed
 
     def _entries(self, state: AccountState) -> list[dict[str, Any]]:
-        prices, elapsed = self._now_prices()
-        return [
-            order.entry(prices, order.target_ltv(elapsed, self._cycle)) for order in state.orders
-        ]
+        self._live(state)
+        return [self._entry(order) for order in state.orders]
 
     def _state(self, name: str) -> AccountState:
         try:
@@ -205,14 +241,27 @@ class Simulator:
         return {ccy: float(price) for ccy, price in prices.items()}
 
     def set_fault(
-        self, account: str, fault: str | None, count: int | None = None, order: str | None = None
+        self,
+        account: str,
+        fault: str | None,
+        count: int | None = None,
+        order: str | None = None,
+        endpoint: str = "loan-info",
     ) -> None:
-        """Make the next ``count`` loan-info answers to ``account`` (all if None) show ``fault``.
+        """Make the next ``count`` answers of ``endpoint`` to ``account`` (all if None) show
+        ``fault``.
 
-        A fault that spoils an entry spoils the entry of ``order`` (None: the first).
+        ``endpoint`` is the last part of the path: ``loan-info`` (default), ``loan-history``,
+        ``interest-accrued``, ``max-loan`` or ``max-collateral-redeem-amount``; the other
+        endpoints take the faults of :data:`ENDPOINT_FAULTS`. A fault that spoils a loan-info
+        entry spoils the entry of ``order`` (None: the first).
         """
-        if fault is not None and fault not in FAULTS:
-            raise ValueError(f"unknown fault {fault!r}; known faults: {', '.join(FAULTS)}")
+        path = f"{loan_endpoints.LOAN_PATH}/{endpoint}"
+        if path not in loan_endpoints.METHODS:
+            raise ValueError(f"unknown endpoint {endpoint!r}")
+        known = FAULTS if path == loan_endpoints.LOAN_INFO_PATH else ENDPOINT_FAULTS
+        if fault is not None and fault not in known:
+            raise ValueError(f"unknown fault {fault!r}; known faults: {', '.join(known)}")
         if count is not None and (
             isinstance(count, bool) or not isinstance(count, int) or count < 1
         ):
@@ -221,6 +270,12 @@ class Simulator:
             state = self._state(account)
             if order is not None:
                 state.order(order)
+            if path != loan_endpoints.LOAN_INFO_PATH:
+                if fault is None:
+                    state.endpoint_faults.pop(path, None)
+                else:
+                    state.endpoint_faults[path] = (fault, count)
+                return
             state.fault = fault
             state.fault_remaining = count if fault is not None else None
             state.fault_order = order
@@ -323,6 +378,13 @@ class Simulator:
                 "accounts": {
                     name: dataclasses.asdict(state.stats) for name, state in self._states.items()
                 },
+                "endpoints": {
+                    name: {
+                        path.rsplit("/", 1)[-1]: dataclasses.asdict(stats)
+                        for path, stats in state.endpoint_stats.items()
+                    }
+                    for name, state in self._states.items()
+                },
                 "time_requests": self._time_requests,
                 "unattributed_requests": self._unattributed,
                 "connections": server.connections_accepted if server else 0,
@@ -395,13 +457,26 @@ class Simulator:
 
     def answer_loan_info(self, method: str, target: str, headers: Headers, body: bytes) -> Reply:
         """The answer to a loan-info request: auth, rate limit, ``ordId`` filter, then faults."""
-        if method != "GET":
+        return self._answer_signed(loan_endpoints.LOAN_INFO_PATH, method, target, headers, body)
+
+    def answer_loan_endpoint(
+        self, path: str, method: str, target: str, headers: Headers, body: bytes
+    ) -> Reply:
+        """The answer to loan-history, interest-accrued, max-loan or max-redeem: auth, the
+        endpoint's own rate limit, its parameters, then its faults."""
+        return self._answer_signed(path, method, target, headers, body)
+
+    def _answer_signed(
+        self, path: str, method: str, target: str, headers: Headers, body: bytes
+    ) -> Reply:
+        loan_info = path == loan_endpoints.LOAN_INFO_PATH
+        if method != loan_endpoints.METHODS[path]:
             return okx_error("50115")
         account = self._by_key.get(headers.get("OK-ACCESS-KEY") or "")
         with self._lock:
             now = self._clock()
             skew = self._skew
-            delay = self._latency
+            delay = self._latency if loan_info else 0.0
             # The account as it is now: its passphrase or secret key may have been rotated.
             known = {} if account is None else {account.api_key: self._states[account.name].account}
         error = auth_error(headers, method, target, body, now + skew, known)
@@ -412,26 +487,49 @@ class Simulator:
                 reply.delay = delay
                 return reply
             state = self._states[account.name]
-            stats = state.stats
-            state.count_request(now)
-            delay += state.latency
+            if loan_info:
+                stats, window = state.stats, state.window
+                delay += state.latency
+                state.count_interval(now)
+            else:
+                stats = state.endpoint_stats.setdefault(path, EndpointStats())
+                window = state.windows.setdefault(path, RateWindow())
+            stats.requests += 1
             if error is not None:
                 stats.auth_failed += 1
                 reply = okx_error(error)
-            elif not state.window.allow(now):
+            elif not window.allow(now):
                 stats.rate_limited += 1
                 reply = okx_error("50011")
             else:
-                data = _only_order(self._entries(state), _order_filter(target))
-                fault = state.take_fault()
-                if fault is not None:
-                    stats.faulted += 1
-                    reply = fault_reply(fault, data, state.fault_order)
-                else:
-                    stats.ok += 1
-                    reply = okx_ok(data)
+                if isinstance(stats, EndpointStats):
+                    stats.peak_in_window = max(stats.peak_in_window, window.in_window)
+                reply = self._answer_data(state, stats, path, target, body)
         reply.delay += delay
         return reply
+
+    def _answer_data(
+        self, state: AccountState, stats: Stats, path: str, target: str, body: bytes
+    ) -> Reply:
+        if path == loan_endpoints.LOAN_INFO_PATH:
+            data = _only_order(self._entries(state), _order_filter(target))
+            fault, order = state.take_fault(), state.fault_order
+        else:
+            self._live(state)
+            try:
+                data = loan_endpoints.answer(
+                    path, state, target, body, self._now_prices()[0], self._entry
+                )
+            except loan_endpoints.ParameterError as error:
+                if isinstance(stats, EndpointStats):
+                    stats.refused += 1
+                return okx_parameter_error(str(error))
+            fault, order = state.take_endpoint_fault(path), None
+        if fault is not None:
+            stats.faulted += 1
+            return fault_reply(fault, data, order)
+        stats.ok += 1
+        return okx_ok(data)
 
 
 def _order_filter(target: str) -> str | None:
