@@ -34,6 +34,7 @@ from okx_loan_exporter.loan_records import (
     parse_max_loan,
     parse_max_redeem,
 )
+from okx_loan_exporter.okx_transport import IDEMPOTENT_EXTENSION
 from okx_loan_exporter.position import InvalidResponse, Position, parse_loan_info
 
 LOAN_PATH = "/api/v5/finance/flexible-loan"
@@ -46,6 +47,7 @@ MAX_BODY_BYTES = 1_000_000
 
 
 T = TypeVar("T")
+READ_ONLY = {IDEMPOTENT_EXTENSION: True}
 
 
 class FailureReason(StrEnum):
@@ -351,7 +353,11 @@ class OkxClient:
         url = self._base_url + path
         content = payload.encode() if payload else None
         try:
-            async with self._http.stream(method, url, headers=headers, content=content) as response:
+            # Every call here only reads (max-loan's POST too): safe to resend after OKX closed
+            # the pooled connection it went out on (okx_transport).
+            async with self._http.stream(
+                method, url, headers=headers, content=content, extensions=READ_ONLY
+            ) as response:
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in response.aiter_bytes():

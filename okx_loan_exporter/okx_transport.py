@@ -4,9 +4,10 @@ Each account sends through its own :class:`AccountTransport`, a thin layer over 
 shared with other accounts of the same base URL. It counts the connections opened for the
 account's requests (each one a TCP connect and, for HTTPS, a TLS handshake) and recovers from the
 one failure that keep-alive brings: OKX closing a pooled connection while a request was being
-sent on it. Such a request is sent once more on a fresh connection, within the same attempt, if
-it is idempotent (GET, HEAD; or marked with the ``idempotent`` request extension, as a read-only
-POST may be). Nothing here knows about Prometheus.
+sent on it. Such a request is sent again, within the same attempt, passing over the pool's other
+idle connections that OKX may have closed too, until it goes out on one opened for it; only if it
+is idempotent (GET, HEAD; or marked with the ``idempotent`` request extension, as a read-only POST
+may be). Nothing here knows about Prometheus.
 """
 
 from __future__ import annotations
