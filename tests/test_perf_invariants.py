@@ -424,6 +424,10 @@ def test_the_connection_pools_fetch_in_parallel_within_their_bound():
         {
             "base_url": f"http://127.0.0.1:{server.server_address[1]}",
             "timeout": "20s",
+            # loan-info only: the secondary endpoints' requests would share the pools
+            "history_interval": "0s",
+            "interest_interval": "0s",
+            "headroom_interval": "0s",
             "accounts": [
                 {"name": f"a{i}", "api_key": f"k{i}", "secret_key": "s", "passphrase": "p"}
                 for i in range(accounts)
