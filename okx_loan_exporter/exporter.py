@@ -133,7 +133,7 @@ class Exporter:
         self._pool_of[account.name] = pool
         connections = ConnectionStats()
         http = httpx.AsyncClient(
-            transport=AccountTransport(pool, connections, CONNECTIONS_PER_POOL),
+            transport=AccountTransport(pool, connections),
             timeout=self.config.timeout,
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,

@@ -4,10 +4,9 @@ Each account sends through its own :class:`AccountTransport`, a thin layer over 
 shared with other accounts of the same base URL. It counts the connections opened for the
 account's requests (each one a TCP connect and, for HTTPS, a TLS handshake) and recovers from the
 one failure that keep-alive brings: OKX closing a pooled connection while a request was being
-sent on it. Such a request is sent again, within the same attempt, passing over the pool's other
-idle connections that OKX may have closed too, until it goes out on one opened for it; only if it
-is idempotent (GET, HEAD; or marked with the ``idempotent`` request extension, as a read-only POST
-may be). Nothing here knows about Prometheus.
+sent on it. Such a request is sent once more, within the same attempt, if it is idempotent (GET,
+HEAD; or marked with the ``idempotent`` request extension, as a read-only POST may be). Nothing
+here knows about Prometheus.
 """
 
 from __future__ import annotations
@@ -85,14 +84,9 @@ class AccountTransport(httpx.AsyncBaseTransport):
     Closing it leaves the shared pool open; its owner closes the pool.
     """
 
-    def __init__(
-        self, pool: httpx.AsyncBaseTransport, stats: ConnectionStats, max_connections: int = 1
-    ) -> None:
+    def __init__(self, pool: httpx.AsyncBaseTransport, stats: ConnectionStats) -> None:
         self.pool = pool
         self.stats = stats
-        self._resends = max_connections
-        """The pool may hold this many idle connections, each of which OKX may have closed: the
-        request is sent again until it goes out on a connection opened for it."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         opened = False
@@ -104,14 +98,15 @@ class AccountTransport(httpx.AsyncBaseTransport):
                 self.stats.connection_opened()
 
         request.extensions = {**request.extensions, "trace": trace}
-        for _ in range(self._resends):
-            opened = False
-            try:
-                return await self.pool.handle_async_request(request)
-            except _STALE_CONNECTION_ERRORS:
-                if opened or not _idempotent(request):
-                    raise  # a fresh connection failed, or the request must not reach OKX twice
-            self.stats.request_retried()  # the pool dropped that connection; try the next one
+        try:
+            return await self.pool.handle_async_request(request)
+        except _STALE_CONNECTION_ERRORS:
+            if opened or not _idempotent(request):
+                raise  # a fresh connection failed, or the request must not reach OKX twice
+        # Once only: a server that closes idle connections sends a FIN, which the pool notices
+        # before it hands a connection out again; what is left is the race with a request in
+        # flight, and a dropped request may have reached OKX (its rate limit counts it).
+        self.stats.request_retried()
         return await self.pool.handle_async_request(request)
 
     async def aclose(self) -> None:

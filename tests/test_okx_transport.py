@@ -11,7 +11,6 @@ import time
 import httpx
 from conftest import account_config, sim_account
 
-from okx_loan_exporter.exporter import CONNECTIONS_PER_POOL
 from okx_loan_exporter.okx_transport import (
     IDEMPOTENT_EXTENSION,
     AccountTransport,
@@ -116,25 +115,6 @@ def test_a_connection_okx_closed_is_retried_once_on_a_fresh_one(
     # The dropped request reached the server but was never answered.
     assert simulator.stats()["accounts"]["tls-a"]["ok"] == 2
     assert simulator.stats()["tls_handshakes"] == 2
-
-
-def test_every_stale_connection_of_the_pool_is_passed_over(
-    start_simulator, start_exporter, fake_clock, test_certificates
-):
-    """With the secondary endpoints on, an account's pool holds several idle connections, all
-    dropped by OKX meanwhile: the request goes through them to a fresh one, still one attempt."""
-    simulator = idle_closing(start_simulator, test_certificates)
-    harness = start_exporter(tls_accounts(simulator, ["tls-a"], test_certificates.ca_file))
-    harness.scrape()
-    time.sleep(0.3)  # the secondary fetches started by that scrape land
-    idle = harness.scrape().value("okx_loan_api_connections_opened_total", account="tls-a")
-    assert 1 <= idle <= CONNECTIONS_PER_POOL
-    time.sleep(IDLE_CLOSE + 0.1)
-    fake_clock.advance(TTL + 0.01)
-    second = harness.scrape()
-    assert second.value("okx_loan_up", account="tls-a") == 1
-    assert second.failures("tls-a")["network"] == 0
-    assert 1 <= second.value("okx_loan_api_connection_retries_total", account="tls-a") <= idle
 
 
 def test_a_failure_on_a_fresh_connection_is_not_retried(
