@@ -1,4 +1,5 @@
-"""``python -m benchmarks [scrape|economy|scaling|startup|endpoints ...] [--quick] [--output P]``.
+"""``python -m benchmarks [scrape|economy|scaling|startup|endpoints|profile ...] [--quick]
+[--output PATH]``.
 
 Runs the chosen benchmarks (all by default) in order, prints each one's table and writes every
 figure, with the machine it ran on, to ``benchmarks/results/latest.json`` (git-ignored).
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import economy, endpoint_economy, load, scaling, scrape, startup
+from benchmarks import cpu_profile, economy, endpoint_economy, load, scaling, scrape, startup
 from benchmarks.common import Table
 
 BENCHMARKS: dict[str, Callable[[bool], tuple[dict[str, Any], list[Table]]]] = {
@@ -25,6 +26,7 @@ BENCHMARKS: dict[str, Callable[[bool], tuple[dict[str, Any], list[Table]]]] = {
     "scaling": scaling.run,
     "startup": startup.run,
     "endpoints": endpoint_economy.run,
+    "profile": cpu_profile.run,
 }
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "latest.json"
 

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -126,24 +127,58 @@ class Simulator:
     config: dict[str, Any]
     """The exporter config the simulator wrote (as a dict), for all its accounts."""
 
-    def stats(self) -> dict[str, Any]:
-        status, body = http_get(self.port, "/sim/stats")
-        if status != 200:
-            raise RuntimeError(f"GET /sim/stats answered {status}")
+    ca_file: str | None = None
+    """The CA the simulator's HTTPS certificate chains to (None: plain HTTP)."""
+
+    def _call(self, method: str, path: str) -> dict[str, Any]:
+        context = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
+        connection = (
+            http.client.HTTPSConnection(HOST, self.port, timeout=30, context=context)
+            if context
+            else http.client.HTTPConnection(HOST, self.port, timeout=30)
+        )
+        try:
+            connection.request(method, path)
+            response = connection.getresponse()
+            body = response.read()
+        finally:
+            connection.close()
+        if response.status != 200:
+            raise RuntimeError(f"{method} {path} answered {response.status}")
         return dict(json.loads(body))
 
+    def stats(self) -> dict[str, Any]:
+        """``GET /sim/stats``: per-account counters, connections and TLS handshakes."""
+        return self._call("GET", "/sim/stats")
+
+    def reset(self) -> None:
+        """``POST /sim/reset``: counters, rate windows and faults back to the start."""
+        self._call("POST", "/sim/reset")
+
     def requests_by_account(self) -> dict[str, dict[str, int]]:
-        return {name: dict(counts) for name, counts in self.stats()["accounts"].items()}
+        return {
+            name: {key: value for key, value in counts.items() if isinstance(value, int)}
+            for name, counts in self.stats()["accounts"].items()
+        }
 
     def stop(self) -> None:
         stop_process(self.process)
 
 
 @contextlib.contextmanager
-def simulator(accounts: int, latency: float = 0.0) -> Iterator[Simulator]:
-    """Start a simulator with ``accounts`` generated accounts (acct-0001...)."""
+def simulator(accounts: int, latency: float = 0.0, tls: bool = True) -> Iterator[Simulator]:
+    """Start a simulator with ``accounts`` generated accounts (acct-0001...), over HTTPS with a
+    throwaway CA (the config it writes trusts it: ``tls_ca_file``) unless ``tls`` is False."""
+    from okx_loan_exporter.simulator.certs import write_test_certificates
+
     with tempfile.TemporaryDirectory(prefix="okx-bench-") as directory:
         config_path = Path(directory) / "sim-exporter.yml"
+        certificates = write_test_certificates(directory) if tls else None
+        tls_flags = (
+            ["--tls.cert-file", certificates.cert_file, "--tls.key-file", certificates.key_file]
+            if certificates
+            else []
+        )
         process = subprocess.Popen(
             [
                 PYTHON,
@@ -160,6 +195,7 @@ def simulator(accounts: int, latency: float = 0.0) -> Iterator[Simulator]:
                 str(config_path),
                 "--log.level",
                 "error",
+                *tls_flags,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -170,11 +206,12 @@ def simulator(accounts: int, latency: float = 0.0) -> Iterator[Simulator]:
         try:
             assert process.stdout is not None
             line = process.stdout.readline()
-            match = re.search(r"listening on http://[^:]+:(\d+)", line)
+            match = re.search(r"listening on https?://[^:]+:(\d+)", line)
             if not match:
                 raise RuntimeError(f"the simulator did not start: {line!r}")
             config = yaml.safe_load(config_path.read_text())
-            yield Simulator(process, int(match.group(1)), config)
+            ca_file = certificates.ca_file if certificates else None
+            yield Simulator(process, int(match.group(1)), config, ca_file)
         finally:
             stop_process(process)
 

@@ -1,5 +1,6 @@
-"""Per-account TTL cache of positions: at most one OKX request per account per TTL, single flight,
-backoff after authentication failures, and a bound on how long stale values are served.
+"""Per-account TTL cache of positions: at most one OKX request per account per TTL (counted from the
+end of the previous fetch, so that it holds where OKX receives them too), single flight, backoff
+after authentication failures, and a bound on how long stale values are served.
 
 An account may have a credentials check (key rotation): it runs before every request, right after
 an authentication failure (a changed key is tried at once), and once per TTL during the backoff.
@@ -22,6 +23,11 @@ from typing import Protocol
 
 from okx_loan_exporter.activity_cache import ActivityCache, ActivitySnapshot
 from okx_loan_exporter.okx import FailureReason, OkxError
+from okx_loan_exporter.okx_transport import (
+    NO_CONNECTIONS,
+    ConnectionStats,
+    ConnectionStatsSnapshot,
+)
 from okx_loan_exporter.position import Position
 from okx_loan_exporter.pricefeed import PriceFeeds, PriceSnapshot
 from okx_loan_exporter.stats import RequestStats, RequestStatsSnapshot
@@ -64,6 +70,7 @@ class AccountSnapshot:
     """What to do about ``last_failure``, in one line (OkxError's hint), for the landing page."""
     prices: PriceSnapshot | None = None
     """The index prices of the account's base URL (None when prices are off)."""
+    connections: ConnectionStatsSnapshot = NO_CONNECTIONS
     activity: ActivitySnapshot | None = None
     """The secondary endpoints' values (events, interest, headroom); None without them."""
 
@@ -89,6 +96,7 @@ class AccountCache:
         ttl: float,
         max_stale: float,
         stats: RequestStats | None = None,
+        connections: ConnectionStats | None = None,
         clock: Callable[[], float] = time.time,
         check_credentials: CredentialsCheck | None = None,
         activity: ActivityCache | None = None,
@@ -98,6 +106,7 @@ class AccountCache:
         if activity is not None:
             activity.on_clock_correction = self._log_clock_correction
         self.stats = stats if stats is not None else RequestStats()
+        self.connections = connections if connections is not None else ConnectionStats()
         self._source = source
         self._ttl = ttl
         self._max_stale = max_stale
@@ -107,6 +116,7 @@ class AccountCache:
         self._next_attempt = float("-inf")
         self._auth_failures = 0
         self._task: asyncio.Task[None] | None = None
+        self._kept: tuple[tuple[object, ...], AccountSnapshot] | None = None
         self._check_credentials = check_credentials
         self._credentials_checked = float("-inf")
         self._told_offset = source.clock_offset
@@ -177,24 +187,46 @@ class AccountCache:
     def snapshot(
         self, *, pending: bool = False, prices: PriceSnapshot | None = None
     ) -> AccountSnapshot:
+        """The account's state now: the same object as last time while every part of it is the
+        same object (the outcome, the request and connection counts, the secondary endpoints'
+        values and the prices, which their own caches hand out again while unchanged), so that a
+        scrape of many accounts builds nothing and the render cache recognises the snapshots by
+        identity."""
         outcome = self._outcome
         fresh = (
             outcome.last_success is not None
             and self._clock() - outcome.last_success <= self._max_stale
         )
-        return AccountSnapshot(
+        key = (
+            outcome,
+            fresh,
+            self._attempted and outcome.failure is None and not pending,
+            self.stats.snapshot(),
+            self.connections.snapshot(),
+            None if self.activity is None else self.activity.snapshot(outcome.position),
+            self._source.clock_offset,
+            prices,
+        )
+        kept = self._kept
+        if kept is not None and all(a is b for a, b in zip(kept[0], key, strict=True)):
+            return kept[1]
+        _, _, up, requests, connections, activity, clock_offset, _ = key
+        snapshot = AccountSnapshot(
             name=self.name,
             position=outcome.position if fresh else None,
-            up=self._attempted and outcome.failure is None and not pending,
+            up=up,
             last_success=outcome.last_success,
             last_failure=outcome.failure,
             last_error=outcome.error,
-            requests=self.stats.snapshot(),
-            clock_offset=self._source.clock_offset,
+            requests=requests,
+            clock_offset=clock_offset,
             last_hint=outcome.hint,
             prices=prices,
-            activity=None if self.activity is None else self.activity.snapshot(outcome.position),
+            connections=connections,
+            activity=activity,
         )
+        self._kept = (key, snapshot)
+        return snapshot
 
     async def _fetch(self) -> None:
         started = self._clock()
@@ -224,6 +256,9 @@ class AccountCache:
         else:
             self._record_success(position)
         finally:
+            # The TTL also runs from the end: a request delayed on its way (a busy event loop, a
+            # slow connection) must not bring the next one within a TTL of it at OKX.
+            self._next_attempt = max(self._next_attempt, self._clock() + self._ttl)
             self._attempted = True
             self._log_clock_correction(offset)
 

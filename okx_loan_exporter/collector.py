@@ -258,6 +258,18 @@ def _health_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
         "Round-trip time of requests to OKX, by endpoint (from its first request).",
         labels=["account", "endpoint"],
     )
+    connections = CounterMetricFamily(
+        "okx_loan_api_connections_opened",
+        "Connections opened to OKX for the account's requests, each a TCP connect and, over "
+        "HTTPS, a TLS handshake; idle ones are kept open and reused.",
+        labels=["account"],
+    )
+    retries = CounterMetricFamily(
+        "okx_loan_api_connection_retries",
+        "Requests sent again on a fresh connection because OKX had closed the pooled one they "
+        "were sent on (only requests that are safe to repeat).",
+        labels=["account"],
+    )
     offset = GaugeMetricFamily(
         "okx_loan_clock_offset_seconds",
         "OKX's clock minus the local "
@@ -272,8 +284,10 @@ def _health_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
         if snapshot.last_success is not None:
             last_success.add_metric(account, snapshot.last_success)
         _add_requests((requests, failures, duration), account, snapshot.requests)
+        connections.add_metric(account, snapshot.connections.opened)
+        retries.add_metric(account, snapshot.connections.retries)
         offset.add_metric(account, snapshot.clock_offset)
-    yield from (up, last_success, requests, failures, duration, offset)
+    yield from (up, last_success, requests, failures, duration, connections, retries, offset)
 
 
 def _price_feed_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:

@@ -22,6 +22,7 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -63,6 +64,7 @@ _TOP_KEYS = (
     *INTERVALS,
     "base_url",
     "region",
+    "tls_ca_file",
     "accounts",
 )
 _ACCOUNT_KEYS = (
@@ -71,6 +73,7 @@ _ACCOUNT_KEYS = (
     "demo",
     "base_url",
     "region",
+    "tls_ca_file",
 )
 _ENV_VARS = (
     *(f"{var}{suffix}" for var in secret_sources.SECRET_ENV.values() for suffix in ("", "_FILE")),
@@ -82,6 +85,7 @@ _ENV_VARS = (
     "OKX_TIMEOUT",
     "OKX_PRICE_INTERVAL",
     *(f"OKX_{key.upper()}" for key in INTERVALS),
+    "OKX_SHARD",  # read by the command line (sharding.py)
 )
 
 _NAME_RE = re.compile(r"[a-zA-Z0-9_-]+")
@@ -107,6 +111,9 @@ class AccountConfig:
     passphrase: str = field(repr=False)
     demo: bool = False
     base_url: str = DEFAULT_BASE_URL
+    tls_ca_file: str | None = None
+    """PEM file of the CA certificates trusted for ``base_url`` instead of the default ones
+    (certifi's, or ``SSL_CERT_FILE``); an absolute path."""
     secret_files: tuple[secret_sources.SecretFile, ...] = ()
     """The secrets read from files, re-read when a file changes (key rotation)."""
 
@@ -248,6 +255,9 @@ def _from_mapping(
         ),
         DEFAULT_BASE_URL,
     )
+    default_ca_file = problems.attempt(
+        lambda: _tls_ca_file(data.get("tls_ca_file"), "tls_ca_file", source, base_dir), None
+    )
     entries = problems.attempt(lambda: _account_entries(data, source), [])
 
     accounts: list[AccountConfig] = []
@@ -257,7 +267,15 @@ def _from_mapping(
     for index, entry in enumerate(entries):
         prefix = f"accounts[{index}]"
         found = _account(
-            entry, prefix, source, environ, base_dir, default_url, names, problems, warnings
+            entry,
+            prefix,
+            source,
+            environ,
+            base_dir,
+            (default_url, default_ca_file),
+            names,
+            problems,
+            warnings,
         )
         if found is None:
             continue
@@ -315,16 +333,19 @@ def _account(
     source: str,
     environ: Mapping[str, str],
     base_dir: str,
-    default_url: str,
+    defaults: tuple[str, str | None],
     names: dict[str, str],
     problems: yamlload.Problems,
     warnings: list[str],
 ) -> tuple[AccountConfig, list[str], str] | None:
     """One validated account, the dotted keys of its inline secrets, and its API key's key.
 
+    ``defaults`` are the top level's base URL and CA file.
+
     None when the entry has problems; each is recorded in ``problems``. A valid name is entered
     in ``names``, so that a later account with the same name is refused.
     """
+    default_url, default_ca_file = defaults
     if not isinstance(entry, Mapping):
         problems.add(
             ConfigError(
@@ -389,11 +410,22 @@ def _account(
         ),
         default_url,
     )
+    ca_file = default_ca_file
+    if "tls_ca_file" in entry:
+        ca_file = mine.attempt(
+            lambda: _tls_ca_file(entry["tls_ca_file"], f"{prefix}.tls_ca_file", source, base_dir),
+            None,
+        )
     problems.errors.extend(mine.errors)
     if mine.errors:
         return None
     account = AccountConfig(
-        name=name, demo=demo, base_url=base_url, secret_files=tuple(files), **secrets
+        name=name,
+        demo=demo,
+        base_url=base_url,
+        tls_ca_file=ca_file,
+        secret_files=tuple(files),
+        **secrets,
     )
     return account, inline_keys, api_key_key
 
@@ -729,6 +761,29 @@ def _base_url(
             " key, the request signatures and the positions travel unencrypted; use https://"
         )
     return text.rstrip("/")
+
+
+def _tls_ca_file(value: object, key: str, source: str, base_dir: str) -> str | None:
+    """The absolute path of a readable PEM file of CA certificates, or None when not set."""
+    if value is None:
+        return None
+    fix = "give the path of a PEM file of CA certificates (relative to the config file)"
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(source, key, f"must be a file path, got {_show_plain(value)}", fix)
+    path = os.path.join(base_dir, os.path.expanduser(value.strip()))
+    try:
+        ssl.create_default_context(cafile=path)
+    except FileNotFoundError:
+        raise ConfigError(source, key, f"{yamlload.show(value)} does not exist", fix) from None
+    except ssl.SSLError:
+        raise ConfigError(
+            source, key, f"{yamlload.show(value)} holds no PEM certificate", fix
+        ) from None
+    except OSError as error:
+        raise ConfigError(
+            source, key, f"cannot read {yamlload.show(value)}: {yamlload.os_reason(error)}", fix
+        ) from None
+    return path
 
 
 def _is_loopback(host: str) -> bool:

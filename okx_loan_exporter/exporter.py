@@ -1,8 +1,9 @@
 """Wires a validated configuration into a running exporter: OKX clients and per-account caches.
 
 :class:`Exporter` owns the event loop thread on which all OKX requests and cache updates run, and
-the pooled httpx clients (one per ``ACCOUNTS_PER_POOL`` accounts of a base URL). It hands each
-scrape the accounts' snapshots; turning them into text is :mod:`okx_loan_exporter.exposition`'s job.
+the connection pools (one per ``ACCOUNTS_PER_POOL`` accounts of a base URL), with an httpx client
+per account over them (:mod:`okx_loan_exporter.okx_transport`). It hands each scrape the
+accounts' snapshots; turning them into text is :mod:`okx_loan_exporter.exposition`'s job.
 :meth:`Exporter.apply` puts a reloaded configuration in force. Index prices come from one key-less
 client per base URL the accounts use.
 """
@@ -28,6 +29,7 @@ from okx_loan_exporter.cache import AccountCache, AccountSnapshot, PositionCache
 from okx_loan_exporter.config import AccountConfig, ExporterConfig
 from okx_loan_exporter.key_rotation import SecretFileWatcher
 from okx_loan_exporter.okx import Credentials, Endpoint, OkxClient
+from okx_loan_exporter.okx_transport import AccountTransport, ConnectionStats, connection_pool
 from okx_loan_exporter.pacing import Pacer
 from okx_loan_exporter.pricefeed import PriceFeed, PriceFeeds
 from okx_loan_exporter.stats import RequestStats
@@ -38,9 +40,22 @@ DEADLINE_MARGIN = 0.5
 """Seconds kept back from Prometheus' scrape timeout for rendering and the network."""
 USER_AGENT = f"okx-loan-exporter/{__version__}"
 ACCOUNTS_PER_POOL = 10
-"""Accounts sharing one pooled httpx client (per base URL). httpcore looks at every connection of a
+"""Accounts sharing one connection pool (per base URL). httpcore looks at every connection of a
 pool whenever a request starts or ends, so one pool for hundreds of accounts made a cold scrape
 quadratic in the accounts (11 s for 500); small pools keep it linear."""
+CONNECTIONS_PER_POOL = 3
+"""Connections a pool keeps open at most. A kept TLS connection costs about 60 KiB (OpenSSL's
+buffers, anyio's and h11's state): one per account came to 140 MiB RSS at 1,000 accounts, 3 per
+10 accounts to 93 MiB, for the same cold-scrape time (the exporter's CPU, not OKX's latency, sets
+it); requests beyond 3 wait for a free connection of their pool."""
+MIN_KEEPALIVE_SECONDS = 120.0
+
+
+def keepalive_seconds(cache_ttl: float) -> float:
+    """How long an idle connection to OKX is kept: beyond several TTLs and scrape intervals, so
+    that steady-state requests reuse connections instead of opening (and TLS-handshaking) new
+    ones; a connection OKX closes meanwhile is replaced (see okx_transport)."""
+    return max(MIN_KEEPALIVE_SECONDS, 4 * cache_ttl)
 
 
 class EventLoopThread:
@@ -99,10 +114,11 @@ class Exporter:
         self._clock = clock
         self._transport = transport
         self._loop_thread = EventLoopThread()
-        self._http_clients: list[httpx.AsyncClient] = []
-        self._ssl_context: ssl.SSLContext | None = None
-        self._pools: dict[str, tuple[httpx.AsyncClient, int]] = {}  # base URL -> filling, members
-        self._client_of: dict[str, httpx.AsyncClient] = {}  # account name -> its pooled client
+        self._ssl_contexts: dict[str | None, ssl.SSLContext] = {}
+        Origin = tuple[str, str | None]  # base URL, CA file
+        self._filling: dict[Origin, tuple[httpx.AsyncBaseTransport, int]] = {}  # pool, members
+        self._pool_of: dict[str, httpx.AsyncBaseTransport] = {}  # account name -> its pool
+        self._client_of: dict[str, httpx.AsyncClient] = {}  # account name -> its own client
         self._in_flight = asyncio.Semaphore(IN_FLIGHT)  # secondary fetches, shared by every account
         self._feeds: dict[str, tuple[PriceFeed, httpx.AsyncClient]] = {}  # base URL -> feed, client
         self.cache = PositionCache(
@@ -111,10 +127,23 @@ class Exporter:
 
     def _new_account(self, account: AccountConfig) -> AccountCache:
         """A fresh cache for ``account`` with its OKX client (and key rotation, for *_file keys)."""
-        http, members = self._pools.get(account.base_url, (None, 0))
-        if http is None or members % ACCOUNTS_PER_POOL == 0:
-            http = self._new_http_client(self._transport)
-        self._pools[account.base_url] = (http, members + 1)
+        origin = (account.base_url, account.tls_ca_file)
+        pool, members = self._filling.get(origin, (None, 0))
+        if pool is None or members % ACCOUNTS_PER_POOL == 0:
+            pool = self._transport or connection_pool(
+                max_connections=CONNECTIONS_PER_POOL,
+                keepalive_expiry=keepalive_seconds(self.config.cache_ttl),
+                verify=self._ssl_context(account.tls_ca_file),
+            )
+        self._filling[origin] = (pool, members + 1)
+        self._pool_of[account.name] = pool
+        connections = ConnectionStats()
+        http = httpx.AsyncClient(
+            transport=AccountTransport(pool, connections),
+            timeout=self.config.timeout,
+            headers={"User-Agent": USER_AGENT},
+            follow_redirects=False,
+        )
         self._client_of[account.name] = http
         schedules = _schedules(self.config)
         stats = RequestStats(schedules.endpoints())
@@ -138,6 +167,7 @@ class Exporter:
             ttl=self.config.cache_ttl,
             max_stale=self.config.max_stale,
             stats=stats,
+            connections=connections,
             clock=self._clock,
             check_credentials=watcher.check if watcher is not None else None,
             activity=ActivityCache(
@@ -152,6 +182,17 @@ class Exporter:
             if schedules.endpoints()
             else None,
         )
+
+    def _ssl_context(self, ca_file: str | None) -> ssl.SSLContext:
+        """One context per CA file, shared by its pools: what httpx builds for every client by
+        default (certifi, or SSL_CERT_FILE/SSL_CERT_DIR), or one trusting only ``ca_file``."""
+        if ca_file not in self._ssl_contexts:
+            self._ssl_contexts[ca_file] = (
+                httpx.create_ssl_context()
+                if ca_file is None
+                else ssl.create_default_context(cafile=ca_file)
+            )
+        return self._ssl_contexts[ca_file]
 
     def apply(self, config: ExporterConfig) -> AccountChanges:
         """Serve ``config`` from now on (a reload). An account whose settings are the same keeps
@@ -170,7 +211,8 @@ class Exporter:
         changes = AccountChanges(removed=tuple(name for name in before if name not in after))
         self.config = config
         if not same_globals:
-            self._pools.clear()  # new clients, with the new timeout
+            self._filling.clear()  # new pools, with the new keep-alive
+        old_clients, old_pools = dict(self._client_of), dict(self._pool_of)
         caches = []
         for account in config.accounts:
             old = before.get(account.name)
@@ -182,8 +224,9 @@ class Exporter:
             caches.append(self._new_account(account))
         self.cache = PositionCache(caches, self._price_feeds(rebuild=not same_globals))
         for name in changes.removed:
-            del self._client_of[name]
-        self._close_unused_clients()
+            del self._client_of[name], self._pool_of[name]
+        gone = (*changes.removed, *changes.changed)
+        self._close_unused([old_clients[name] for name in gone], [old_pools[name] for name in gone])
         return changes
 
     def _price_feeds(self, *, rebuild: bool = False) -> PriceFeeds | None:
@@ -193,15 +236,19 @@ class Exporter:
         ``rebuild``; the feed of a base URL no account uses any more is dropped.
         """
         config = self.config
-        kept = {} if rebuild else self._feeds
+        old = self._feeds
+        kept = {} if rebuild else old
         urls = list(dict.fromkeys(account.base_url for account in config.accounts))
         self._feeds = {}
-        if config.index_price_interval <= 0:
+        if config.index_price_interval > 0:
+            labels = {kept[url][0].label for url in urls if url in kept}
+            for url in urls:
+                self._feeds[url] = kept.get(url) or self._new_price_feed(url, labels)
+                labels.add(self._feeds[url][0].label)
+        in_use = {id(client) for _, client in self._feeds.values()}
+        self._close_later([client for _, client in old.values() if id(client) not in in_use])
+        if not self._feeds:
             return None
-        labels = {kept[url][0].label for url in urls if url in kept}
-        for url in urls:
-            self._feeds[url] = kept.get(url) or self._new_price_feed(url, labels)
-            labels.add(self._feeds[url][0].label)
         return PriceFeeds(
             {url: feed for url, (feed, _) in self._feeds.items()},
             {account.name: account.base_url for account in config.accounts},
@@ -215,7 +262,21 @@ class Exporter:
         while label in labels:
             label, number = f"{base} ({number})", number + 1
         stats = RequestStats((Endpoint.INDEX_TICKERS,), always=())
-        http = self._new_http_client(self._transport)
+        ca_file = next(
+            (account.tls_ca_file for account in self.config.accounts if account.base_url == url),
+            None,
+        )
+        pool = self._transport or connection_pool(
+            max_connections=1,
+            keepalive_expiry=keepalive_seconds(self.config.index_price_interval),
+            verify=self._ssl_context(ca_file),
+        )
+        http = httpx.AsyncClient(
+            transport=pool,
+            timeout=self.config.timeout,
+            headers={"User-Agent": USER_AGENT},
+            follow_redirects=False,
+        )
         public = OkxClient(
             http,
             url,
@@ -234,39 +295,38 @@ class Exporter:
         )
         return feed, http
 
-    def _close_unused_clients(self) -> None:
-        used = {id(client) for client in self._client_of.values()}
-        used.update(id(client) for _, client in self._feeds.values())
-        unused = [client for client in self._http_clients if id(client) not in used]
-        if not unused:
+    def _close_later(self, clients: list[httpx.AsyncClient]) -> None:
+        """Close price-feed clients no base URL needs any more (each owns its pool)."""
+        if not clients:
             return
-        self._http_clients = [client for client in self._http_clients if id(client) in used]
-        self._pools = {url: pool for url, pool in self._pools.items() if id(pool[0]) in used}
 
         async def close() -> None:
-            for client in unused:
+            for client in clients:
                 await client.aclose()
 
         asyncio.run_coroutine_threadsafe(close(), self._loop_thread.loop)
 
-    def _new_http_client(self, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
-        """A client for up to ACCOUNTS_PER_POOL accounts: each has at most one request in flight."""
-        if transport is None and self._ssl_context is None:
-            # What httpx builds for every client by default (certifi, SSL_CERT_FILE/DIR), once.
-            self._ssl_context = httpx.create_ssl_context()
-        limits = httpx.Limits(
-            max_connections=ACCOUNTS_PER_POOL, max_keepalive_connections=ACCOUNTS_PER_POOL
-        )
-        client = httpx.AsyncClient(
-            verify=self._ssl_context if self._ssl_context is not None else True,
-            timeout=self.config.timeout,
-            limits=limits,
-            transport=transport,
-            headers={"User-Agent": USER_AGENT},
-            follow_redirects=False,
-        )
-        self._http_clients.append(client)
-        return client
+    def _close_unused(
+        self, clients: list[httpx.AsyncClient], pools: list[httpx.AsyncBaseTransport]
+    ) -> None:
+        """Close the clients of removed or replaced accounts, and those of ``pools`` (their
+        former pools) that no account uses any more."""
+        used = {id(pool) for pool in self._pool_of.values()}
+        self._filling = {
+            origin: entry for origin, entry in self._filling.items() if id(entry[0]) in used
+        }
+        unused = {id(pool): pool for pool in pools if id(pool) not in used}
+        if not clients and not unused:
+            return
+
+        async def close() -> None:
+            for client in clients:
+                await client.aclose()
+            for pool in unused.values():
+                if pool is not self._transport:
+                    await pool.aclose()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop_thread.loop)
 
     def scrape_wait(self, scrape_timeout: float | None) -> float:
         """How long a scrape may wait for OKX: bounded by ``timeout`` and Prometheus' deadline."""
@@ -291,14 +351,18 @@ class Exporter:
         return self.cache.snapshots()
 
     def close(self) -> None:
-        """Close the HTTP clients and stop the event loop."""
+        """Close the HTTP clients and their pools, and stop the event loop."""
+        clients = [*self._client_of.values(), *(client for _, client in self._feeds.values())]
+        pools = {id(pool): pool for pool in self._pool_of.values()}
 
         async def close_clients() -> None:
             for account in self.cache.accounts:
                 if account.activity is not None:
                     await account.activity.aclose()
-            for client in self._http_clients:
+            for client in clients:
                 await client.aclose()
+            for pool in pools.values():
+                await pool.aclose()
 
         with contextlib.suppress(Exception):  # closing is best effort at shutdown
             self._loop_thread.run(close_clients(), timeout=1)

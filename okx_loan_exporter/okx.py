@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from okx_loan_exporter.loan_records import (
     parse_max_loan,
     parse_max_redeem,
 )
+from okx_loan_exporter.okx_transport import IDEMPOTENT_EXTENSION
 from okx_loan_exporter.position import InvalidResponse, Position, parse_loan_info
 from okx_loan_exporter.prices import INDEX_TICKERS_PATH, QUOTE, IndexPrices, parse_index_tickers
 
@@ -47,6 +49,7 @@ MAX_BODY_BYTES = 1_000_000
 
 
 T = TypeVar("T")
+READ_ONLY = {IDEMPOTENT_EXTENSION: True}
 
 
 class FailureReason(StrEnum):
@@ -397,7 +400,11 @@ class OkxClient:
         if self._http.is_closed:  # a scrape that came in while the exporter shuts down
             raise OkxError(FailureReason.NETWORK, "not sent: the exporter is shutting down")
         try:
-            async with self._http.stream(method, url, headers=headers, content=content) as response:
+            # Every call here only reads (max-loan's POST too): safe to resend after OKX closed
+            # the pooled connection it went out on (okx_transport).
+            async with self._http.stream(
+                method, url, headers=headers, content=content, extensions=READ_ONLY
+            ) as response:
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in response.aiter_bytes():
@@ -430,6 +437,13 @@ class OkxClient:
                     FailureReason.NETWORK,
                     f"cannot resolve the host of {self._base_url}",
                     "check base_url or region, and DNS",
+                )
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                return OkxError(
+                    FailureReason.NETWORK,
+                    f"the TLS certificate of {self._base_url} is not trusted",
+                    "behind a TLS-inspecting proxy set tls_ca_file (or SSL_CERT_FILE) to its CA; "
+                    "otherwise check base_url",
                 )
             seen.add(id(cause))
             cause = cause.__cause__ or cause.__context__

@@ -3,8 +3,9 @@
 The config file (or the environment) and the web config file are both read and checked before
 anything changes: a bad one changes nothing, its problems are logged with the same lines as a
 refused start, and ``okx_loan_exporter_config_last_reload_successful`` drops to 0 until a reload
-succeeds. A good one is put in force by :meth:`Exporter.apply`. Flags are read at start only. In
-``--demo`` mode the simulated accounts stay as they are; only the web config is read again.
+succeeds. A good one is put in force by :meth:`Exporter.apply` (only its ``--shard``'s accounts).
+Flags are read at start only. In ``--demo`` mode the simulated accounts stay as they are; only the
+web config is read again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from okx_loan_exporter.config import ConfigError, ExporterConfig, load_config
 from okx_loan_exporter.exporter import AccountChanges, Exporter
+from okx_loan_exporter.sharding import Shard, select_shard
 from okx_loan_exporter.webconfig import WebConfigWatcher
 
 log = logging.getLogger(__name__)
@@ -44,9 +46,11 @@ class Reloader(Collector):
         config_file: str | None,
         *,
         demo: bool = False,
+        shard: Shard | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._exporter = exporter
+        self._shard = shard
         self._watcher = watcher
         self._config_file = config_file
         self._demo = demo
@@ -67,7 +71,7 @@ class Reloader(Collector):
                 problems += error.lines
             if not self._demo:
                 try:
-                    config = load_config(self._config_file)
+                    config = select_shard(load_config(self._config_file), self._shard)
                 except ConfigError as error:
                     problems += error.lines
             if problems or put_web_config_in_force is None:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from okx_loan_exporter.exporter import Exporter
     from okx_loan_exporter.server import ExporterHTTPServer
     from okx_loan_exporter.simulator import SimAccount, Simulator
+    from okx_loan_exporter.simulator.certs import CertificateFiles
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_EPOCH = 1_700_000_000.0
@@ -277,6 +278,14 @@ def start_exporter(fake_clock: FakeClock) -> Iterator[Callable[..., Harness]]:
     yield start
     for harness in started:
         harness.close()
+
+
+@pytest.fixture(scope="session")
+def test_certificates(tmp_path_factory: pytest.TempPathFactory) -> CertificateFiles:
+    """A throwaway CA and a certificate for 127.0.0.1, ::1 and localhost (for HTTPS tests)."""
+    from okx_loan_exporter.simulator.certs import write_test_certificates
+
+    return write_test_certificates(tmp_path_factory.mktemp("certificates"))
 
 
 @pytest.fixture

@@ -340,6 +340,52 @@ def test_idle_only_while_nothing_is_due_or_in_flight():
     assert asyncio.run(in_flight()) == (False, False)
 
 
+def test_a_snapshot_is_handed_out_again_until_something_it_shows_changes():
+    cache, source, clock = make(position(0.5), position(0.6), ttl=10.0, max_stale=30.0)
+    first = only(refresh(cache))
+    assert only(cache.snapshots()) is first  # nothing changed: the same object
+    clock.now += 5
+    assert only(cache.snapshots()) is first
+    clock.now += 6  # the TTL passed: a new fetch, a new answer
+    second = only(refresh(cache))
+    assert second is not first and second.position.orders[0].current_ltv == 0.6
+    assert only(cache.snapshots()) is second
+    clock.now += 31  # older than max_stale: the position is withheld, without a fetch
+    withheld = only(cache.snapshots())
+    assert withheld is not second and withheld.position is None
+    pending = cache.accounts[0].snapshot(pending=True)
+    assert pending.up is False and pending is not withheld
+    assert source.calls == 2
+
+
+class SlowSource(FakeSource):
+    """Each answer takes ``duration`` seconds of the clock."""
+
+    def __init__(self, clock, duration, *results):
+        super().__init__(*results)
+        self.clock = clock
+        self.duration = duration
+
+    async def loan_info(self):
+        self.clock.now += self.duration
+        return await super().loan_info()
+
+
+def test_the_ttl_runs_from_the_end_of_a_slow_fetch():
+    """A request that took 3 s to be answered may have reached OKX 3 s after it started: the next
+    one waits a whole TTL after that answer."""
+    clock = Clock()
+    source = SlowSource(clock, 3.0, position(0.5))
+    cache = PositionCache([AccountCache("main", source, ttl=10.0, max_stale=300.0, clock=clock)])
+    refresh(cache)  # started at 0, answered at 3
+    clock.now += 8.0  # 11 s after the start, 8 after the answer
+    refresh(cache)
+    assert source.calls == 1
+    clock.now += 2.0  # 10 s after the answer
+    refresh(cache)
+    assert source.calls == 2
+
+
 class RotatingKey:
     """A credentials check whose answer the test sets: True once after the key changed."""
 

@@ -1627,3 +1627,54 @@ def test_secondary_intervals_from_the_file_default_and_off():
         0.0,
         300.0,
     )
+
+
+# --- tls_ca_file ---------------------------------------------------------------------------------
+
+
+def test_tls_ca_file_at_the_top_applies_to_every_account_unless_one_has_its_own(
+    tmp_path, secrets_dir, test_certificates
+):
+    (tmp_path / "ca.pem").write_bytes(Path(test_certificates.ca_file).read_bytes())
+    text = (
+        "tls_ca_file: ca.pem\n"  # relative to the config file
+        + ACCOUNTS
+        + "  - name: other\n"
+        + FILES.replace("$K", "$K2")
+        + f"    tls_ca_file: {test_certificates.cert_file}\n"
+    )
+    config = load_config(str(write_config(tmp_path, secrets_dir, text)), {})
+    assert [account.tls_ca_file for account in config.accounts] == [
+        str(tmp_path / "ca.pem"),
+        test_certificates.cert_file,
+    ]
+
+
+def test_tls_ca_file_defaults_to_none(tmp_path, secrets_dir):
+    config = load_config(str(write_config(tmp_path, secrets_dir, ACCOUNTS)), {})
+    assert config.accounts[0].tls_ca_file is None
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "problem"),
+    [
+        ("missing.pem", "tls_ca_file", "'missing.pem' does not exist"),
+        ("not-pem.txt", "tls_ca_file", "'not-pem.txt' holds no PEM certificate"),
+        ("''", "tls_ca_file", "must be a file path, got ''"),
+        ("[a]", "tls_ca_file", "must be a file path, got a list"),
+        ("ACCOUNT missing.pem", "accounts[0].tls_ca_file", "'missing.pem' does not exist"),
+    ],
+)
+def test_bad_tls_ca_file(tmp_path, secrets_dir, value, key, problem):
+    (tmp_path / "not-pem.txt").write_text("not a certificate\n")
+    if value.startswith("ACCOUNT "):
+        text = ACCOUNTS + f"    tls_ca_file: {value.removeprefix('ACCOUNT ')}\n"
+    else:
+        text = f"tls_ca_file: {value}\n" + ACCOUNTS
+    path = write_config(tmp_path, secrets_dir, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    assert caught.value.key == key
+    assert problem in caught.value.problem
+    assert "PEM file of CA certificates" in caught.value.fix
+    assert_well_formed(caught.value, str(path), key)

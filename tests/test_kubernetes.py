@@ -104,8 +104,11 @@ def test_renders_the_objects_a_prometheus_operator_user_needs(rendered) -> None:
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS, ids=lambda v: v or "newest")
-def test_built_in_kinds_pass_kubernetes_validate_strict(rendered, tmp_path, version) -> None:
-    built_in = [doc for doc in rendered if doc["kind"] not in CUSTOM_KINDS]
+@pytest.mark.parametrize("directory", ["kubernetes", "kubernetes-sharded"])
+def test_built_in_kinds_pass_kubernetes_validate_strict(tmp_path, directory, version) -> None:
+    built_in = [
+        doc for doc in kustomize(BASE.parent / directory) if doc["kind"] not in CUSTOM_KINDS
+    ]
     result = kubernetes_validate(write_all(tmp_path / "built-in.yaml", built_in), version)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -118,8 +121,9 @@ def test_kubernetes_validate_catches_a_misspelt_field(rendered, tmp_path) -> Non
 
 
 @pytest.mark.parametrize("kind", sorted(CUSTOM_KINDS))
-def test_custom_resources_match_prometheus_operators_schema(rendered, tmp_path, kind) -> None:
-    document = write_all(tmp_path / f"{kind}.yaml", [one(rendered, kind)])
+@pytest.mark.parametrize("directory", ["kubernetes", "kubernetes-sharded"])
+def test_custom_resources_match_prometheus_operators_schema(tmp_path, directory, kind) -> None:
+    document = write_all(tmp_path / f"{kind}.yaml", [one(kustomize(BASE.parent / directory), kind)])
     result = check_jsonschema(shared_schema(CUSTOM_KINDS[kind]), document, options=CRD_OPTIONS)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -166,9 +170,8 @@ def test_generated_manifests_are_up_to_date() -> None:
 
 
 def test_the_drift_check_fails_on_a_stale_manifest(tmp_path) -> None:
-    for name in ("prometheusrule.yaml", "grafana-dashboard.yaml"):
-        shutil.copy(BASE / name, tmp_path / name)
-    stale = tmp_path / "prometheusrule.yaml"
+    shutil.copytree(BASE.parent, tmp_path, dirs_exist_ok=True)  # the deploy/ directory
+    stale = tmp_path / "kubernetes" / "prometheusrule.yaml"
     stale.write_text(stale.read_text().replace("for: 5m", "for: 6m", 1))
     result = run_generator("--check", "--output-dir", str(tmp_path))
     assert result.returncode == 1 and "prometheusrule.yaml" in result.stderr, result.stderr
@@ -310,6 +313,128 @@ def test_resources_fit_the_readmes_benchmark_figures(rendered) -> None:
     request = mebibytes(resources["requests"]["memory"])
     limit = mebibytes(resources["limits"]["memory"])
     assert request >= 1.3 * readme_rss_mib(100), "request: 100 accounts with 30 % to spare"
-    assert limit >= 1.5 * readme_rss_mib(500), "limit: 500 accounts with 50 % to spare"
-    assert limit <= 4 * readme_rss_mib(500), "a limit far above the figures hides a leak"
+    assert limit >= 1.2 * readme_rss_mib(1000), "limit: 1,000 accounts with 20 % to spare"
+    assert limit <= 4 * readme_rss_mib(1000), "a limit far above the figures hides a leak"
     assert "cpu" in resources["requests"]
+
+
+def test_each_shards_resources_fit_a_thousand_accounts(sharded) -> None:
+    (exporter,) = one(sharded, "StatefulSet")["spec"]["template"]["spec"]["containers"]
+    request = mebibytes(exporter["resources"]["requests"]["memory"])
+    limit = mebibytes(exporter["resources"]["limits"]["memory"])
+    assert request >= 1.3 * readme_rss_mib(1000), "request: 1,000 accounts with 30 % to spare"
+    assert limit >= 1.5 * readme_rss_mib(1000), "limit: 1,000 accounts with 50 % to spare"
+    assert limit <= 2 * readme_rss_mib(2000), "a limit far above the figures hides a leak"
+
+
+# --- The sharded fleet: deploy/kubernetes-sharded ---------------------------------------------
+
+SHARDED = ROOT / "deploy" / "kubernetes-sharded"
+
+
+@pytest.fixture(scope="module")
+def sharded() -> list[dict[str, Any]]:
+    return kustomize(SHARDED)
+
+
+def test_the_sharded_overlay_swaps_the_deployment_for_a_statefulset(sharded) -> None:
+    kinds = sorted((doc["kind"], doc["metadata"]["name"]) for doc in sharded)
+    assert kinds == [
+        ("ConfigMap", "okx-loan-exporter-config"),
+        ("ConfigMap", "okx-loan-exporter-dashboard"),
+        ("NetworkPolicy", "okx-loan-exporter"),
+        ("PrometheusRule", "okx-loan-exporter-rules"),
+        ("Service", "okx-loan-exporter"),
+        ("Service", "okx-loan-exporter-shards"),
+        ("ServiceMonitor", "okx-loan-exporter"),  # one for all the shards
+        ("StatefulSet", "okx-loan-exporter"),
+    ]
+
+
+def shard_env(statefulset: dict[str, Any]) -> dict[str, Any]:
+    (exporter,) = statefulset["spec"]["template"]["spec"]["containers"]
+    return {item["name"]: item for item in exporter["env"]}
+
+
+def test_each_pod_takes_its_shard_from_its_ordinal(sharded) -> None:
+    statefulset = one(sharded, "StatefulSet")
+    env = shard_env(statefulset)
+    assert env["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
+    # Kubernetes expands $(POD_INDEX) from the variable defined before it.
+    assert list(env).index("POD_INDEX") < list(env).index("OKX_SHARD")
+    replicas = statefulset["spec"]["replicas"]
+    assert env["OKX_SHARD"]["value"] == f"$(POD_INDEX)/{replicas}"
+    assert statefulset["spec"]["podManagementPolicy"] == "Parallel"
+
+
+def test_the_statefulset_runs_the_deployments_pod_with_the_shard_added(rendered, sharded) -> None:
+    pod = copy.deepcopy(one(sharded, "StatefulSet")["spec"]["template"])
+    base = one(rendered, "Deployment")["spec"]["template"]
+    (exporter,) = pod["spec"]["containers"]
+    del exporter["env"], exporter["resources"]
+    (base_exporter,) = copy.deepcopy(base)["spec"]["containers"]
+    assert "env" not in base_exporter
+    base_without = copy.deepcopy(base)
+    del base_without["spec"]["containers"][0]["resources"]
+    assert pod == base_without
+
+
+def test_one_service_monitor_scrapes_every_shard_once(sharded) -> None:
+    statefulset = one(sharded, "StatefulSet")
+    pod_labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    monitor = one(sharded, "ServiceMonitor")
+    selected = [
+        doc
+        for doc in sharded
+        if doc["kind"] == "Service"
+        and monitor["spec"]["selector"]["matchLabels"].items() <= doc["metadata"]["labels"].items()
+    ]
+    assert [doc["metadata"]["name"] for doc in selected] == ["okx-loan-exporter"]
+    assert selected[0]["spec"]["selector"].items() <= pod_labels.items()
+    headless = one(sharded, "Service", statefulset["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_the_shards_of_the_configmap_cover_its_accounts_once(sharded, tmp_path) -> None:
+    """--check-config with OKX_SHARD as each pod would have it expanded: every account of the
+    ConfigMap's configuration is in exactly one shard."""
+    statefulset = one(sharded, "StatefulSet")
+    text = one(sharded, "ConfigMap", "okx-loan-exporter-config")["data"]["config.yml"]
+    document = yaml.safe_load(text)
+    for account in document["accounts"]:
+        for secret in ("api_key", "secret_key", "passphrase"):
+            account.pop(f"{secret}_file", None)
+            account[secret] = f"test-{account['name']}-{secret}"
+    config = tmp_path / "config.yml"
+    config.write_text(yaml.safe_dump(document))
+    config.chmod(0o600)
+    names = [account["name"] for account in document["accounts"]]
+    seen: list[str] = []
+    replicas = statefulset["spec"]["replicas"]
+    template = shard_env(statefulset)["OKX_SHARD"]["value"]
+    for index in range(replicas):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "okx_loan_exporter",
+                f"--config.file={config}",
+                "--check-config",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "OKX_SHARD": template.replace("$(POD_INDEX)", str(index)),
+            },
+            cwd=ROOT,
+        )
+        assert result.returncode == 0, result.stderr
+        listed = result.stdout.split(f" in shard {index}/{replicas}:", 1)[1]
+        seen += [name.strip() for name in listed.split(",") if name.strip()]
+    assert sorted(seen) == sorted(names)

@@ -14,6 +14,7 @@ import gzip
 import json
 import resource
 import threading
+import time
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,7 +33,7 @@ from okx_loan_exporter import __version__
 from okx_loan_exporter.cache import AccountSnapshot
 from okx_loan_exporter.collector import LoanCollector
 from okx_loan_exporter.config import config_from_dict
-from okx_loan_exporter.exporter import ACCOUNTS_PER_POOL, Exporter
+from okx_loan_exporter.exporter import ACCOUNTS_PER_POOL, CONNECTIONS_PER_POOL, Exporter
 from okx_loan_exporter.exposition import Exposition, ProcessMetrics, RenderCache
 from okx_loan_exporter.okx import Endpoint, FailureReason
 from okx_loan_exporter.position import NO_LOAN, Order, Position, parse_loan_info
@@ -237,9 +238,10 @@ def test_every_change_the_collector_would_show_renders_again():
     for snapshots in steps:
         rendered = cache.render(snapshots, encoder, content_type)
         assert rendered is not None
-        families, trailer = rendered
-        assert families + trailer == encoder(LoanCollector(snapshots, __version__))
-        seen.append(families)
+        assert rendered.families + rendered.trailer == encoder(
+            LoanCollector(snapshots, __version__)
+        )
+        seen.append(rendered.families)
     assert seen[0] == seen[1] == seen[2]
     assert seen[3] != seen[4]  # the currency order changed, so the text did
     assert len(set(seen[3:])) == len(seen) - 3
@@ -298,9 +300,19 @@ def test_any_sequence_of_scrapes_renders_like_the_reference(sequence, accept):
     cache = RenderCache(__version__)
     encoder, content_type = choose_encoder(accept)
     for snapshots in sequence:
-        rendered = cache.render(snapshots, encoder, content_type)
+        compressed = bool(len(snapshots) % 2)  # the gzip stream is made on demand, or not at all
+        rendered = cache.render(snapshots, encoder, content_type, compressed=compressed)
         assert rendered is not None
-        assert b"".join(rendered) == encoder(LoanCollector(snapshots, __version__))
+        expected = encoder(LoanCollector(snapshots, __version__))
+        assert rendered.families + rendered.trailer == expected
+        if compressed:
+            assert rendered.compressed is not None
+            prefix, compressor = rendered.compressed
+            finished = compressor.copy()
+            assert (
+                gzip.decompress(prefix + finished.compress(rendered.trailer) + finished.flush())
+                == expected
+            )
 
 
 def call(app, method="GET", query="", **headers):
@@ -366,27 +378,33 @@ def test_head_answers_as_get_does(exporter, exposition, query):
     assert call(app, "HEAD", query) == call(reference, "GET", query)
 
 
-class BarrierOkx(ThreadingHTTPServer):
-    """Answers loan-info only once ``accounts`` requests are waiting at the same time."""
+class ConcurrencyOkx(ThreadingHTTPServer):
+    """Answers loan-info after HOLD seconds, counting the most requests in flight at once."""
 
     daemon_threads = True
     request_queue_size = 128  # the default 5 would drop connects and delay them by a second
+    HOLD = 0.2
 
-    def __init__(self, accounts: int) -> None:
-        self.barrier = threading.Barrier(accounts, timeout=8)
-        super().__init__(("127.0.0.1", 0), _BarrierHandler)
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.most_in_flight = 0
+        super().__init__(("127.0.0.1", 0), _ConcurrencyHandler)
 
 
-class _BarrierHandler(BaseHTTPRequestHandler):
-    server: BarrierOkx
+class _ConcurrencyHandler(BaseHTTPRequestHandler):
+    server: ConcurrencyOkx
+    protocol_version = "HTTP/1.1"  # keep-alive, as OKX
 
     def do_GET(self) -> None:
-        try:
-            self.server.barrier.wait()
-            status, body = 200, json.dumps(DOCS_EXAMPLE).encode()
-        except threading.BrokenBarrierError:
-            status, body = 503, b"{}"
-        self.send_response(status)
+        with self.server.lock:
+            self.server.in_flight += 1
+            self.server.most_in_flight = max(self.server.most_in_flight, self.server.in_flight)
+        time.sleep(self.server.HOLD)
+        with self.server.lock:
+            self.server.in_flight -= 1
+        body = json.dumps(DOCS_EXAMPLE).encode()
+        self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -396,14 +414,20 @@ class _BarrierHandler(BaseHTTPRequestHandler):
         pass
 
 
-def test_the_connection_pools_let_every_account_fetch_at_once():
+def test_the_connection_pools_fetch_in_parallel_within_their_bound():
+    """Every pool works at once, each with at most CONNECTIONS_PER_POOL connections: a cold
+    scrape is neither serialized behind one pool nor opening a connection per account."""
     accounts = 2 * ACCOUNTS_PER_POOL + 5  # three pools, one not full
-    server = BarrierOkx(accounts)
+    server = ConcurrencyOkx()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     config = config_from_dict(
         {
             "base_url": f"http://127.0.0.1:{server.server_address[1]}",
-            "timeout": "10s",
+            "timeout": "20s",
+            # loan-info only: the secondary endpoints' requests would share the pools
+            "history_interval": "0s",
+            "interest_interval": "0s",
+            "headroom_interval": "0s",
             "accounts": [
                 {"name": f"a{i}", "api_key": f"k{i}", "secret_key": "s", "passphrase": "p"}
                 for i in range(accounts)
@@ -420,6 +444,9 @@ def test_the_connection_pools_let_every_account_fetch_at_once():
         server.shutdown()
         server.server_close()
     assert [snapshot.up for snapshot in snapshots] == [True] * accounts
+    assert server.most_in_flight == 3 * CONNECTIONS_PER_POOL
+    opened = sum(snapshot.connections.opened for snapshot in snapshots)
+    assert opened == 3 * CONNECTIONS_PER_POOL  # then reused by the pool's other accounts
 
 
 class Clock:

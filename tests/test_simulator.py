@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
+from unittest.mock import ANY
 
 import httpx
 import pytest
@@ -464,6 +465,7 @@ def test_auth_failures_give_okx_codes(sim, client, clock, overrides, code):
         "rate_limited": 0,
         "auth_failed": int(known_key),
         "faulted": 0,
+        "shortest_interval": ANY,
     }
 
 
@@ -528,6 +530,7 @@ def test_rate_limit_is_5_requests_per_2_seconds_per_key(sim, client, clock):
         "rate_limited": 3,
         "auth_failed": 0,
         "faulted": 0,
+        "shortest_interval": ANY,
     }
 
 
@@ -771,6 +774,7 @@ def test_fault_count_clears_the_fault_after_n_requests(sim, client, clock):
         "rate_limited": 0,
         "auth_failed": 0,
         "faulted": 2,
+        "shortest_interval": ANY,
     }
 
 
@@ -916,6 +920,7 @@ def test_control_endpoints_over_http(sim, client, clock):
         "rate_limited": 0,
         "auth_failed": 0,
         "faulted": 2,
+        "shortest_interval": ANY,
     }
     assert set(stats["accounts"]) == {a.name for a in demo_accounts()}
     assert stats["time_requests"] == 0
@@ -1196,3 +1201,52 @@ def test_simulate_command_refuses_bad_flags_without_a_traceback():
 def test_main_returns_2_on_bad_flags(argv, capsys):
     assert main(argv) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--tls.cert-file", "x.pem"], "--tls.cert-file and --tls.key-file go together"),
+        (
+            ["--tls.cert-file", "/nonexistent.pem", "--tls.key-file", "/nonexistent.key"],
+            "cannot load --tls.cert-file/--tls.key-file: No such file or directory",
+        ),
+        (["--idle-close", "-1"], "usage:"),
+    ],
+)
+def test_main_refuses_bad_tls_flags(argv, says, capsys):
+    assert main(["--web.listen-address", "127.0.0.1:0", *argv]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_simulate_command_serves_https_and_writes_a_config_that_trusts_it(
+    tmp_path, test_certificates
+):
+    config_path = tmp_path / "exporter.yml"
+    process = _simulate(
+        "--web.listen-address",
+        "127.0.0.1:0",
+        "--tls.cert-file",
+        test_certificates.cert_file,
+        "--tls.key-file",
+        test_certificates.key_file,
+        "--write-exporter-config",
+        str(config_path),
+    )
+    try:
+        line = _read_line(process.stdout, timeout=10)
+        match = re.fullmatch(r"OKX simulator listening on (https://127\.0\.0\.1:\d+)\n", line)
+        assert match, line
+        config = yaml.safe_load(config_path.read_text())
+        assert config["base_url"] == match.group(1)
+        assert config["tls_ca_file"] == test_certificates.cert_file
+        context = ssl.create_default_context(cafile=config["tls_ca_file"])
+        with httpx.Client(base_url=match.group(1), verify=context, trust_env=False) as client:
+            assert client.get("/sim/stats").json()["tls_handshakes"] == 1
+        with pytest.raises(httpx.ConnectError):  # not trusted without the CA
+            httpx.get(match.group(1) + "/sim/stats", trust_env=False)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=2) == 0
+    finally:
+        process.kill()
+        process.wait()

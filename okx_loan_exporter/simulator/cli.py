@@ -10,6 +10,7 @@ import math
 import os
 import re
 import signal
+import ssl
 import sys
 import tempfile
 import threading
@@ -169,6 +170,27 @@ def _parser() -> argparse.ArgumentParser:
         help="how long one simulated hour lasts, in which interest accrues once (default 1m)",
     )
     parser.add_argument(
+        "--tls.cert-file",
+        dest="tls_cert_file",
+        metavar="PATH",
+        help="serve HTTPS with this PEM certificate chain (end it with its CA's certificate: "
+        "the exporter config written by --write-exporter-config trusts it as tls_ca_file)",
+    )
+    parser.add_argument(
+        "--tls.key-file",
+        dest="tls_key_file",
+        metavar="PATH",
+        help="the PEM private key of --tls.cert-file",
+    )
+    parser.add_argument(
+        "--idle-close",
+        dest="idle_close",
+        type=_seconds,
+        metavar="SECONDS",
+        help="drop a keep-alive connection, unanswered, when a request comes after it was idle "
+        "this long (as a server whose idle timer fires as the request arrives)",
+    )
+    parser.add_argument(
         "--write-exporter-config",
         dest="exporter_config",
         metavar="PATH",
@@ -199,14 +221,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse has printed the usage and the error
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     setup_logging(args.log_level, args.log_format)
+    if (args.tls_cert_file is None) != (args.tls_key_file is None):
+        print(
+            "okx-loan-exporter simulate: --tls.cert-file and --tls.key-file go together; "
+            "give both for HTTPS, or neither",
+            file=sys.stderr,
+        )
+        return 2
+    tls = (args.tls_cert_file, args.tls_key_file) if args.tls_cert_file else None
     accounts = generated_accounts(args.generate, args.seed) if args.generate else demo_accounts()
-    simulator = Simulator(
-        accounts,
-        seed=args.seed,
-        latency=args.latency,
-        margin_call_cycle=args.margin_call_cycle,
-        hour_seconds=args.hour_seconds,
-    )
+    try:
+        simulator = Simulator(
+            accounts,
+            seed=args.seed,
+            latency=args.latency,
+            margin_call_cycle=args.margin_call_cycle,
+            tls=tls,
+            idle_close=args.idle_close,
+            hour_seconds=args.hour_seconds,
+        )
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(
+            f"okx-loan-exporter simulate: cannot load --tls.cert-file/--tls.key-file: {reason}",
+            file=sys.stderr,
+        )
+        return 2
     host, port = args.listen_address
     try:
         base_url = simulator.start(host, port)
@@ -221,7 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.exporter_config:
             try:
-                _write_private(args.exporter_config, exporter_config_yaml(base_url, accounts))
+                settings = {"tls_ca_file": os.path.abspath(args.tls_cert_file)} if tls else {}
+                _write_private(
+                    args.exporter_config, exporter_config_yaml(base_url, accounts, **settings)
+                )
             except OSError as exc:
                 print(
                     f"okx-loan-exporter simulate: cannot write {args.exporter_config}: "

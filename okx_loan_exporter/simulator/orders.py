@@ -153,6 +153,8 @@ class Stats:
     rate_limited: int = 0
     auth_failed: int = 0
     faulted: int = 0
+    shortest_interval: float | None = None
+    """Fewest seconds between two loan-info requests of the account (None before the second)."""
 
 
 @dataclass
@@ -212,6 +214,7 @@ class AccountState:
         """Records as OKX answers them plus ``"_ordId"``, oldest first (refIds ascending)."""
         self.hours_accrued = 0
         """Hours of interest written, counted from the simulator's start."""
+        self.last_request: float | None = None
 
     def take_endpoint_fault(self, path: str) -> str | None:
         found = self.endpoint_faults.get(path)
@@ -224,6 +227,15 @@ class AccountState:
             else:
                 self.endpoint_faults[path] = (fault, remaining - 1)
         return fault
+
+    def count_interval(self, now: float) -> None:
+        """Keep the shortest interval between two loan-info requests."""
+        stats = self.stats
+        if self.last_request is not None:
+            interval = now - self.last_request
+            if stats.shortest_interval is None or interval < stats.shortest_interval:
+                stats.shortest_interval = interval
+        self.last_request = now
 
     def order(self, order_id: str | None) -> OrderState:
         """The open order ``order_id``; None is the first open order."""

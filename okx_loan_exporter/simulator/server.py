@@ -1,5 +1,5 @@
-"""The HTTP side: a threading server that can drop hanging connections on stop, and the request
-handler that routes OKX's paths and ``/sim/*`` and carries out a :class:`Reply`."""
+"""The HTTP side: a threading server (HTTP or HTTPS) that can drop hanging connections on stop,
+and the request handler that routes OKX's paths and ``/sim/*`` and carries out a :class:`Reply`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import contextlib
 import logging
 import socket
 import socketserver
+import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -24,6 +26,7 @@ LOAN_INFO_PATH = "/api/v5/finance/flexible-loan/loan-info"
 INDEX_TICKERS_PATH = "/api/v5/market/index-tickers"
 SLOW_BYTES_INTERVAL_SECONDS = 0.2
 MAX_REQUEST_BODY_BYTES = 1024 * 1024
+TLS_HANDSHAKE_SECONDS = 10.0
 
 _log = logging.getLogger("okx_loan_exporter.simulator")
 
@@ -36,10 +39,22 @@ class SimulatorHTTPServer(ThreadingHTTPServer):
     request_queue_size = 1024
 
     def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], sim: Simulator
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        sim: Simulator,
+        *,
+        tls: ssl.SSLContext | None = None,
+        idle_close: float | None = None,
     ) -> None:
         self.simulator = sim
         self.stopping = threading.Event()
+        self.tls = tls
+        self.idle_close = idle_close
+        """Seconds after which an idle keep-alive connection is dropped when its next request
+        comes (None: never)."""
+        self.connections_accepted = 0
+        self.tls_handshakes = 0
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, handler)
@@ -53,7 +68,32 @@ class SimulatorHTTPServer(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
             self._connections.add(request)
+            self.connections_accepted += 1
         super().process_request(request, client_address)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Serve one connection; over HTTPS, the TLS handshake first, on the connection's own
+        thread (a slow client must not hold up the accept loop)."""
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(TLS_HANDSHAKE_SECONDS)
+        try:
+            secure = self.tls.wrap_socket(request, server_side=True)
+        except (OSError, ValueError):
+            _log.debug("TLS handshake with %s failed", client_address, exc_info=True)
+            return
+        with self._connections_lock:
+            self._connections.discard(request)  # wrap_socket took over its file descriptor
+            self._connections.add(secure)
+            self.tls_handshakes += 1
+        try:
+            super().finish_request(secure, client_address)
+        finally:
+            with self._connections_lock:
+                self._connections.discard(secure)
+            with contextlib.suppress(OSError):
+                secure.close()
 
     def shutdown_request(self, request: Any) -> None:
         with self._connections_lock:
@@ -84,6 +124,7 @@ class SimulatorRequestHandler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     timeout = 300  # idle keep-alive connections are closed after this
     server: SimulatorHTTPServer
+    _answered_at: float | None = None
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -113,6 +154,12 @@ class SimulatorRequestHandler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return
+        if self._idle_too_long():
+            # What a server does whose idle timer fires as the next request arrives: the
+            # connection closes, the request unanswered (the client cannot tell it apart from a
+            # request lost in flight).
+            self.close_connection = True
+            return
         sim = self.server.simulator
         path = urlsplit(self.path).path
         if path == TIME_PATH:
@@ -133,6 +180,15 @@ class SimulatorRequestHandler(BaseHTTPRequestHandler):
             self._send(reply)
         except OSError:
             self.close_connection = True  # the client went away; nothing more to do
+
+    def _idle_too_long(self) -> bool:
+        idle_close = self.server.idle_close
+        answered, self._answered_at = self._answered_at, time.monotonic()
+        return (
+            idle_close is not None
+            and answered is not None
+            and (self._answered_at - answered >= idle_close)
+        )
 
     def _send(self, reply: Reply) -> None:
         stopping = self.server.stopping
@@ -162,6 +218,7 @@ class SimulatorRequestHandler(BaseHTTPRequestHandler):
                 self.wfile.write(chunk)
         else:
             self.wfile.write(reply.body)
+        self._answered_at = time.monotonic()
 
     def _trickle(self, reply: Reply) -> None:
         """The whole answer, status line included, one byte every SLOW_BYTES_INTERVAL_SECONDS."""

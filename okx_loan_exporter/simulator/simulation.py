@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import logging
 import math
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -71,10 +72,19 @@ class Simulator:
         walk_interval: float = 1.0,
         margin_call_cycle: float = DEFAULT_MARGIN_CALL_CYCLE_SECONDS,
         prices: Mapping[str, float] | None = None,
+        tls: tuple[str, str] | None = None,
+        idle_close: float | None = None,
         hour_seconds: float = 60.0,
     ) -> None:
         if not 0 < hour_seconds < math.inf:
             raise ValueError(f"hour_seconds must be > 0 seconds, got {hour_seconds}")
+        if idle_close is not None and not 0 <= idle_close < math.inf:
+            raise ValueError(f"idle_close must be >= 0 seconds, got {idle_close}")
+        self._tls: ssl.SSLContext | None = None
+        if tls is not None:
+            self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._tls.load_cert_chain(*tls)
+        self._idle_close = idle_close
         if not walk_interval > 0:
             raise ValueError(f"walk_interval must be > 0 seconds, got {walk_interval}")
         if not 0 < margin_call_cycle < math.inf:
@@ -214,7 +224,7 @@ class Simulator:
 
     @property
     def base_url(self) -> str:
-        """``http://HOST:PORT`` of the running server."""
+        """``http://HOST:PORT`` (``https://`` with TLS) of the running server."""
         if self._base_url is None:
             raise RuntimeError("the simulator is not running; call start() first")
         return self._base_url
@@ -382,7 +392,9 @@ class Simulator:
             self._skew = float(seconds)
 
     def stats(self) -> dict[str, Any]:
-        """Request counters: the same document as ``GET /sim/stats``."""
+        """Request counters, and the connections accepted and TLS handshakes completed since the
+        server started: the same document as ``GET /sim/stats``."""
+        server = self._server
         with self._lock:
             return {
                 "accounts": {
@@ -398,6 +410,8 @@ class Simulator:
                 "time_requests": self._time_requests,
                 "unattributed_requests": self._unattributed,
                 "index_tickers": dataclasses.asdict(self._index_stats),
+                "connections": server.connections_accepted if server else 0,
+                "tls_handshakes": server.tls_handshakes if server else 0,
             }
 
     def reset(self) -> None:
@@ -411,11 +425,18 @@ class Simulator:
         if self._server is not None:
             raise RuntimeError("the simulator is already running")
         server_class = SimulatorHTTPServer6 if ":" in host else SimulatorHTTPServer
-        server = server_class((host, port), SimulatorRequestHandler, self)
+        server = server_class(
+            (host, port),
+            SimulatorRequestHandler,
+            self,
+            tls=self._tls,
+            idle_close=self._idle_close,
+        )
         bound_host, bound_port = str(server.server_address[0]), int(server.server_address[1])
         shown = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(bound_host, bound_host)
         shown = f"[{shown}]" if ":" in shown else shown
-        self._base_url = f"http://{shown}:{bound_port}"
+        scheme = "http" if self._tls is None else "https"
+        self._base_url = f"{scheme}://{shown}:{bound_port}"
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever,
@@ -530,6 +551,7 @@ class Simulator:
             if loan_info:
                 stats, window = state.stats, state.window
                 delay += state.latency
+                state.count_interval(now)
             else:
                 stats = state.endpoint_stats.setdefault(path, EndpointStats())
                 window = state.windows.setdefault(path, RateWindow())
