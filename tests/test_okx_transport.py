@@ -20,7 +20,12 @@ from okx_loan_exporter.okx_transport import (
 
 TTL = 0.5
 IDLE_CLOSE = 0.3
-LOAN_INFO_ONLY = {"history_interval": 0.0, "interest_interval": 0.0, "headroom_interval": 0.0}
+LOAN_INFO_ONLY = {
+    "history_interval": 0.0,
+    "interest_interval": 0.0,
+    "headroom_interval": 0.0,
+    "price_interval": 0.0,  # the price feed's own connection would add a handshake
+}
 
 
 def tls_accounts(simulator, names, ca_file):
@@ -42,7 +47,9 @@ def test_https_fetches_reuse_one_connection_per_account(
     )
     assert simulator.base_url.startswith("https://127.0.0.1:")
     harness = start_exporter(
-        tls_accounts(simulator, names, test_certificates.ca_file), cache_ttl=TTL
+        tls_accounts(simulator, names, test_certificates.ca_file),
+        cache_ttl=TTL,
+        price_interval=0.0,  # the price feed's own connection would add a handshake
     )
     for _ in range(4):
         scrape = harness.scrape()
