@@ -22,14 +22,13 @@ from typing import TYPE_CHECKING, NoReturn
 
 from okx_loan_exporter import __version__
 from okx_loan_exporter.config import ConfigError, ExporterConfig, config_from_dict, load_config
+from okx_loan_exporter.listen import parse_listen_address, raise_open_file_limit
 from okx_loan_exporter.logs import LOG_FORMATS, LOG_LEVELS, JsonFormatter, setup_logging
 from okx_loan_exporter.server import (
     MAX_CONNECTIONS,
     ConnectionStats,
     ExporterHTTPServer,
     ServerLimits,
-    parse_listen_address,
-    raise_open_file_limit,
 )
 from okx_loan_exporter.sharding import SHARD_ENV, Shard, ShardError, parse_shard, select_shard
 from okx_loan_exporter.webconfig import WebConfigWatcher

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
-import ipaddress
 import logging
 import os
 import queue
@@ -43,6 +42,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from okx_loan_exporter import __version__
+from okx_loan_exporter.listen import (
+    client_address,
+    connection_cap,
+    listen_socket,
+    parse_listen_address,
+)
 from okx_loan_exporter.webconfig import WebConfigWatcher
 
 logger = logging.getLogger(__name__)
@@ -55,9 +60,6 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_CONNECTIONS = 512
 SHED_GRACE_SECONDS = 0.25
 SHUTDOWN_GRACE_SECONDS = 1.0
-FD_RESERVE = 128
-"""File descriptors kept free of HTTP connections: OKX connections, logs, the demo simulator."""
-LISTEN_BACKLOG = 4096  # the kernel lowers it to net.core.somaxconn
 SHED_REASONS = ("max_connections", "head_timeout", "head_too_large")
 
 _ACCEPT_BATCH = 64  # accepts per loop turn, so heads already sent are read between bursts
@@ -68,71 +70,6 @@ _BACKOFF_FIRST, _BACKOFF_MAX = 0.005, 1.0
 _SHED_WARNING_INTERVAL = 60.0
 _OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _HEAD_END = re.compile(rb"\n\r?\n")
-
-_HOSTNAME_RE = re.compile(r"\A[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?\.?\Z")
-
-
-def _bad_address(value: str, why: str) -> ValueError:
-    return ValueError(
-        f"{value!r} is not a listen address: {why}; use HOST:PORT, such as :9855, "
-        "127.0.0.1:9855, [::1]:9855 or localhost:9855"
-    )
-
-
-def parse_listen_address(value: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` or ``[IPv6]:PORT``; an empty host (``""``) is every interface.
-
-    Raises ValueError with a message that says what is wrong and shows good examples.
-    """
-    text = value.strip()
-    if "://" in text:
-        raise _bad_address(value, "give HOST:PORT, not a URL")
-    if text.startswith("["):
-        host, sep, port_text = text[1:].partition("]:")
-        if not sep:
-            raise _bad_address(value, "no ']:PORT' after the IPv6 address")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise _bad_address(value, f"{host!r} in brackets is not an IPv6 address") from None
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise _bad_address(value, "no ':PORT'")
-        if ":" in host:
-            raise _bad_address(value, "an IPv6 address goes in brackets, as in [::1]:9855")
-        if host and not _HOSTNAME_RE.match(host):
-            raise _bad_address(value, f"{host!r} is not a host name or IP address")
-    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
-        raise _bad_address(value, "the port must be a number from 0 to 65535")
-    return host, int(port_text)
-
-
-def raise_open_file_limit() -> int:
-    """Raise the soft open-file limit to the hard one, as Go programs do; the soft limit after."""
-    import resource  # Unix only
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != soft:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError) as error:  # e.g. hard is unlimited but above fs.nr_open
-            logger.debug("cannot raise the open-file limit from %d to %d: %s", soft, hard, error)
-    return soft
-
-
-def connection_cap(wanted: int) -> int:
-    """``wanted``, lowered so that the connections leave ``FD_RESERVE`` descriptors free."""
-    try:
-        import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ImportError, OSError):  # pragma: no cover - not Unix
-        return wanted
-    if soft == resource.RLIM_INFINITY:
-        return wanted
-    return max(1, min(wanted, soft - FD_RESERVE))
 
 
 @dataclass(frozen=True)
@@ -415,49 +352,6 @@ class _WSGIHost:
         }
 
 
-def _listen_socket(host: str, port: int) -> socket.socket:
-    """A listening socket; ``""`` and ``::`` take IPv6 and IPv4 where the system has IPv6."""
-    if host in ("", "::") and socket.has_ipv6:
-        try:
-            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        except OSError:  # IPv6 switched off in the kernel
-            sock = None
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            except OSError:  # no dual-stack sockets on this system
-                sock.close()
-                sock = None
-        if sock is not None:
-            return _bind(sock, ("::", port))
-    infos = socket.getaddrinfo(
-        host or "0.0.0.0", port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    # A name with both kinds of address (localhost) listens on its IPv4 one, as Go does.
-    family, _, _, _, sockaddr = min(infos, key=lambda info: info[0] != socket.AF_INET)
-    return _bind(socket.socket(family, socket.SOCK_STREAM), sockaddr)
-
-
-def _bind(sock: socket.socket, address: tuple[Any, ...]) -> socket.socket:
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(LISTEN_BACKLOG)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _client_address(address: tuple[Any, ...]) -> tuple[Any, ...]:
-    """An IPv4 client of a dual-stack socket shown as ``127.0.0.1``, not ``::ffff:127.0.0.1``."""
-    host = address[0]
-    if isinstance(host, str) and host.startswith("::ffff:") and "." in host:
-        return (host[7:], *address[1:2])
-    return address
-
-
 def _error_answer(status: str, message: str) -> bytes:
     body = message.encode()
     head = (
@@ -493,7 +387,7 @@ class ExporterHTTPServer:
         self.stats.limit = self.max_connections
         self.stats.count_open = lambda: len(self._waiting) + self._serving
         self._watcher = watcher
-        self._listener = _listen_socket(host, port)
+        self._listener = listen_socket(host, port)
         bound = self._listener.getsockname()
         self.host: str = str(bound[0])
         self.port: int = int(bound[1])
@@ -649,7 +543,7 @@ class ExporterHTTPServer:
             self._backoff = 0.0
             if len(self._waiting) + self._serving >= self.max_connections:
                 self._shed(next(iter(self._waiting)), "max_connections")
-            self._admit(sock, _client_address(address), now)
+            self._admit(sock, client_address(address), now)
 
     def _back_off(self, now: float, error: OSError) -> None:
         first = self._backoff == 0.0

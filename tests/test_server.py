@@ -23,14 +23,9 @@ from test_webconfig import ALICE_2Y, BOB_2B, BOB_PASSWORD, PASSWORD, Pki, make_p
 
 from okx_loan_exporter import __version__
 from okx_loan_exporter.basicauth import auth_middleware
+from okx_loan_exporter.listen import FD_RESERVE, connection_cap, parse_listen_address
 from okx_loan_exporter.logs import LogfmtFormatter
-from okx_loan_exporter.server import (
-    FD_RESERVE,
-    ExporterHTTPServer,
-    ServerLimits,
-    connection_cap,
-    parse_listen_address,
-)
+from okx_loan_exporter.server import ExporterHTTPServer, ServerLimits
 from okx_loan_exporter.webconfig import WebConfigWatcher
 
 
@@ -778,7 +773,7 @@ def test_the_soft_open_file_limit_is_raised_to_the_hard_one() -> None:
     if hard != resource.RLIM_INFINITY and hard <= 256:
         pytest.skip(f"the hard open-file limit is {hard}: nothing to raise")
     code = (
-        "import resource; from okx_loan_exporter.server import raise_open_file_limit; "
+        "import resource; from okx_loan_exporter.listen import raise_open_file_limit; "
         "print(raise_open_file_limit(), *resource.getrlimit(resource.RLIMIT_NOFILE))"
     )
     output = subprocess.run(

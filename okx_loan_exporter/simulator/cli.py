@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
+from okx_loan_exporter.listen import parse_listen_address
 from okx_loan_exporter.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
-from okx_loan_exporter.server import parse_listen_address
 from okx_loan_exporter.simulator.accounts import SimAccount, demo_accounts, generated_accounts
 from okx_loan_exporter.simulator.orders import DEFAULT_MARGIN_CALL_CYCLE_SECONDS
 from okx_loan_exporter.simulator.simulation import Simulator
