@@ -17,9 +17,7 @@ does for its own files), or to the working directory when there is no config fil
 
 from __future__ import annotations
 
-import functools
 import ipaddress
-import math
 import os
 import re
 import ssl
@@ -28,7 +26,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from okx_loan_exporter import secret_sources, yamlload
+from okx_loan_exporter import config_durations, secret_sources, yamlload
+from okx_loan_exporter.config_durations import (
+    DEFAULT_CACHE_TTL,
+    DEFAULT_MAX_STALE,
+    DEFAULT_TIMEOUT,
+    INTERVALS,
+)
+from okx_loan_exporter.config_durations import MIN_CACHE_TTL as MIN_CACHE_TTL  # re-exported
+from okx_loan_exporter.config_durations import parse_duration as parse_duration  # re-exported
 from okx_loan_exporter.yamlload import ConfigError as ConfigError  # re-exported for callers
 
 REGIONS: dict[str, str] = {
@@ -38,20 +44,6 @@ REGIONS: dict[str, str] = {
     "us": "https://app.okx.com",
 }
 DEFAULT_BASE_URL = "https://www.okx.com"
-MIN_CACHE_TTL = 0.5
-MAX_TIMEOUT = 60.0
-DEFAULT_CACHE_TTL = 10.0
-DEFAULT_MAX_STALE = 300.0
-DEFAULT_TIMEOUT = 5.0
-MIN_PRICE_INTERVAL = 0.5
-"""index-tickers allows 20 requests per 2 s per IP, for every base URL together."""
-INTERVALS: dict[str, float] = {
-    "history_interval": 60.0,
-    "interest_interval": 600.0,
-    "headroom_interval": 300.0,
-}
-"""The secondary endpoints' schedules and their defaults in seconds; 0 turns one off."""
-MIN_INTERVAL = 1.0
 
 ENVIRONMENT = "environment"
 """The source named in messages when the configuration comes from the environment."""
@@ -89,14 +81,6 @@ _ENV_VARS = (
 )
 
 _NAME_RE = re.compile(r"[a-zA-Z0-9_-]+")
-_NUMBER = r"[0-9]+(?:\.[0-9]+)?"
-_DURATION_RE = re.compile(
-    rf"(?:(?P<h>{_NUMBER})h)?(?:(?P<m>{_NUMBER})m)?(?:(?P<s>{_NUMBER})s)?(?:(?P<ms>{_NUMBER})ms)?",
-    re.ASCII,
-)
-_SECONDS_RE = re.compile(_NUMBER, re.ASCII)
-_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-_DURATION_FIX = "write it like 500ms, 10s, 5m, 1h, 1m30s, or as a number of seconds"
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 
@@ -138,39 +122,6 @@ class ExporterConfig:
     def index_price_interval(self) -> float:
         """``price_interval`` with its default applied (0: no index prices, no what-if figures)."""
         return self.cache_ttl if self.price_interval is None else self.price_interval
-
-
-def parse_duration(value: object, source: str, key: str) -> float:
-    """Seconds from ``"500ms"``, ``"10s"``, ``"5m"``, ``"1h"``, ``"1m30s"`` or a number of seconds.
-
-    Units come largest first, each at most once, as in Prometheus. A string holding only a number
-    (as every environment variable does) is seconds too. Negative, infinite and boolean values are
-    refused.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ConfigError(
-            source, key, f"must be a duration, got {yamlload.type_name(value)}", _DURATION_FIX
-        )
-    if isinstance(value, str):
-        text = value.strip()
-        if _SECONDS_RE.fullmatch(text):
-            return float(text)
-        match = _DURATION_RE.fullmatch(text)
-        if not text or match is None:
-            raise ConfigError(
-                source, key, f"{yamlload.show(value)} is not a duration", _DURATION_FIX
-            )
-        return sum(
-            float(number) * _UNIT_SECONDS[unit]
-            for unit, number in match.groupdict().items()
-            if number is not None
-        )
-    seconds = float(value)
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ConfigError(
-            source, key, f"{value!r} is not a duration", "use a finite, non-negative duration"
-        )
-    return seconds
 
 
 def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> ExporterConfig:
@@ -236,13 +187,17 @@ def _from_mapping(
         elsewhere=_ACCOUNT_KEYS,
         elsewhere_hint=("it belongs to one account: move it into an entry of the accounts: list"),
     )
-    cache_ttl, max_stale, timeout = _durations(
+    cache_ttl, max_stale, timeout = config_durations.durations(
         {name: (data.get(name), name) for name in ("cache_ttl", "max_stale", "timeout")},
         source,
         problems,
     )
-    price_interval = _price_interval(data.get("price_interval"), "price_interval", source, problems)
-    intervals = _intervals({key: (data.get(key), key) for key in INTERVALS}, source, problems)
+    price_interval = config_durations.price_interval(
+        data.get("price_interval"), "price_interval", source, problems
+    )
+    intervals = config_durations.intervals(
+        {key: (data.get(key), key) for key in INTERVALS}, source, problems
+    )
     default_url = problems.attempt(
         lambda: _base_url(
             data.get("base_url"),
@@ -477,7 +432,7 @@ def _from_environ(environ: Mapping[str, str]) -> ExporterConfig:
                 "set OKX_DEMO to true or false (or 1/0, yes/no)",
             )
         )
-    cache_ttl, max_stale, timeout = _durations(
+    cache_ttl, max_stale, timeout = config_durations.durations(
         {
             "cache_ttl": (environ.get("OKX_CACHE_TTL") or None, "OKX_CACHE_TTL"),
             "max_stale": (environ.get("OKX_MAX_STALE") or None, "OKX_MAX_STALE"),
@@ -486,10 +441,10 @@ def _from_environ(environ: Mapping[str, str]) -> ExporterConfig:
         source,
         problems,
     )
-    price_interval = _price_interval(
+    price_interval = config_durations.price_interval(
         environ.get("OKX_PRICE_INTERVAL") or None, "OKX_PRICE_INTERVAL", source, problems
     )
-    intervals = _intervals(
+    intervals = config_durations.intervals(
         {
             key: (environ.get(f"OKX_{key.upper()}") or None, f"OKX_{key.upper()}")
             for key in INTERVALS
@@ -592,108 +547,6 @@ def _check_keys(
                 fix,
             )
         )
-
-
-def _durations(
-    values: Mapping[str, tuple[object, str]], source: str, problems: yamlload.Problems
-) -> tuple[float, float, float]:
-    """cache_ttl, max_stale and timeout from (value or None, key) each, with their bounds.
-
-    Problems are recorded; the defaults stand in for values that are refused.
-    """
-    ttl_value, ttl_key = values["cache_ttl"]
-    stale_value, stale_key = values["max_stale"]
-    timeout_value, timeout_key = values["timeout"]
-
-    def parsed(value: object, key: str, default: float) -> float | None:
-        if value is None:
-            return default
-        return problems.attempt(lambda: parse_duration(value, source, key), None)
-
-    cache_ttl = parsed(ttl_value, ttl_key, DEFAULT_CACHE_TTL)
-    max_stale = parsed(stale_value, stale_key, DEFAULT_MAX_STALE)
-    timeout = parsed(timeout_value, timeout_key, DEFAULT_TIMEOUT)
-    if cache_ttl is not None and cache_ttl < MIN_CACHE_TTL:
-        problems.add(
-            ConfigError(
-                source,
-                ttl_key,
-                f"{_seconds(cache_ttl)} is too short",
-                f"raise {ttl_key} to at least {_seconds(MIN_CACHE_TTL)};"
-                " OKX allows 5 requests per 2 s",
-            )
-        )
-    if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
-        problems.add(
-            ConfigError(
-                source,
-                timeout_key,
-                f"{_seconds(timeout)} is out of range",
-                f"set {timeout_key} above 0 and at most {_seconds(MAX_TIMEOUT)}, e.g. 5s",
-            )
-        )
-    if cache_ttl is not None and max_stale is not None and max_stale < cache_ttl:
-        default = " (the default)" if stale_value is None else ""
-        problems.add(
-            ConfigError(
-                source,
-                stale_key,
-                f"{_seconds(max_stale)}{default} is shorter than {ttl_key} ({_seconds(cache_ttl)})",
-                f"raise {stale_key} to at least {ttl_key}",
-            )
-        )
-    return (
-        DEFAULT_CACHE_TTL if cache_ttl is None else cache_ttl,
-        DEFAULT_MAX_STALE if max_stale is None else max_stale,
-        DEFAULT_TIMEOUT if timeout is None else timeout,
-    )
-
-
-def _price_interval(
-    value: object, key: str, source: str, problems: yamlload.Problems
-) -> float | None:
-    """``price_interval``: None (not given: ``cache_ttl``), 0 (off) or at least 0.5 s."""
-    if value is None:
-        return None
-    interval = problems.attempt(lambda: parse_duration(value, source, key), None)
-    if interval is not None and 0 < interval < MIN_PRICE_INTERVAL:
-        problems.add(
-            ConfigError(
-                source,
-                key,
-                f"{_seconds(interval)} is too short",
-                f"set {key} to 0s (no index prices) or at least {_seconds(MIN_PRICE_INTERVAL)};"
-                " OKX allows 20 index-tickers requests per 2 s per IP",
-            )
-        )
-        return None
-    return interval
-
-
-def _intervals(
-    values: Mapping[str, tuple[object, str]], source: str, problems: yamlload.Problems
-) -> dict[str, float]:
-    """The secondary endpoints' intervals from (value or None, key) each: 0 (off) or >= 1 s."""
-    intervals = dict(INTERVALS)
-    for name, (value, key) in values.items():
-        if value is None:
-            continue
-        seconds = problems.attempt(functools.partial(parse_duration, value, source, key), None)
-        if seconds is None:
-            continue
-        if 0 < seconds < MIN_INTERVAL:
-            problems.add(
-                ConfigError(
-                    source,
-                    key,
-                    f"{_seconds(seconds)} is too short",
-                    f"set {key} to 0s (off) or at least {_seconds(MIN_INTERVAL)}, e.g. "
-                    f"{_seconds(INTERVALS[name])}",
-                )
-            )
-            continue
-        intervals[name] = seconds
-    return intervals
 
 
 def _base_url(
@@ -802,7 +655,3 @@ def _show_plain(value: object) -> str:
     if isinstance(value, str):
         return yamlload.show(value)
     return yamlload.type_name(value)
-
-
-def _seconds(value: float) -> str:
-    return f"{value:g}s"
