@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from okx_loan_exporter.activity_metrics import activity_families
 from okx_loan_exporter.cache import AccountSnapshot
+from okx_loan_exporter.position import Order
 from okx_loan_exporter.prices import STABLECOINS
 from okx_loan_exporter.stats import DURATION_BUCKETS, RequestStatsSnapshot
 from okx_loan_exporter.whatif import DROPS, order_risk
@@ -44,16 +45,32 @@ class LoanCollector(Collector):
         return []  # registering must never need OKX or a scrape
 
     def collect(self) -> Iterator[Metric]:
-        yield from _position_families(self._snapshots)
-        yield from _price_families(self._snapshots)
-        yield from activity_families(self._snapshots)
-        yield from _health_families(self._snapshots)
-        yield from _price_feed_families(self._snapshots)
-        build = GaugeMetricFamily(
-            "okx_loan_exporter_build_info", "The exporter's version; always 1.", labels=["version"]
-        )
-        build.add_metric([self._version], 1)
-        yield build
+        before, after = account_families(self._snapshots)
+        index_prices, tail = shared_families(self._snapshots, self._version)
+        yield from (*before, *index_prices, *after, *tail)
+
+
+def account_families(snapshots: Sequence[AccountSnapshot]) -> tuple[list[Metric], list[Metric]]:
+    """The per-account families, before and after the shared index prices in the body.
+
+    Always the same families in the same order, whatever the snapshots; each family lists the
+    series of one account after another, in the snapshots' order (what per-account rendering
+    relies on).
+    """
+    before = list(_position_families(snapshots))
+    after = [*_whatif_families(snapshots), *activity_families(snapshots)]
+    return before, [*after, *_health_families(snapshots)]
+
+
+def shared_families(
+    snapshots: Sequence[AccountSnapshot], version: str
+) -> tuple[list[Metric], list[Metric]]:
+    """The families of no single account: the index prices, then the public requests and build."""
+    build = GaugeMetricFamily(
+        "okx_loan_exporter_build_info", "The exporter's version; always 1.", labels=["version"]
+    )
+    build.add_metric([version], 1)
+    return [_index_price_family(snapshots)], [*_price_feed_families(snapshots), build]
 
 
 def _position_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
@@ -151,8 +168,8 @@ def _position_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]
     )
 
 
-def _price_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
-    """Index prices of the orders' currencies and the what-if figures of every order."""
+def _index_price_family(snapshots: Sequence[AccountSnapshot]) -> Metric:
+    """Index prices of the orders' currencies, each once, in the order orders first name them."""
     index_price = GaugeMetricFamily(
         "okx_loan_index_price",
         "OKX index price of a currency of some loan order, in the quote currency (OKX "
@@ -160,6 +177,30 @@ def _price_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
         "Refreshed at most once per price_interval.",
         labels=["currency", "quote"],
     )
+    priced: set[str] = set()
+    for _, _, quote, found in _priced_orders(snapshots):
+        for currency, price in found.items():
+            if currency not in priced:
+                priced.add(currency)
+                index_price.add_metric([currency, quote], price)
+    return index_price
+
+
+def _priced_orders(
+    snapshots: Sequence[AccountSnapshot],
+) -> Iterator[tuple[AccountSnapshot, Order, str, dict[str, float]]]:
+    """Every order with index prices: its account, the quote and its currencies' prices."""
+    for snapshot in snapshots:
+        position, feed = snapshot.position, snapshot.prices
+        if position is None or feed is None or feed.prices is None:
+            continue
+        prices = feed.prices
+        for order in position.orders:
+            yield snapshot, order, prices.quote, prices.of((*order.collateral, *order.loans))
+
+
+def _whatif_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
+    """The what-if figures of every order."""
 
     def whatif(name: str, text: str, *labels: str) -> GaugeMetricFamily:
         return GaugeMetricFamily(
@@ -193,34 +234,22 @@ def _price_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
         "LTV reaches marginCallLTV (0: already there; +Inf: no rise gets there).",
     )
     drop_labels = {drop: repr(drop) for drop in DROPS}
-    priced: set[str] = set()
-    for snapshot in snapshots:
-        position, feed = snapshot.position, snapshot.prices
-        if position is None or feed is None or feed.prices is None:
+    for snapshot, order, _, found in _priced_orders(snapshots):
+        risk = order_risk(order, found, STABLECOINS)
+        if risk is None:
             continue
-        prices = feed.prices
-        for order in position.orders:
-            found = prices.of((*order.collateral, *order.loans))
-            for currency, price in found.items():
-                if currency not in priced:
-                    priced.add(currency)
-                    index_price.add_metric([currency, prices.quote], price)
-            risk = order_risk(order, found, STABLECOINS)
-            if risk is None:
-                continue
-            labels = [snapshot.name, order.order_id]
-            for currency, value in risk.drop_to_liquidation.items():
-                drop_liquidation.add_metric([*labels, currency], value)
-            for currency, value in risk.drop_to_margin_call.items():
-                drop_margin_call.add_metric([*labels, currency], value)
-            for (currency, drop), value in risk.ltv_after_drop.items():
-                ltv_after.add_metric([*labels, currency, drop_labels[drop]], value)
-            for currency, value in risk.rise_to_liquidation.items():
-                rise_liquidation.add_metric([*labels, currency], value)
-            for currency, value in risk.rise_to_margin_call.items():
-                rise_margin_call.add_metric([*labels, currency], value)
+        labels = [snapshot.name, order.order_id]
+        for currency, value in risk.drop_to_liquidation.items():
+            drop_liquidation.add_metric([*labels, currency], value)
+        for currency, value in risk.drop_to_margin_call.items():
+            drop_margin_call.add_metric([*labels, currency], value)
+        for (currency, drop), value in risk.ltv_after_drop.items():
+            ltv_after.add_metric([*labels, currency, drop_labels[drop]], value)
+        for currency, value in risk.rise_to_liquidation.items():
+            rise_liquidation.add_metric([*labels, currency], value)
+        for currency, value in risk.rise_to_margin_call.items():
+            rise_margin_call.add_metric([*labels, currency], value)
     yield from (
-        index_price,
         drop_liquidation,
         drop_margin_call,
         ltv_after,
