@@ -4,7 +4,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-import pytest
+from price_scenarios import MIXED, exact
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -259,22 +259,6 @@ def priced(snap: AccountSnapshot, prices: dict[str, float], base_url="https://ww
         base_url, IndexPrices("USDT", prices), 1700000000.0, None, RequestStats().snapshot()
     )
     return dataclasses.replace(snap, prices=feed)
-
-
-def exact(value: float) -> object:
-    return pytest.approx(value, rel=1e-12, abs=0)
-
-
-MIXED = Order(
-    "7",
-    loan_notional_usd=40000.0,
-    collateral_notional_usd=80000.0,
-    current_ltv=0.5,
-    margin_call_ltv=0.7,
-    liquidation_ltv=0.8,
-    loans={"SOL": 200.0, "USDT": 10000.0},
-    collateral={"BTC": 1.0, "ETH": 10.0, "USDC": 10000.0},
-)
 
 
 def test_index_prices_and_what_if_families_per_order_and_currency():

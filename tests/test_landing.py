@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from price_scenarios import MIXED
 
 from okx_loan_exporter.cache import AccountCache, AccountSnapshot
 from okx_loan_exporter.landing import (
@@ -422,16 +423,7 @@ def test_page_links_the_endpoints_and_says_its_version():
 
 
 def test_smallest_drop_to_liquidation_per_order_from_index_prices():
-    mixed = Order(
-        "7",
-        loan_notional_usd=40000.0,
-        collateral_notional_usd=80000.0,
-        current_ltv=0.5,
-        margin_call_ltv=0.7,
-        liquidation_ltv=0.8,
-        loans={"SOL": 200.0, "USDT": 10000.0},
-        collateral={"BTC": 1.0, "ETH": 10.0, "USDC": 10000.0},
-    )
+    mixed = MIXED
     hedged = Order("9", 30000.0, 120000.0, 0.25, 0.7, 0.8, {"BTC": 0.5}, {"BTC": 1.0, "ETH": 20.0})
     unpriced = Order("11", 50.0, 100.0, 0.5, 0.7, 0.8, {"USDT": 50.0}, {"DOGE": 1000.0})
     prices = IndexPrices("USDT", {"BTC": 60000.0, "ETH": 3000.0, "SOL": 150.0})
