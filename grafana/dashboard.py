@@ -801,7 +801,7 @@ def health_row() -> list[Builder[model.Panel]]:
             "Per account and endpoint: requests the exporter sent to OKX per second "
             "(okx_loan_api_requests_total), summed over exporters. OKX allows 5 requests per 2 "
             "seconds per user and endpoint; the exporter sends loan-info at most once per "
-            "cache_ttl, each other endpoint on its own interval and never more than 2 per 2 "
+            "cache_ttl, each other endpoint on its own interval and never more than 1 per 2 "
             "seconds.",
             "reqps",
             [

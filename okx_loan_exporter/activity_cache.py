@@ -1,7 +1,11 @@
 """One account's secondary endpoints: when each is due, paced requests, and their last good values.
 
 loan-history, interest-accrued and the headroom pair (max-loan, max-collateral-redeem-amount) each
-run on their own interval (0 turns one off). A scrape starts what is due and never waits for it:
+run on their own interval (0 turns one off). The first fetch of each comes at the first scrape; the
+second comes after a fraction of the interval that is the account's own (its *phase*, from its
+name), then one interval after the one before: so a thousand accounts started together do not all
+ask again together, and from the first round on their requests spread evenly over each interval.
+A scrape starts what is due and never waits for it:
 the fetch runs on the cache's event loop and lands here for a later scrape. A failure is counted
 by the client's request observer, logged once per change with its hint, and keeps the last values,
 which are withheld once they are ``max_stale`` older than their refresh was due. None of this
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -95,6 +100,12 @@ class ActivitySnapshot:
     """(order, currency) -> maxRedeemAmt, for the orders and collateral of the position."""
 
 
+def phase_of(name: str) -> float:
+    """An account's phase: a fraction in (0, 1] from its name's SHA-256, the same at every start."""
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    return (int.from_bytes(digest[:8], "big") + 1) / 2**64
+
+
 class _Health:
     """One endpoint's last outcome, to log a failure once per change and a recovery once."""
 
@@ -148,8 +159,11 @@ class ActivityCache:
         clock: Callable[[], float] = time.time,
         pacer: Callable[[], Pacer] = Pacer,
         in_flight: asyncio.Semaphore | None = None,
+        phase: float | None = None,
     ) -> None:
         self.name = name
+        self.phase = phase_of(name) if phase is None else phase
+        """The fraction (0 to 1] of each interval between the first fetch and the second."""
         self._in_flight = in_flight if in_flight is not None else asyncio.Semaphore(IN_FLIGHT)
         self._source = source
         self._schedules = schedules
@@ -158,6 +172,7 @@ class ActivityCache:
         self._pacers = {endpoint: pacer() for endpoint in schedules.endpoints()}
         self._health = {endpoint: _Health(name, endpoint) for endpoint in schedules.endpoints()}
         self._next = dict.fromkeys(("history", "interest", "headroom"), 0.0)
+        self._started: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: set[str] = set()
         self._events = EventLedger() if schedules.history else None
@@ -190,7 +205,9 @@ class ActivityCache:
             if not self._due(job, position):
                 continue
             interval = getattr(self._schedules, job)
-            self._next[job] = self._clock() + interval
+            share = 1.0 if job in self._started else self.phase
+            self._started.add(job)
+            self._next[job] = self._clock() + interval * share
             self._running.add(job)
             task = asyncio.get_running_loop().create_task(self._guarded(job, run))
             self._tasks.add(task)

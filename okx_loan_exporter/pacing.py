@@ -1,7 +1,7 @@
-"""Spaces the requests to one OKX endpoint of one account: at most 2 in any window of 2 s.
+"""Spaces the requests to one OKX endpoint of one account: at most 1 in any window of 2 s.
 
-OKX allows 5 requests per 2 s per endpoint and user; the exporter keeps to 2, so that another
-program on the same key, or a retry after a clock correction, still fits.
+OKX allows 5 requests per 2 s per endpoint and user; the exporter keeps to 1 (as loan-info's TTL
+does), so that other programs on the same key, or a retry after a clock correction, still fit.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-REQUESTS_PER_WINDOW = 2
+REQUESTS_PER_WINDOW = 1
 WINDOW_SECONDS = 2.0
 MARGIN_SECONDS = 0.2
 """Kept between the sends that bound a window: a request reaches OKX a little after it is sent,

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from okx_loan_exporter.activity_cache import ActivityCache, Schedules
+from okx_loan_exporter.activity_cache import ActivityCache, Schedules, phase_of
 from okx_loan_exporter.cache import AccountCache
 from okx_loan_exporter.loan_records import BorrowHeadroom, HistoryRecord, InterestRecord
 from okx_loan_exporter.okx import FailureReason, OkxError
@@ -66,8 +66,10 @@ class FakeSource:
         return 0.5
 
 
-def make(clock: Clock, schedules: Schedules, sleeps: list[float] | None = None):
-    """The cache and its source; paced waits go to ``sleeps`` and move the clock if given."""
+def make(clock: Clock, schedules: Schedules, sleeps: list[float] | None = None, phase: float = 1.0):
+    """The cache and its source; paced waits go to ``sleeps`` and move the clock if given.
+
+    ``phase`` 1 keeps the second fetch of each endpoint one whole interval after the first."""
     source = FakeSource(clock)
 
     async def sleep(delay: float) -> None:
@@ -82,6 +84,7 @@ def make(clock: Clock, schedules: Schedules, sleeps: list[float] | None = None):
         max_stale=300.0,
         clock=clock,
         pacer=lambda: Pacer(clock=clock, sleep=sleep),
+        phase=phase,
     )
     return cache, source
 
@@ -115,7 +118,7 @@ def test_each_endpoint_on_its_own_schedule():
     assert sorted(call[0] for call in later) == ["history"] + ["max_loan"] * 3 + ["max_redeem"] * 3
 
 
-def test_headroom_asks_per_order_and_currency_paced_two_per_two_seconds():
+def test_headroom_asks_per_order_and_currency_paced_one_per_two_seconds():
     clock, sleeps = Clock(), []
 
     async def run() -> list[tuple[str, ...]]:
@@ -134,11 +137,37 @@ def test_headroom_asks_per_order_and_currency_paced_two_per_two_seconds():
     calls = asyncio.run(run())
     loans = [call[1:] for call in calls if call[0] == "max_loan"]
     assert [call[:2] for call in loans] == [("1", "USDT"), ("2", "USDC"), ("2", "USDT")]
-    assert sleeps, "the third max-loan call of the run was not held back"
+    assert sleeps, "the second max-loan call of the run was not held back"
     for endpoint in ("max_loan", "max_redeem"):
         times = [float(call[-1]) for call in calls if call[0] == endpoint]
         for start in times:
-            assert sum(start <= at < start + 2.0 for at in times) <= 2, (endpoint, times)
+            assert sum(start <= at < start + 2.0 for at in times) <= 1, (endpoint, times)
+
+
+def test_the_second_fetch_comes_after_the_accounts_phase_then_every_interval():
+    clock = Clock()
+
+    async def run() -> list[float]:
+        cache, source = make(clock, Schedules(history=60, interest=0, headroom=0), phase=0.25)
+        for _ in range(100):  # a scrape every second for 100 s
+            cache.start_due(POSITION)
+            await settle()
+            clock.now += 1
+        return [float(call[-1]) - 1_000.0 for call in source.calls]
+
+    assert asyncio.run(run()) == [0.0, 15.0, 75.0]
+
+
+def test_phases_spread_a_thousand_accounts_evenly_and_stay_the_same():
+    phases = [phase_of(f"acct-{index:04d}") for index in range(1000)]
+    assert all(0 < phase <= 1 for phase in phases)
+    deciles = [
+        sum(tenth / 10 < phase <= (tenth + 1) / 10 for phase in phases) for tenth in range(10)
+    ]
+    assert min(deciles) >= 70 and max(deciles) <= 130, deciles
+    assert phase_of("acct-0001") == phases[1]  # from the name alone: the same after a restart
+    cache = ActivityCache("acct-0001", FakeSource(Clock()), Schedules(), max_stale=1.0)
+    assert cache.phase == phases[1]
 
 
 def test_off_endpoints_are_never_called():

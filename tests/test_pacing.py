@@ -1,4 +1,5 @@
-"""The pacer: never more than 2 sends in any 2 s window (with a margin), callers in order."""
+"""The pacer: by default never more than 1 send in any 2 s window (with a margin), callers in
+order; any other limit holds the same way."""
 
 import asyncio
 
@@ -15,15 +16,21 @@ class Clock:
         return self.now
 
 
-def test_two_at_once_then_one_window_later():
+def test_by_default_one_send_per_window_with_its_margin():
     clock = Clock()
     pacer = Pacer(clock=clock)
+    assert [pacer.reserve() for _ in range(4)] == pytest.approx([0.0, 2.2, 4.4, 6.6])
+
+
+def test_two_at_once_then_one_window_later():
+    clock = Clock()
+    pacer = Pacer(2, clock=clock)
     assert [pacer.reserve() for _ in range(5)] == pytest.approx([0.0, 0.0, 2.2, 2.2, 4.4])
 
 
 def test_an_idle_pacer_sends_at_once_again():
     clock = Clock()
-    pacer = Pacer(clock=clock)
+    pacer = Pacer(2, clock=clock)
     pacer.reserve(), pacer.reserve()
     clock.now += 2.2
     assert pacer.reserve() == 0.0
@@ -32,7 +39,8 @@ def test_an_idle_pacer_sends_at_once_again():
     assert pacer.reserve() == pytest.approx(1.7)  # the older of the last two sends + 2.2 s
 
 
-def test_no_window_ever_holds_more_than_two_sends():
+@pytest.mark.parametrize("limit", [1, 2])
+def test_no_window_ever_holds_more_than_the_limit(limit):
     clock = Clock()
     sends: list[float] = []
 
@@ -40,7 +48,7 @@ def test_no_window_ever_holds_more_than_two_sends():
         clock.now += delay
 
     async def run() -> None:
-        pacer = Pacer(clock=clock, sleep=sleep)
+        pacer = Pacer(limit, clock=clock, sleep=sleep)
         for step in (0.0, 0.1, 0.0, 0.7, 0.0, 0.0, 3.0, 0.0, 0.0, 0.0):
             clock.now += step
             await pacer.wait_turn()
@@ -48,4 +56,5 @@ def test_no_window_ever_holds_more_than_two_sends():
 
     asyncio.run(run())
     for start in sends:
-        assert sum(start <= at < start + 2.0 for at in sends) <= 2, sends
+        assert sum(start <= at < start + 2.0 for at in sends) <= limit, sends
+    assert len(sends) == 10
