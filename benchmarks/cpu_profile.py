@@ -1,7 +1,8 @@
 """Where the CPU goes in the 1,000-account steady state: py-spy samples grouped by component.
 
 The exporter serves 1,000 accounts from the HTTPS simulator (50 ms latency) with ``cache_ttl:
-10s`` and is scraped every 15 s, as in the scaling benchmark's steady state. ``py-spy record``
+10s`` and is scraped every 15 s, as in the scaling benchmark's steady state: after the same
+warm-up (the secondary endpoints' first round for every account), ``py-spy record``
 (``pip install py-spy``; a development tool, not a dependency) samples every thread for the
 measured scrapes; each busy sample is given to the component of the innermost frame that belongs
 to one (TLS, the HTTP client stack, asyncio, rendering, the exporter's own code...). Without py-spy
@@ -27,6 +28,7 @@ from benchmarks.common import (
     simulator,
     write_config,
 )
+from benchmarks.scaling import warm_up
 
 ACCOUNTS = 1000
 LATENCY = 0.05
@@ -97,7 +99,7 @@ def summarise(raw: str) -> tuple[int, dict[str, int], dict[str, collections.Coun
 
 def run(quick: bool = False) -> tuple[dict[str, Any], list[Table]]:
     pyspy = shutil.which("py-spy")
-    scrapes = 2 if quick else 3
+    scrapes = 4 if quick else 8
     results: dict[str, Any] = {"accounts": ACCOUNTS, "scrapes": scrapes, "py_spy": bool(pyspy)}
     table = Table(
         f"5. Profile of the steady state ({ACCOUNTS} accounts over HTTPS, cache_ttl {TTL:g}s "
@@ -118,7 +120,8 @@ def run(quick: bool = False) -> tuple[dict[str, Any], list[Table]]:
         port = free_port()
         with serve(exporter_argv(config, port), port) as exporter:
             first = time.monotonic()
-            http_get(port, "/metrics", timeout=120)
+            warmed, _ = warm_up(port, ACCOUNTS, first)
+            first += warmed * SCRAPE_INTERVAL
             duration = scrapes * SCRAPE_INTERVAL + 1
             recorder = subprocess.Popen(
                 [
