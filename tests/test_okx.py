@@ -240,6 +240,44 @@ def test_okx_message_echoing_a_secret_is_withheld():
     assert "withheld" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "echoed", ["key-7Hq2Lm", "cret-Zp4R", "ss-Yv8Kd3", "key-NEW9q1", "new-Ab5Cd7Ef", "pw-Gh6Jk8"]
+)
+@respx.mock
+def test_after_a_rotation_old_and_new_keys_are_both_withheld(echoed):
+    respx.get(BASE + LOAN_INFO_PATH).mock(
+        return_value=okx_error("50111", 401, f"API key {echoed} doesn't exist")
+    )
+
+    async def run() -> OkxError:
+        async with httpx.AsyncClient() as http:
+            client = OkxClient(http, BASE, CREDENTIALS, clock=lambda: FIXED_TIME)
+            client.use_credentials(Credentials("key-NEW9q1", "new-Ab5Cd7Ef", "pw-Gh6Jk8"))
+            client.use_credentials(Credentials("key-NEW9q1", "new-Ab5Cd7Ef", "pw-Gh6Jk8"))
+            with pytest.raises(OkxError) as caught:
+                await client.loan_info()
+            return caught.value
+
+    error = asyncio.run(run())
+    assert echoed not in str(error) and "withheld" in str(error)
+
+
+def test_fragments_are_every_six_characters_of_every_secret():
+    short = Credentials("abc", "0123456", "passphrase")
+    assert short.fragments() == {
+        "abc",
+        "012345",
+        "123456",
+        "passph",
+        "assphr",
+        "ssphra",
+        "sphras",
+        "phrase",
+    }
+    assert short.appear_in("x 123456 y") and not short.appear_in("12345 and abcd")
+    assert short.appear_in("abcd")  # a secret of six characters or fewer is matched whole
+
+
 @pytest.mark.parametrize("ts", ["0", "99999999999999999", "1e400", "-5", " 1", 1607418597715])
 @respx.mock
 def test_implausible_public_time_is_refused_not_applied(ts):
