@@ -5,8 +5,9 @@ run on their own interval (0 turns one off). The first fetch of each comes at th
 second comes after a fraction of the interval that is the account's own (its *phase*, from its
 name), then one interval after the one before: so a thousand accounts started together do not all
 ask again together, and from the first round on their requests spread evenly over each interval.
-A scrape starts what is due and never waits for it:
-the fetch runs on the cache's event loop and lands here for a later scrape. A failure is counted
+What is due is started by a scrape, and between scrapes by the exporter's once-a-second tick (while
+it is scraped); nobody waits for it: the fetch runs on the cache's event loop and lands here for a
+later scrape. A failure is counted
 by the client's request observer, logged once per change with its hint, and keeps the last values,
 which are withheld once they are ``max_stale`` older than their refresh was due. None of this
 touches ``okx_loan_up``, which stays loan-info's. Nothing here knows about HTTP or Prometheus.
@@ -173,6 +174,8 @@ class ActivityCache:
         self._health = {endpoint: _Health(name, endpoint) for endpoint in schedules.endpoints()}
         self._next = dict.fromkeys(("history", "interest", "headroom"), 0.0)
         self._started: set[str] = set()
+        self._soonest = 0.0
+        """The earliest of ``_next``: nothing is due before it."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._running: set[str] = set()
         self._events = EventLedger() if schedules.history else None
@@ -196,6 +199,8 @@ class ActivityCache:
 
     def start_due(self, position: Position | None) -> None:
         """Start each due fetch as a task on the running loop; never waits for one."""
+        if self._clock() < self._soonest:
+            return  # the common case, a thousand times a second at 1,000 accounts: be quick
         jobs: dict[str, Callable[[], Awaitable[None]]] = {
             "history": self._fetch_history,
             "interest": self._fetch_interest,
@@ -208,6 +213,7 @@ class ActivityCache:
             share = 1.0 if job in self._started else self.phase
             self._started.add(job)
             self._next[job] = self._clock() + interval * share
+            self._soonest = min(self._next.values())
             self._running.add(job)
             task = asyncio.get_running_loop().create_task(self._guarded(job, run))
             self._tasks.add(task)

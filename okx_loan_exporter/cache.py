@@ -394,8 +394,7 @@ class PositionCache:
                 await asyncio.wait(price_tasks, timeout=left)
         # After loan-info's wait, so that they never compete with it for connections; the next
         # scrape (or this one's snapshot, if they are quick) shows what they bring.
-        for account in self.accounts:
-            account.start_activity()
+        self.start_activity()
         prices = self._prices()
         return [
             account.snapshot(
@@ -404,6 +403,11 @@ class PositionCache:
             )
             for account in self.accounts
         ]
+
+    def start_activity(self) -> None:
+        """Start every account's due secondary fetches; nobody waits for them (on the loop)."""
+        for account in self.accounts:
+            account.start_activity()
 
     def _prices(self) -> dict[str, PriceSnapshot]:
         return {} if self.prices is None else self.prices.by_account()
