@@ -741,20 +741,20 @@ def health_row() -> list[Builder[model.Panel]]:
     def per_account_rate(name: str, by: str = "account") -> str:
         return f"sum by ({by}) (rate({account_series(name)}[$__rate_interval]))"
 
-    def latency(quantile: str) -> prometheus.Dataquery:
-        buckets = per_account_rate("okx_loan_api_request_duration_seconds_bucket", "account, le")
-        return query(
-            f"histogram_quantile({quantile}, {buckets})",
-            f"{{{{account}}}} p{quantile[2:].ljust(2, '0')}",
-            chr(ord("A") + ["0.5", "0.9", "0.99"].index(quantile)),
-        )
-
     requests = per_account_rate("okx_loan_api_requests_total")
     failures = per_account_rate("okx_loan_api_request_failures_total")
     exporter = _EXPORTER
 
     def public_rate(name: str, by: str) -> str:
         return f"sum by ({by}) (rate({name}{{{exporter}}}[$__rate_interval]))"
+
+    def latency(quantile: str) -> prometheus.Dataquery:
+        buckets = public_rate("okx_loan_api_request_duration_seconds_bucket", "endpoint, le")
+        return query(
+            f"histogram_quantile({quantile}, {buckets})",
+            f"{{{{endpoint}}}} p{quantile[2:].ljust(2, '0')}",
+            chr(ord("A") + ["0.5", "0.9", "0.99"].index(quantile)),
+        )
 
     return [
         up_down_stat(
@@ -844,9 +844,10 @@ def health_row() -> list[Builder[model.Panel]]:
         .max(1),
         graph_panel(
             "OKX request latency",
-            "Per account: the 50th, 90th and 99th percentile of the time a loan-info request to "
-            "OKX took, from the okx_loan_api_request_duration_seconds histogram. Requests slower "
-            "than the exporter's timeout count as failures (timeout).",
+            "Per endpoint, over all the exporter's accounts (OKX's latency is no account's, so "
+            "the account picker does not apply): the 50th, 90th and 99th percentile of the time "
+            "a request to OKX took, from the okx_loan_api_request_duration_seconds histogram. "
+            "Requests slower than the exporter's timeout count as failures (timeout).",
             "s",
             [latency("0.5"), latency("0.9"), latency("0.99")],
             width=12,

@@ -21,9 +21,10 @@ from prometheus_client.registry import Collector
 
 from okx_loan_exporter.activity_metrics import activity_families
 from okx_loan_exporter.cache import AccountSnapshot
+from okx_loan_exporter.okx import Endpoint
 from okx_loan_exporter.position import Order
 from okx_loan_exporter.prices import STABLECOINS
-from okx_loan_exporter.stats import DURATION_BUCKETS, RequestStatsSnapshot
+from okx_loan_exporter.stats import DURATION_BUCKETS, EndpointStats, RequestStatsSnapshot
 from okx_loan_exporter.whatif import DROPS, order_risk
 
 CACHED = "Cached: refreshed from OKX at most once per cache_ttl."
@@ -65,12 +66,14 @@ def account_families(snapshots: Sequence[AccountSnapshot]) -> tuple[list[Metric]
 def shared_families(
     snapshots: Sequence[AccountSnapshot], version: str
 ) -> tuple[list[Metric], list[Metric]]:
-    """The families of no single account: the index prices, then the public requests and build."""
+    """The families of no single account: the index prices, then the request durations summed
+    over the accounts, the public requests and build."""
     build = GaugeMetricFamily(
         "okx_loan_exporter_build_info", "The exporter's version; always 1.", labels=["version"]
     )
     build.add_metric([version], 1)
-    return [_index_price_family(snapshots)], [*_price_feed_families(snapshots), build]
+    tail = [_request_duration_family(snapshots), *_price_feed_families(snapshots), build]
+    return [_index_price_family(snapshots)], tail
 
 
 def _position_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
@@ -282,11 +285,6 @@ def _health_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
         "start; other endpoints: a reason once it happened).",
         labels=["account", "endpoint", "reason"],
     )
-    duration = HistogramMetricFamily(
-        "okx_loan_api_request_duration_seconds",
-        "Round-trip time of requests to OKX, by endpoint (from its first request).",
-        labels=["account", "endpoint"],
-    )
     connections = CounterMetricFamily(
         "okx_loan_api_connections_opened",
         "Connections opened to OKX for the account's requests, each a TCP connect and, over "
@@ -312,11 +310,37 @@ def _health_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
         up.add_metric(account, 1 if snapshot.up else 0)
         if snapshot.last_success is not None:
             last_success.add_metric(account, snapshot.last_success)
-        _add_requests((requests, failures, duration), account, snapshot.requests)
+        _add_counts((requests, failures), account, snapshot.requests)
         connections.add_metric(account, snapshot.connections.opened)
         retries.add_metric(account, snapshot.connections.retries)
         offset.add_metric(account, snapshot.clock_offset)
-    yield from (up, last_success, requests, failures, duration, connections, retries, offset)
+    yield from (up, last_success, requests, failures, connections, retries, offset)
+
+
+def _request_duration_family(snapshots: Sequence[AccountSnapshot]) -> Metric:
+    """One histogram per endpoint, summed over the accounts: OKX's latency is no account's.
+
+    An endpoint shows once some account sent it a request. Runs on every scrape after a request,
+    so the buckets are summed as tuples, with no object per account.
+    """
+    duration = HistogramMetricFamily(
+        "okx_loan_api_request_duration_seconds",
+        "Round-trip time of requests to OKX, by endpoint, over all the exporter's accounts "
+        "(from the endpoint's first request).",
+        labels=["endpoint"],
+    )
+    called: dict[Endpoint, list[EndpointStats]] = {}
+    for snapshot in snapshots:
+        for endpoint, tally in snapshot.requests.endpoints.items():
+            if tally.requests:
+                called.setdefault(endpoint, []).append(tally)
+    for endpoint in Endpoint:
+        tallies = called.get(endpoint)
+        if tallies:
+            buckets = map(sum, zip(*(tally.bucket_counts for tally in tallies), strict=True))
+            total = sum(tally.duration_sum for tally in tallies)
+            duration.add_metric([endpoint.value], _cumulative(buckets), total)
+    return duration
 
 
 def _price_feed_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
@@ -350,27 +374,34 @@ def _price_feed_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metri
         labels=["base_url"],
     )
     for label, feed in feeds.items():
-        _add_requests((requests, failures, duration), [label], feed.requests)
+        _add_counts((requests, failures), [label], feed.requests)
+        for endpoint, tally in feed.requests.endpoints.items():
+            if tally.requests:
+                labels = [label, endpoint.value]
+                duration.add_metric(labels, _cumulative(tally.bucket_counts), tally.duration_sum)
         if feed.last_success is not None:
             last_success.add_metric([label], feed.last_success)
     yield from (requests, failures, duration, last_success)
 
 
-def _add_requests(
-    families: tuple[CounterMetricFamily, CounterMetricFamily, HistogramMetricFamily],
+def _add_counts(
+    families: tuple[CounterMetricFamily, CounterMetricFamily],
     owner: list[str],
     stats: RequestStatsSnapshot,
 ) -> None:
-    """One set of request series per endpoint of ``stats``, labelled ``owner`` + endpoint."""
-    requests, failures, duration = families
+    """The request and failure counters of each endpoint of ``stats``, labelled ``owner`` +
+    endpoint."""
+    requests, failures = families
     for endpoint, tally in stats.endpoints.items():
         labels = [*owner, endpoint.value]
         requests.add_metric(labels, tally.requests)
         for reason, count in tally.failures.items():
             failures.add_metric([*labels, reason.value], count)
-        if tally.requests:
-            cumulative = list(zip(_BUCKET_BOUNDS, accumulate(tally.bucket_counts), strict=True))
-            duration.add_metric(labels, cumulative, tally.duration_sum)
+
+
+def _cumulative(bucket_counts: Iterable[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts as a histogram's (``le``, cumulative count) pairs."""
+    return list(zip(_BUCKET_BOUNDS, accumulate(bucket_counts), strict=True))
 
 
 def _add_present(family: GaugeMetricFamily, labels: list[str], value: float | None) -> None:

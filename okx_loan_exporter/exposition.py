@@ -127,8 +127,9 @@ class RenderCache:
     every per-account family are kept as bytes, keyed by the account's snapshot and the format,
     and rendered again only when that snapshot changed (see :func:`_same_snapshot`); the body is
     assembled from them family by family, with the few families of no single account (index
-    prices, public requests, build) rendered whole. Safe to call from many threads; a scrape that
-    finds another rendering waits and reuses its text.
+    prices, request durations summed over the accounts, public requests, build) rendered whole.
+    Safe to call from many threads; a scrape that finds another rendering waits and reuses its
+    text.
     """
 
     def __init__(self, version: str) -> None:
@@ -140,11 +141,12 @@ class RenderCache:
         self._headers: dict[tuple[str, str, str, str, str], bytes] = {}
         self._accounts: dict[str, _AccountLines] = {}
         self._deflated: dict[str, dict[bytes, bytes]] = {}
+        """Per format, the deflate blocks of the latest compressed segments, by their text."""
         self._groups: dict[str, list[tuple[tuple[tuple[bytes, ...], ...], list[bytes]]]] = {}
         """Per format, each group of accounts' lines and their text per family (a segment)."""
         self._shared: dict[str, tuple[tuple[object, ...], tuple[bytes, bytes]]] = {}
-        """Per format, the positions and price snapshots the shared families were rendered for."""
-        """Per format, the deflate blocks of the latest compressed segments, by their text."""
+        """Per format, the positions, price and request snapshots the shared families were
+        rendered for."""
 
     def render(
         self,
@@ -263,10 +265,14 @@ class RenderCache:
     def _shared_text(
         self, encoder: Encoder, content_type: str, trailer: bytes
     ) -> tuple[bytes, bytes] | None:
-        """The families of no single account, rendered again only when a position or a price
-        snapshot changed (they depend on nothing else)."""
+        """The families of no single account, rendered again only when a position, a price or
+        a request snapshot changed (they depend on nothing else)."""
         snapshots = self._snapshots
-        key = tuple(item for snapshot in snapshots for item in (snapshot.position, snapshot.prices))
+        key = tuple(
+            item
+            for snapshot in snapshots
+            for item in (snapshot.position, snapshot.prices, snapshot.requests)
+        )
         kept = self._shared.get(content_type)
         if kept is not None and _same_lines(kept[0], key):
             return kept[1]

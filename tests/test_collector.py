@@ -4,6 +4,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
 from price_scenarios import MIXED, exact
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -189,10 +190,40 @@ def test_down_account_without_position_keeps_health_series_only():
     assert "okx_loan_active{" not in text and "okx_loan_ltv_ratio{" not in text
     assert value("okx_loan_api_requests_total", LOAN_INFO) == 2
     assert value("okx_loan_api_request_failures_total", {**LOAN_INFO, "reason": "auth"}) == 1
-    assert value("okx_loan_api_request_duration_seconds_count", LOAN_INFO) == 2
-    assert value("okx_loan_api_request_duration_seconds_bucket", {**LOAN_INFO, "le": "0.05"}) == 1
-    assert value("okx_loan_api_request_duration_seconds_bucket", {**LOAN_INFO, "le": "+Inf"}) == 2
-    assert abs(value("okx_loan_api_request_duration_seconds_sum", LOAN_INFO) - 0.24) < 1e-9
+    loan_info = {"endpoint": "loan_info"}  # the histogram is per endpoint, of no account
+    assert value("okx_loan_api_request_duration_seconds_count", loan_info) == 2
+    assert value("okx_loan_api_request_duration_seconds_bucket", {**loan_info, "le": "0.05"}) == 1
+    assert value("okx_loan_api_request_duration_seconds_bucket", {**loan_info, "le": "+Inf"}) == 2
+    assert abs(value("okx_loan_api_request_duration_seconds_sum", loan_info) - 0.24) < 1e-9
+
+
+def test_request_durations_are_summed_over_the_accounts_per_endpoint():
+    first, second = RequestStats(), RequestStats()
+    for duration in (0.01, 0.03, 0.7):
+        first.observe(Endpoint.LOAN_INFO, duration, None)
+    second.observe(Endpoint.LOAN_INFO, 0.2, FailureReason.TIMEOUT)
+    second.observe(Endpoint.LOAN_INFO, 12.0, None)
+    second.observe(Endpoint.MAX_LOAN, 0.06, None)  # an endpoint only one account called
+    _, text = render(snapshot(stats=first), snapshot(name="other", stats=second))
+    (histogram,) = (
+        family
+        for family in text_string_to_metric_families(text)
+        if family.name == "okx_loan_api_request_duration_seconds"
+    )
+    samples = {
+        (s.name.rpartition("_")[2], s.labels["endpoint"], s.labels.get("le")): s.value
+        for s in histogram.samples
+    }
+    assert {frozenset(s.labels) - {"le"} for s in histogram.samples} == {frozenset({"endpoint"})}
+    bounds = ["0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0", "+Inf"]
+    loan_info = [1, 2, 2, 3, 3, 4, 4, 4, 4, 5]  # cumulative, both accounts' requests
+    assert [samples["bucket", "loan_info", le] for le in bounds] == loan_info
+    assert samples["count", "loan_info", None] == 5
+    assert samples["sum", "loan_info", None] == pytest.approx(0.01 + 0.03 + 0.7 + 0.2 + 12.0)
+    assert [samples["bucket", "max_loan", le] for le in bounds] == [0, 0, 1, 1, 1, 1, 1, 1, 1, 1]
+    assert samples["count", "max_loan", None] == 1
+    assert samples["sum", "max_loan", None] == 0.06
+    assert {endpoint for _, endpoint, _ in samples} == {"loan_info", "max_loan"}  # no public_time
 
 
 def test_every_failure_reason_exported_from_the_start():

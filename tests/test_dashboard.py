@@ -35,7 +35,8 @@ DASHBOARD_CODE = ROOT / "grafana" / "dashboard.py"
 RULES_FILES = [ROOT / "examples" / "prometheus" / "rules.yml"]
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
-#: Series without an account label: Prometheus's own `up`, and the exporter's build info.
+#: Series without an account label: Prometheus's own `up`, the exporter's build info, the index
+#: prices, the public requests and the request durations (summed over the accounts).
 WITHOUT_ACCOUNT = {
     "up",
     "okx_loan_exporter_build_info",
@@ -44,6 +45,7 @@ WITHOUT_ACCOUNT = {
     "okx_loan_public_api_request_failures_total",
     "okx_loan_public_api_request_duration_seconds_bucket",
     "okx_loan_index_prices_last_success_timestamp_seconds",
+    "okx_loan_api_request_duration_seconds_bucket",
 }
 #: Labels a query may pick one value of, besides the pickers: the what-if scenario's drop.
 SCENARIO_LABELS = {"okx_loan_ltv_after_price_drop_ratio": "drop"}
@@ -498,6 +500,12 @@ def test_exporter_health() -> None:
         "histogram_quantile"
     }
     assert len(latency["targets"]) >= 3 and latency["fieldConfig"]["defaults"]["unit"] == "s"
+    # one histogram per endpoint, summed over the accounts: grouped and named by endpoint
+    assert all(
+        "sum by (endpoint, le) (rate(okx_loan_api_request_duration_seconds_bucket{" in t["expr"]
+        and t["legendFormat"].startswith("{{endpoint}} p")
+        for t in latency["targets"]
+    )
     assert find_panels({"timeseries"}, "okx_loan_clock_offset_seconds")
 
 

@@ -44,6 +44,7 @@ from okx_loan_exporter.exposition import (
     Exposition,
     ProcessMetrics,
     RenderCache,
+    Rendered,
 )
 from okx_loan_exporter.okx import Endpoint, FailureReason
 from okx_loan_exporter.position import NO_LOAN, Order, Position, parse_loan_info
@@ -256,6 +257,42 @@ def test_every_change_the_collector_would_show_renders_again():
     assert seen[3] != seen[4]  # the currency order changed, so the text did
     assert len(set(seen[3:])) == len(seen) - 3
     assert seen[-3] != seen[-2] != seen[-1]
+
+
+def test_a_request_of_one_account_renders_the_summed_durations_again():
+    """The request-duration histogram is summed over the accounts, among the families of no
+    single account: one account's new request must show in it though no position or price
+    changed."""
+    cache = RenderCache(__version__)
+    encoder, content_type = choose_encoder(None)
+    prices = golden_prices()
+    tallies = {name: RequestStats() for name in ("a", "b")}
+    for tally in tallies.values():
+        tally.observe(Endpoint.LOAN_INFO, 0.03, None)
+
+    def scrape() -> Rendered:
+        snapshots = [
+            snapshot(name, TWO_ORDERS, requests=tally.snapshot(), prices=prices)
+            for name, tally in tallies.items()
+        ]
+        rendered = cache.render(snapshots, encoder, content_type, compressed=True)
+        assert rendered is not None
+        expected = encoder(LoanCollector(snapshots, __version__))
+        assert rendered.families + rendered.trailer == expected
+        assert gzip.decompress(rendered.gzip(rendered.trailer)) == expected
+        return rendered
+
+    rendered = scrape()
+    assert scrape() is rendered  # nothing changed: the same rendering
+    first = rendered.families
+    tallies["b"].observe(Endpoint.LOAN_INFO, 0.7, None)
+    tallies["b"].observe(Endpoint.MAX_LOAN, 0.2, None)
+    second = scrape().families
+    assert b'okx_loan_api_request_duration_seconds_count{endpoint="loan_info"} 2.0' in first
+    assert b'okx_loan_api_request_duration_seconds_count{endpoint="loan_info"} 3.0' in second
+    assert b'okx_loan_api_request_duration_seconds_bucket{endpoint="max_loan",le="+Inf"} 1.0' in (
+        second
+    )
 
 
 amounts = st.dictionaries(
