@@ -10,6 +10,7 @@ import bisect
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from okx_loan_exporter.okx import Endpoint, FailureReason
 
@@ -47,20 +48,39 @@ class RequestStatsSnapshot:
     endpoints: Mapping[Endpoint, EndpointStats]
 
 
+_NO_FAILURES: Mapping[FailureReason, int] = MappingProxyType(dict.fromkeys(FailureReason, 0))
+"""Every reason at 0: shared by every endpoint of :data:`EVERY_REASON` that never failed."""
+
+
 class _Tally:
-    __slots__ = ("buckets", "duration_sum", "failures", "requests")
+    """One endpoint's counts; ``failures`` holds only the reasons that happened (memory: six
+    tallies per account)."""
+
+    __slots__ = ("buckets", "duration_sum", "failures", "frozen_stats", "requests")
 
     def __init__(self) -> None:
         self.requests = 0
-        self.failures = dict.fromkeys(FailureReason, 0)
+        self.failures: dict[FailureReason, int] = {}
         self.buckets = [0] * (len(DURATION_BUCKETS) + 1)
         self.duration_sum = 0.0
+        self.frozen_stats: EndpointStats | None = None
+        """The counts as last frozen; None after a change."""
 
     def frozen(self, every_reason: bool) -> EndpointStats:
-        failures = {
-            reason: count for reason, count in self.failures.items() if every_reason or count
-        }
-        return EndpointStats(self.requests, failures, tuple(self.buckets), self.duration_sum)
+        if self.frozen_stats is None:
+            if every_reason and not self.failures:
+                failures = _NO_FAILURES
+            else:
+                known = self.failures
+                failures = {
+                    reason: known.get(reason, 0)
+                    for reason in FailureReason
+                    if every_reason or reason in known
+                }
+            self.frozen_stats = EndpointStats(
+                self.requests, failures, tuple(self.buckets), self.duration_sum
+            )
+        return self.frozen_stats
 
 
 class RequestStats:
@@ -93,7 +113,8 @@ class RequestStats:
             tally.buckets[index] += 1
             tally.duration_sum += duration
             if failure is not None:
-                tally.failures[failure] += 1
+                tally.failures[failure] = tally.failures.get(failure, 0) + 1
+            tally.frozen_stats = None
             self._snapshot = None
 
     def snapshot(self) -> RequestStatsSnapshot:
