@@ -4,7 +4,8 @@ Two runs of 200 concurrent scrapers against generated accounts (one order, one t
 collateral currencies each). With the default intervals (history 1m, interest 10m, headroom 5m)
 every endpoint is asked once in the run, whatever the scrapers do, and no endpoint of any account
 sees more than 1 request in any 2 s (the pacer; OKX allows 5). The second run has every interval
-30 times shorter (2s, 20s, 10s) and checks that the schedule makes the calls it should: the
+20 times shorter (3s, 30s, 15s: the shortest above the pacer's 2.2 s after the previous
+answer) and checks that the schedule makes the calls it should: the
 requests per hour with the defaults are the calls of one fetch times 3600 / interval. The
 simulator counts per endpoint and account (``GET /sim/stats``: ``endpoints``).
 """
@@ -29,7 +30,7 @@ from benchmarks.common import (
 ACCOUNTS = 5
 SCRAPERS = 200
 DEFAULTS = {"history_interval": 60.0, "interest_interval": 600.0, "headroom_interval": 300.0}
-SCALE = 30
+SCALE = 20
 ENDPOINTS = {  # the simulator's name -> (the exporter's label, the interval key)
     "loan-history": ("loan_history", "history_interval"),
     "interest-accrued": ("interest_accrued", "interest_interval"),

@@ -263,7 +263,8 @@ class ActivityCache:
             self._version += 1
 
     async def _call(self, endpoint: Endpoint, call: Callable[[], Awaitable[T]]) -> T | None:
-        await self._pacers[endpoint].wait_turn()
+        pacer = self._pacers[endpoint]
+        await pacer.wait_turn()
         offset = self._source.clock_offset
         try:
             async with self._in_flight:
@@ -272,6 +273,7 @@ class ActivityCache:
             self._health[endpoint].failed(error, self._interval_of(endpoint))
             return None
         finally:
+            pacer.finished()  # an endpoint's calls of one account come one after another
             if self.on_clock_correction is not None:
                 self.on_clock_correction(offset)
         self._health[endpoint].succeeded()

@@ -45,6 +45,13 @@ class Pacer:
         self._sent.append(at)
         return at - now
 
+    def finished(self) -> None:
+        """Count the latest request's window from its end: one that waited after its turn (for a
+        connection of the pool, or a slot) reached OKX later than booked, and the next one must
+        not arrive within the window of it."""
+        if self._sent:
+            self._sent[-1] = max(self._sent[-1], self._clock())
+
     async def wait_turn(self) -> None:
         """Wait until this caller may send; callers are served in the order they asked."""
         delay = self.reserve()

@@ -58,3 +58,15 @@ def test_no_window_ever_holds_more_than_the_limit(limit):
     for start in sends:
         assert sum(start <= at < start + 2.0 for at in sends) <= limit, sends
     assert len(sends) == 10
+
+
+def test_a_request_that_ended_late_counts_its_window_from_its_end():
+    clock = Clock()
+    pacer = Pacer(clock=clock)
+    assert pacer.reserve() == 0.0
+    clock.now += 1.5  # it waited for a connection, then for its answer
+    pacer.finished()
+    assert pacer.reserve() == pytest.approx(2.2)  # 2.2 s after it ended, not after it was booked
+    clock.now += 2.2
+    pacer.finished()  # on time: nothing moves
+    assert pacer.reserve() == pytest.approx(2.2)
