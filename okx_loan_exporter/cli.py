@@ -24,6 +24,7 @@ from okx_loan_exporter import __version__
 from okx_loan_exporter.config import ConfigError, ExporterConfig, config_from_dict, load_config
 from okx_loan_exporter.listen import parse_listen_address, raise_open_file_limit
 from okx_loan_exporter.logs import LOG_FORMATS, LOG_LEVELS, JsonFormatter, setup_logging
+from okx_loan_exporter.memory import keep_large_buffers_out_of_the_heap
 from okx_loan_exporter.server import (
     MAX_CONNECTIONS,
     ConnectionStats,
@@ -184,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     thresholds = gc.get_threshold()
     gc.set_threshold(*GC_THRESHOLDS)
+    keep_large_buffers_out_of_the_heap()
     try:
         return _serve(args, config, watcher, shard)
     finally:
