@@ -36,6 +36,10 @@ GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 ACCOUNTS_PER_SEGMENT = 32
 """Accounts whose lines of one family are compressed together: a changed account costs its
 group's pieces (about 30 x 6 KB) compressed again."""
+Segment = bytes | tuple[bytes, ...]
+"""A piece of the families' text: whole bytes (a header, the shared families), or the lines of one
+family for a group of accounts, kept as the accounts' own pieces (joined only when needed, so the
+text is not held twice)."""
 Encoder = Callable[[Collector], bytes]
 """Renders a collector's families in one exposition format, as ``choose_encoder`` returns it."""
 Headers = list[tuple[str, str]]
@@ -97,8 +101,9 @@ class Rendered:
     """The ``okx_loan_`` families in one format, with the format's trailer; ``families +
     trailer`` is the whole rendering."""
 
-    segments: list[bytes]
-    """The families' text in pieces (a few accounts' lines of one family each)."""
+    segments: list[Segment]
+    """The families' text in pieces (headers, shared families, a few accounts' lines of one family
+    each)."""
     trailer: bytes
     compressed: tuple[bytes, int, int] | None = None
     """The gzip header and the segments as raw deflate blocks, with the CRC-32 and length of
@@ -106,7 +111,13 @@ class Rendered:
 
     @property
     def families(self) -> bytes:
-        return b"".join(self.segments)
+        pieces: list[bytes] = []
+        for segment in self.segments:
+            if isinstance(segment, bytes):
+                pieces.append(segment)
+            else:
+                pieces.extend(segment)
+        return b"".join(pieces)
 
     def gzip(self, tail: bytes) -> bytes:
         """A gzip stream of ``families + tail`` (RFC 1952), from the compressed segments."""
@@ -140,9 +151,9 @@ class RenderCache:
         self._trailers: dict[str, bytes] = {}
         self._headers: dict[tuple[str, str, str, str, str], bytes] = {}
         self._accounts: dict[str, _AccountLines] = {}
-        self._deflated: dict[str, dict[bytes, bytes]] = {}
+        self._deflated: dict[str, dict[Segment, bytes]] = {}
         """Per format, the deflate blocks of the latest compressed segments, by their text."""
-        self._groups: dict[str, list[tuple[tuple[tuple[bytes, ...], ...], list[bytes]]]] = {}
+        self._groups: dict[str, list[tuple[tuple[tuple[bytes, ...], ...], list[Segment]]]] = {}
         """Per format, each group of accounts' lines and their text per family (a segment)."""
         self._shared: dict[str, tuple[tuple[object, ...], tuple[bytes, bytes]]] = {}
         """Per format, the positions, price and request snapshots the shared families were
@@ -187,7 +198,7 @@ class RenderCache:
                 rendered.compressed = self._compress(content_type, rendered.segments)
             return rendered
 
-    def _compress(self, content_type: str, segments: list[bytes]) -> tuple[bytes, int, int]:
+    def _compress(self, content_type: str, segments: list[Segment]) -> tuple[bytes, int, int]:
         """The gzip header and ``segments`` as deflate blocks, with their CRC-32 and length.
 
         Each segment is compressed alone, without back references to the others, and ends byte
@@ -195,16 +206,17 @@ class RenderCache:
         order; a segment's blocks are reused while its text is unchanged.
         """
         known = self._deflated.get(content_type, {})
-        deflated: dict[bytes, bytes] = {}
+        deflated: dict[Segment, bytes] = {}
         crc, size = 0, 0
         for segment in segments:
+            text = _text(segment)
             block = known.get(segment)
             if block is None:
                 compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
-                block = compressor.compress(segment) + compressor.flush(zlib.Z_SYNC_FLUSH)
+                block = compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH)
             deflated[segment] = block
-            crc = zlib.crc32(segment, crc)
-            size += len(segment)
+            crc = zlib.crc32(text, crc)
+            size += len(text)
         self._deflated[content_type] = deflated
         return GZIP_HEADER + b"".join(deflated[segment] for segment in segments), crc, size
 
@@ -216,7 +228,9 @@ class RenderCache:
             return kept
         return _AccountLines(snapshot)
 
-    def _assemble(self, encoder: Encoder, content_type: str, trailer: bytes) -> list[bytes] | None:
+    def _assemble(
+        self, encoder: Encoder, content_type: str, trailer: bytes
+    ) -> list[Segment] | None:
         """The families of the cached snapshots without the trailer, in segments; None if they
         cannot be cut."""
         snapshots = self._snapshots
@@ -244,16 +258,16 @@ class RenderCache:
         if shared is None:
             return None
         kept = self._groups.get(content_type, [])
-        groups: list[tuple[tuple[tuple[bytes, ...], ...], list[bytes]]] = []
+        groups: list[tuple[tuple[tuple[bytes, ...], ...], list[Segment]]] = []
         for start in range(0, len(rows), ACCOUNTS_PER_SEGMENT):
             group = tuple(rows[start : start + ACCOUNTS_PER_SEGMENT])
             previous = kept[len(groups)] if len(groups) < len(kept) else None
             if previous is not None and _same_lines(previous[0], group):
                 groups.append(previous)  # the same bytes objects: their hashes are kept too
             else:
-                groups.append((group, [b"".join(pieces) for pieces in zip(*group, strict=True)]))
+                groups.append((group, list(zip(*group, strict=True))))
         self._groups[content_type] = groups
-        segments: list[bytes] = []
+        segments: list[Segment] = []
         for column, header in enumerate(headers):
             if column == len(before):
                 segments.append(shared[0])
@@ -344,6 +358,11 @@ def _cut(
         pieces.append(piece)
         position = end
     return tuple(pieces)
+
+
+def _text(segment: Segment) -> bytes:
+    """A segment's text."""
+    return segment if isinstance(segment, bytes) else b"".join(segment)
 
 
 def _without(text: bytes, trailer: bytes) -> bytes | None:
