@@ -45,14 +45,14 @@ ACCOUNTS_PER_POOL = 10
 """Accounts sharing one connection pool (per base URL). httpcore looks at every connection of a
 pool whenever a request starts or ends, so one pool for hundreds of accounts made a cold scrape
 quadratic in the accounts (11 s for 500); small pools keep it linear."""
-CONNECTIONS_PER_POOL = 1
-"""Connections a pool keeps open at most; requests beyond it wait for the pool's connection. A kept
+CONNECTIONS_PER_POOL = 2
+"""Connections a pool keeps open at most; requests beyond them wait for one of the pool's. A kept
 TLS connection costs about 60 KiB (OpenSSL's buffers, anyio's and h11's state): one per account
-came to 140 MiB RSS at 1,000 accounts. With the secondary endpoints on, 1 per 10 accounts against
-2 gave the same cold scrape of 1,000 accounts (1.98 s against 1.92 s: the exporter's CPU, not
-OKX's latency, sets it) for 11 MiB less RSS, and against 3 a faster one (2.13 s). A scrape that
-refreshes every account waits for at most 10 answers in a row per connection: about 3 s at
-300 ms from OKX, within Prometheus' 10 s timeout."""
+came to 140 MiB RSS at 1,000 accounts. With the secondary endpoints on, 2 per 10 accounts gave a
+faster cold scrape of 1,000 accounts than 3 (1.93-1.99 s against 2.13 s: fewer TLS handshakes on
+both sides; the exporter's CPU, not OKX's latency, sets it) and 5 MiB less. One per 10 saved 11 MiB
+more but let one hanging account hold up the 9 others of its pool (tests/test_faults.py): with two,
+a hang takes one connection and the others go on over the second."""
 MIN_KEEPALIVE_SECONDS = 120.0
 ACTIVITY_TICK = 1.0
 """Seconds between two looks for due secondary fetches (loan-history, interest, headroom): each
