@@ -5,10 +5,10 @@ run on their own interval (0 turns one off). The first fetch of each comes at th
 second comes after a fraction of the interval that is the account's own (its *phase*, from its
 name), then one interval after the one before: so a thousand accounts started together do not all
 ask again together, and from the first round on their requests spread evenly over each interval.
-What is due is started by a scrape, and between scrapes by the exporter's once-a-second tick (while
-it is scraped); nobody waits for it: the fetch runs on the cache's event loop and lands here for a
-later scrape. A failure is counted
-by the client's request observer, logged once per change with its hint, and keeps the last values,
+What is due is started by the exporter's once-a-second tick while it is scraped (and by a scrape
+that refreshed nothing); nobody waits for it: the fetch runs on the cache's event loop and lands
+here for a later scrape. A failure is counted by the client's request observer, logged once per
+change with its hint, and keeps the last values,
 which are withheld once they are ``max_stale`` older than their refresh was due. None of this
 touches ``okx_loan_up``, which stays loan-info's. Nothing here knows about HTTP or Prometheus.
 """

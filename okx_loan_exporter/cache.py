@@ -364,9 +364,17 @@ class PositionCache:
     """All accounts' caches and the index-price feeds; scrapes call :meth:`refresh_async` on the
     cache's event loop."""
 
-    def __init__(self, accounts: Sequence[AccountCache], prices: PriceFeeds | None = None) -> None:
+    def __init__(
+        self,
+        accounts: Sequence[AccountCache],
+        prices: PriceFeeds | None = None,
+        *,
+        ticked: bool = False,
+    ) -> None:
         self.accounts = tuple(accounts)
         self.prices = prices
+        self.ticked = ticked
+        """True when something calls :meth:`start_activity` every second or so (the exporter)."""
 
     def _holders(self) -> set[str]:
         return {account.name for account in self.accounts if account.holds_orders}
@@ -393,8 +401,11 @@ class PositionCache:
             if price_tasks and left > 0:
                 await asyncio.wait(price_tasks, timeout=left)
         # After loan-info's wait, so that they never compete with it for connections; the next
-        # scrape (or this one's snapshot, if they are quick) shows what they bring.
-        self.start_activity()
+        # scrape (or this one's snapshot, if they are quick) shows what they bring. A scrape that
+        # refreshed accounts leaves them to the exporter's tick (within a second): started now,
+        # a thousand accounts' first round would compete with this scrape's rendering.
+        if not tasks or not self.ticked:
+            self.start_activity()
         prices = self._prices()
         return [
             account.snapshot(

@@ -131,7 +131,9 @@ class Exporter:
         self._in_flight = asyncio.Semaphore(IN_FLIGHT)  # secondary fetches, shared by every account
         self._feeds: dict[str, tuple[PriceFeed, httpx.AsyncClient]] = {}  # base URL -> feed, client
         self.cache = PositionCache(
-            [self._new_account(account) for account in config.accounts], self._price_feeds()
+            [self._new_account(account) for account in config.accounts],
+            self._price_feeds(),
+            ticked=True,
         )
         self._last_scrape = float("-inf")
         self._ticker = asyncio.run_coroutine_threadsafe(
@@ -235,7 +237,7 @@ class Exporter:
                 continue
             (changes.changed if old is not None else changes.added).append(account.name)
             caches.append(self._new_account(account))
-        self.cache = PositionCache(caches, self._price_feeds(rebuild=not same_globals))
+        self.cache = PositionCache(caches, self._price_feeds(rebuild=not same_globals), ticked=True)
         for name in changes.removed:
             del self._client_of[name], self._pool_of[name]
         gone = (*changes.removed, *changes.changed)

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from okx_loan_exporter.activity_cache import ActivityCache, Schedules, phase_of
-from okx_loan_exporter.cache import AccountCache
+from okx_loan_exporter.cache import AccountCache, PositionCache
 from okx_loan_exporter.loan_records import BorrowHeadroom, HistoryRecord, InterestRecord
 from okx_loan_exporter.okx import FailureReason, OkxError
 from okx_loan_exporter.pacing import Pacer
@@ -293,6 +293,28 @@ def test_a_scrape_never_waits_for_a_secondary_endpoint():
         assert account.snapshot().activity.borrow
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("ticked", [False, True])
+def test_a_refreshing_scrape_leaves_the_secondary_fetches_to_the_tick(ticked):
+    """With a tick (the exporter's), a scrape that refreshed loan-info does not start them: they
+    would compete with its rendering; a later scrape that fetched nothing does."""
+    clock = Clock()
+
+    async def run() -> tuple[int, int]:
+        activity, source = make(clock, Schedules(history=60, interest=0, headroom=0))
+        account = AccountCache(
+            "main", LoanInfo(), ttl=10, max_stale=300, clock=clock, activity=activity
+        )
+        cache = PositionCache([account], ticked=ticked)
+        await cache.refresh_async(1)  # fetched loan-info
+        await settle()
+        after_refresh = len(source.calls)
+        await cache.refresh_async(1)  # nothing to fetch
+        await settle()
+        return after_refresh, len(source.calls)
+
+    assert asyncio.run(run()) == ((0, 1) if ticked else (1, 1))
 
 
 def test_secondary_endpoints_wait_while_loan_info_fails():
