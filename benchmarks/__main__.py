@@ -1,4 +1,4 @@
-"""``python -m benchmarks [scrape|economy|scaling|startup|endpoints|profile ...] [--quick]
+"""``python -m benchmarks [scrape|economy|scaling|startup|endpoints|profile|stages ...] [--quick]
 [--output PATH]``.
 
 Runs the chosen benchmarks (all by default) in order, prints each one's table and writes every
@@ -17,7 +17,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import cpu_profile, economy, endpoint_economy, load, scaling, scrape, startup
+from benchmarks import (
+    cpu_profile,
+    economy,
+    endpoint_economy,
+    load,
+    scaling,
+    scrape,
+    stages,
+    startup,
+)
 from benchmarks.common import Table
 
 BENCHMARKS: dict[str, Callable[[bool], tuple[dict[str, Any], list[Table]]]] = {
@@ -27,6 +36,7 @@ BENCHMARKS: dict[str, Callable[[bool], tuple[dict[str, Any], list[Table]]]] = {
     "startup": startup.run,
     "endpoints": endpoint_economy.run,
     "profile": cpu_profile.run,
+    "stages": stages.run,
 }
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
