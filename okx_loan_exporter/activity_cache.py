@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -39,6 +38,7 @@ from okx_loan_exporter.loan_records import (
 from okx_loan_exporter.okx import Endpoint, OkxError
 from okx_loan_exporter.pacing import Pacer
 from okx_loan_exporter.position import Position
+from okx_loan_exporter.sharding import name_hash
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -103,8 +103,7 @@ class ActivitySnapshot:
 
 def phase_of(name: str) -> float:
     """An account's phase: a fraction in (0, 1] from its name's SHA-256, the same at every start."""
-    digest = hashlib.sha256(name.encode("utf-8")).digest()
-    return (int.from_bytes(digest[:8], "big") + 1) / 2**64
+    return (name_hash(name) + 1) / 2**64
 
 
 class _Health:
@@ -172,7 +171,10 @@ class ActivityCache:
         self._clock = clock
         self._pacers = {endpoint: pacer() for endpoint in schedules.endpoints()}
         self._health = {endpoint: _Health(name, endpoint) for endpoint in schedules.endpoints()}
-        self._next = dict.fromkeys(("history", "interest", "headroom"), 0.0)
+        self._next = {
+            job: 0.0 for job in ("history", "interest", "headroom") if getattr(schedules, job)
+        }
+        """When each endpoint that is on is due next (0: at once)."""
         self._started: set[str] = set()
         self._soonest = 0.0
         """The earliest of ``_next``: nothing is due before it."""

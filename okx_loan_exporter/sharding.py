@@ -53,10 +53,15 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
+def name_hash(account_name: str) -> int:
+    """A stable 64-bit hash of an account's name: the first 8 bytes of its SHA-256."""
+    digest = hashlib.sha256(account_name.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
 def shard_of(account_name: str, count: int) -> int:
     """The shard (0 to count-1) of an account: its name's SHA-256, as a number, modulo count."""
-    digest = hashlib.sha256(account_name.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % count
+    return name_hash(account_name) % count
 
 
 def parse_shard(text: str) -> Shard:
