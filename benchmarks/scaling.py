@@ -115,7 +115,7 @@ def warm_up(port: int, size: int, first_at: float) -> tuple[int, bytes]:
     raise RuntimeError(f"the start-up round did not end within {index} scrapes")
 
 
-def _settle(port: int, size: int) -> float:
+def settle(port: int, size: int) -> float:
     """Wait until the start-up round has ended, and one scrape interval more; the wait.
 
     The secondary endpoints go on at their steady rate after it (each account's loan-history
@@ -146,17 +146,17 @@ def _timed_get(port: int, headers: dict[str, str] | None = None) -> tuple[float,
     return elapsed, body
 
 
+def cold_config(sim_config: dict[str, Any], path: Path, size: int) -> Path:
+    """The config of a cold run: the first ``size`` accounts, nothing refreshed within an hour."""
+    return write_config(
+        sim_config, path, accounts=size, cache_ttl="1h", max_stale="2h", timeout="30s"
+    )
+
+
 def _cold(
     sim_config: dict[str, Any], directory: Path, size: int, scrapes: int, deps_only: bool = False
 ) -> dict[str, Any]:
-    config = write_config(
-        sim_config,
-        directory / f"cold-{size}.yml",
-        accounts=size,
-        cache_ttl="1h",
-        max_stale="2h",
-        timeout="30s",
-    )
+    config = cold_config(sim_config, directory / f"cold-{size}.yml", size)
     port = free_port()
     argv = exporter_argv(config, port)
     if deps_only:
@@ -164,7 +164,7 @@ def _cold(
     with serve(argv, port) as exporter:
         cold, cold_body = _timed_get(port)
         during = [_timed_get(port, GZIP)[0] for _ in range(scrapes)]
-        settle_seconds = _settle(port, size)
+        settle_seconds = settle(port, size)
         _, body = _timed_get(port)
         cached = [_timed_get(port, GZIP)[0] for _ in range(scrapes)]
         plain = [_timed_get(port)[0] for _ in range(max(10, scrapes // 4))]

@@ -22,9 +22,8 @@ from benchmarks.common import (
     rss_kib,
     serve,
     simulator,
-    write_config,
 )
-from benchmarks.scaling import GZIP, LATENCY, TARGET_ACCOUNTS, _settle
+from benchmarks.scaling import GZIP, LATENCY, TARGET_ACCOUNTS, cold_config, settle
 
 RUNS = 3
 STAGES = (
@@ -38,14 +37,7 @@ STAGES = (
 
 
 def _one(sim_config: dict[str, Any], directory: Path, index: int) -> dict[str, Any]:
-    config = write_config(
-        sim_config,
-        directory / f"stages-{index}.yml",
-        accounts=TARGET_ACCOUNTS,
-        cache_ttl="1h",
-        max_stale="2h",
-        timeout="30s",
-    )
+    config = cold_config(sim_config, directory / f"stages-{index}.yml", TARGET_ACCOUNTS)
     port = free_port()
     with serve(exporter_argv(config, port), port, timeout=60) as exporter:
         rss = [rss_kib(exporter.pid)]
@@ -56,7 +48,7 @@ def _one(sim_config: dict[str, Any], directory: Path, index: int) -> dict[str, A
         for _ in range(50):
             http_get(port, "/metrics", timeout=120, headers=GZIP)
         rss.append(rss_kib(exporter.pid))
-        _settle(port, TARGET_ACCOUNTS)
+        settle(port, TARGET_ACCOUNTS)
         rss.append(rss_kib(exporter.pid))
         for _ in range(50):
             http_get(port, "/metrics", timeout=120, headers=GZIP)
