@@ -48,6 +48,10 @@ def create_app(
     render = exposition if exposition is not None else Exposition(__version__)
 
     def metrics(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        with exporter.answering():
+            return answer_metrics(environ, start_response)
+
+    def answer_metrics(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         scrape_timeout = _float_or_none(environ.get(SCRAPE_TIMEOUT_HEADER))
         try:
             snapshots = exporter.scrape(scrape_timeout)
