@@ -138,14 +138,18 @@ class AccountCache:
         Safe to call from any thread: it only reads two attributes that the loop replaces whole,
         and a fetch is started only once the clock has passed ``_next_attempt``.
         """
+        activity = self._running_activity()
+        return self.loan_info_idle() and (activity is None or activity.idle(self._outcome.position))
+
+    def loan_info_idle(self) -> bool:
+        """True when no loan-info fetch is under way or due: a scrape would not wait for OKX
+        (the secondary fetches it may start are not waited for). Safe from any thread."""
         task = self._task
-        loan_info_idle = (
+        return (
             (task is None or task.done())
             and self._clock() < self._next_attempt
             and not self._credentials_due()
         )
-        activity = self._running_activity()
-        return loan_info_idle and (activity is None or activity.idle(self._outcome.position))
 
     def _credentials_due(self) -> bool:
         """In the backoff after authentication failures, the key is looked at once per TTL."""
@@ -427,6 +431,13 @@ class PositionCache:
         """True when :meth:`refresh_async` would neither start nor wait for a fetch."""
         return all(account.idle() for account in self.accounts) and (
             self.prices is None or self.prices.idle(self._holders())
+        )
+
+    def waits_for_okx(self) -> bool:
+        """True when :meth:`refresh_async` would wait for OKX: a loan-info or index-price fetch
+        is due or under way (it only starts the secondary endpoints' fetches)."""
+        return not all(account.loan_info_idle() for account in self.accounts) or (
+            self.prices is not None and not self.prices.idle(self._holders())
         )
 
     def snapshots(self) -> list[AccountSnapshot]:

@@ -232,6 +232,7 @@ def _serve(
     from okx_loan_exporter.exporter import Exporter
     from okx_loan_exporter.exposition import Exposition, ProcessMetrics
     from okx_loan_exporter.reload import Reloader
+    from okx_loan_exporter.warming import RenderWarmer
     from okx_loan_exporter.web import create_app
 
     raise_open_file_limit()
@@ -265,8 +266,10 @@ def _serve(
         )
         return EXIT_RUNTIME
 
+    warmer = RenderWarmer(exporter, exposition)
     with _signal_pipe((signal.SIGTERM, signal.SIGINT, signal.SIGHUP)) as signals:
         server.start_background()
+        warmer.start()
         log.info(
             "serving %d account(s) on %s/metrics",
             len(config.accounts),
@@ -280,6 +283,7 @@ def _serve(
             # this thread from seeing SIGTERM. Reloads queue on the reloader's lock.
             threading.Thread(target=reloader.reload_logged, name="reload", daemon=True).start()
     log.info("shutting down")
+    warmer.stop()
     still_running = server.shutdown()
     exporter.close()
     if simulator is not None:

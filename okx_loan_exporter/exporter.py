@@ -140,6 +140,7 @@ class Exporter:
             ticked=True,
         )
         self._last_scrape = float("-inf")
+        self._last_cached_scrape = float("-inf")
         self._refreshing = 0
         """Scrapes under way that refresh accounts, from their fetch to the end of their answer."""
         self._refreshing_lock = threading.Lock()
@@ -385,8 +386,12 @@ class Exporter:
         """
         self._last_scrape = self._clock()
         if self.cache.idle():
+            self._last_cached_scrape = self._last_scrape
             return self.cache.snapshots()
         wait = self.scrape_wait(scrape_timeout)
+        if not self.cache.waits_for_okx():  # it only starts due secondary fetches
+            self._last_cached_scrape = self._last_scrape
+            return self._loop_thread.run(self.cache.refresh_async(wait), timeout=wait + 5)
         refreshed = getattr(self._answer, "refreshed", None)  # None outside answering()
         if not refreshed:  # counted until answering() ends, or until the fetch ends outside it
             self._count_refreshing(+1)
@@ -412,6 +417,10 @@ class Exporter:
             if self._answer.refreshed:
                 self._count_refreshing(-1)
             del self._answer.refreshed
+
+    def answered_from_caches_within(self, seconds: float) -> bool:
+        """True when a scrape found nothing to fetch within the last ``seconds``."""
+        return self._clock() - self._last_cached_scrape <= seconds
 
     def refreshing(self) -> bool:
         """True while a scrape that refreshes accounts is under way (see :meth:`answering`)."""

@@ -17,6 +17,7 @@ import gzip
 import os
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ class Exposition:
         self._version = version
         self._process_metrics = ProcessMetrics() if process_metrics is None else process_metrics
         self._render_cache = RenderCache(version)
+        self._asked: dict[tuple[str, bool], tuple[str, float]] = {}
+        """By content type and gzip, an ``Accept`` header that asked for it and when (monotonic):
+        what :meth:`warm` renders. Bounded: ``choose_encoder`` knows a few content types."""
 
     def registry(self, snapshots: Sequence[AccountSnapshot]) -> CollectorRegistry:
         """A registry holding this scrape's families and the process metrics."""
@@ -67,6 +71,7 @@ class Exposition:
         rendered again only when a snapshot changed.
         """
         encoder, content_type = choose_encoder(accept or "")
+        self._asked[content_type, False] = (accept or "", time.monotonic())
         rendered = self._render_cache.render(snapshots, encoder, content_type)
         if rendered is None:
             return encoder(self.registry(snapshots)), content_type
@@ -89,11 +94,21 @@ class Exposition:
             body, content_type = self.body(snapshots, accept)
             return body, [("Content-Type", content_type)]
         encoder, content_type = choose_encoder(accept or "")
+        self._asked[content_type, True] = (accept or "", time.monotonic())
         headers = [("Content-Type", content_type), ("Content-Encoding", "gzip")]
         rendered = self._render_cache.render(snapshots, encoder, content_type, compressed=True)
         if rendered is None or rendered.compressed is None:
             return gzip.compress(encoder(self.registry(snapshots))), headers
         return rendered.gzip(encoder(self._process_metrics)), headers  # it ends with the trailer
+
+    def warm(self, snapshots: Sequence[AccountSnapshot], since: float) -> None:
+        """Render ``snapshots`` ahead of the next scrape, in each format (and compression) asked
+        for since ``since`` (``time.monotonic()``): only what changed is rendered again, and the
+        next scrape that finds the same snapshots has only to assemble its answer."""
+        for (content_type, compressed), (accept, asked) in list(self._asked.items()):
+            if asked >= since:
+                encoder, _ = choose_encoder(accept)
+                self._render_cache.render(snapshots, encoder, content_type, compressed=compressed)
 
 
 @dataclass

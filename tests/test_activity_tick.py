@@ -4,67 +4,25 @@ scrape that refreshed accounts is being answered, for at most MAX_TICK_DEFERRAL.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from okx_loan_exporter import exporter as exporter_module
 from okx_loan_exporter.cache import AccountSnapshot
-from okx_loan_exporter.config import config_from_dict
-from okx_loan_exporter.exporter import ACTIVITY_TICK, Exporter
+from okx_loan_exporter.exporter import ACTIVITY_TICK
 from okx_loan_exporter.exposition import Exposition, Headers
 from okx_loan_exporter.web import create_app
+from tests.fake_okx_exporter import Clock, exporter_over_fake_okx, get_metrics
 from tests.processes import wait_for
-
-DOCS_EXAMPLE = json.loads(
-    (Path(__file__).parent / "data" / "loan_info_docs_example.json").read_text()
-)
-EMPTY_PAGE = {"code": "0", "msg": "", "data": []}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _exporter(clock: Clock, paths: Counter[str]) -> Exporter:
-    """One account with loan-history every minute, over a fake OKX counting the paths asked."""
-
-    def okx(request: httpx.Request) -> httpx.Response:
-        name = request.url.path.rsplit("/", 1)[-1]
-        paths[name] += 1
-        return httpx.Response(200, json=DOCS_EXAMPLE if name == "loan-info" else EMPTY_PAGE)
-
-    config = config_from_dict(
-        {
-            "base_url": "https://okx.test",
-            "cache_ttl": "1h",
-            "max_stale": "2h",
-            "history_interval": "1m",
-            "interest_interval": "0s",
-            "headroom_interval": "0s",
-            "price_interval": "0s",
-            "accounts": [{"name": "a", "api_key": "k", "secret_key": "s", "passphrase": "p"}],
-        },
-        "test.yml",
-        {},
-    )
-    return Exporter(config, clock=clock, transport=httpx.MockTransport(okx))
 
 
 def test_due_fetches_start_between_scrapes_only_while_the_exporter_is_scraped():
     clock = Clock()
     paths: Counter[str] = Counter()
-    exporter = _exporter(clock, paths)
+    exporter = exporter_over_fake_okx(clock, paths)
     try:
         exporter.scrape()
         wait_for("the first loan-history request", lambda: paths["loan-history"] == 1, 5)
@@ -103,29 +61,22 @@ class SlowExposition(Exposition):
         return super().answer(snapshots, accept, encoding)
 
 
-def _get_metrics(app: Any) -> None:
-    statuses: list[str] = []
-    body = app(
-        {"PATH_INFO": "/metrics", "REQUEST_METHOD": "GET"},
-        lambda status, headers: statuses.append(status),
-    )
-    assert statuses == ["200 OK"] and b"okx_loan_up" in b"".join(body)
-
-
 def test_no_secondary_fetch_starts_while_a_refreshing_scrape_is_answered():
     clock = Clock()
     paths: Counter[str] = Counter()
-    exporter = _exporter(clock, paths)
+    exporter = exporter_over_fake_okx(clock, paths)
     exposition = SlowExposition(paths)
     try:
         app = create_app(exporter, exposition=exposition)
-        _get_metrics(app)  # refreshes loan-info; loan-history is due at once, but waits
+        assert b"okx_loan_up" in get_metrics(
+            app
+        )  # refreshes loan-info; loan-history is due at once, but waits
         assert exposition.seen_while_answering == [0]
         assert not exporter.refreshing()
         wait_for("loan-history once the answer is sent", lambda: paths["loan-history"] == 1, 5)
 
         clock.now += 60  # loan-history due again; this scrape refreshes nothing: no holding back
-        _get_metrics(app)
+        assert b"okx_loan_up" in get_metrics(app)
         assert exposition.seen_while_answering[-1] == 2
         assert paths["loan-info"] == 1
     finally:
@@ -136,7 +87,7 @@ def test_the_tick_holds_back_for_at_most_max_tick_deferral(monkeypatch: pytest.M
     monkeypatch.setattr(exporter_module, "MAX_TICK_DEFERRAL", 2 * ACTIVITY_TICK)
     clock = Clock()
     paths: Counter[str] = Counter()
-    exporter = _exporter(clock, paths)
+    exporter = exporter_over_fake_okx(clock, paths)
     try:
         with exporter.answering():
             exporter.scrape()
