@@ -24,7 +24,7 @@ from okx_loan_exporter import __version__
 from okx_loan_exporter.config import ConfigError, ExporterConfig, config_from_dict, load_config
 from okx_loan_exporter.listen import parse_listen_address, raise_open_file_limit
 from okx_loan_exporter.logs import LOG_FORMATS, LOG_LEVELS, JsonFormatter, setup_logging
-from okx_loan_exporter.memory import keep_large_buffers_out_of_the_heap
+from okx_loan_exporter.memory import freeze_long_lived_objects, keep_large_buffers_out_of_the_heap
 from okx_loan_exporter.server import (
     MAX_CONNECTIONS,
     ConnectionStats,
@@ -246,7 +246,12 @@ def _serve(
     exporter = Exporter(config)
     exposition = Exposition(__version__, process_metrics=self_metrics)
     reloader = Reloader(
-        exporter, watcher, args.config_file, demo=simulator is not None, shard=shard
+        exporter,
+        watcher,
+        args.config_file,
+        demo=simulator is not None,
+        shard=shard,
+        after_apply=freeze_long_lived_objects,
     )
     self_metrics.register(reloader)
     try:
@@ -267,6 +272,7 @@ def _serve(
         return EXIT_RUNTIME
 
     warmer = RenderWarmer(exporter, exposition)
+    freeze_long_lived_objects()
     with _signal_pipe((signal.SIGTERM, signal.SIGINT, signal.SIGHUP)) as signals:
         server.start_background()
         warmer.start()

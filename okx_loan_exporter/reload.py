@@ -48,8 +48,11 @@ class Reloader(Collector):
         demo: bool = False,
         shard: Shard | None = None,
         clock: Callable[[], float] = time.time,
+        after_apply: Callable[[], object] | None = None,
     ) -> None:
+        """``after_apply`` runs after a new configuration was put in force."""
         self._exporter = exporter
+        self._after_apply = after_apply
         self._shard = shard
         self._watcher = watcher
         self._config_file = config_file
@@ -90,6 +93,8 @@ class Reloader(Collector):
                 for warning in config.warnings:
                     log.warning(warning)
                 summary = _summary(config, self._exporter.apply(config))
+                if self._after_apply is not None:
+                    self._after_apply()
             self._successful = True
             self._success_at = self._clock()
             log.info("configuration reloaded: %s; %s", summary, RESTART_ONLY)

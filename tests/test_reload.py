@@ -83,8 +83,18 @@ class Running:
         )
         self.watcher = WebConfigWatcher(str(web_config) if web_config else None)
         self.now = 1_700_000_000.0
+        self.applied = 0
+        """Calls of the reloader's ``after_apply``."""
+
+        def count_applied() -> None:
+            self.applied += 1
+
         self.reloader = Reloader(
-            self.exporter, self.watcher, str(self.config_file), clock=lambda: self.now
+            self.exporter,
+            self.watcher,
+            str(self.config_file),
+            clock=lambda: self.now,
+            after_apply=count_applied,
         )
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self.reloader)
@@ -233,6 +243,7 @@ def test_a_bad_file_changes_nothing_and_sets_the_reload_metrics(running, caplog)
     assert failed.value.lines == at_start.value.lines
     for line in failed.value.lines:
         assert line in caplog.text
+    assert running.applied == 0
     assert running.up() == {"kept": 1, "changed": 1, "gone": 1}
     assert sum(running.okx.requests.values()) == 3  # still the old accounts, still cached
     samples = running.scrape()
@@ -242,6 +253,7 @@ def test_a_bad_file_changes_nothing_and_sets_the_reload_metrics(running, caplog)
     running.config_file.write_text(good, encoding="utf-8")
     running.now += 60
     running.reloader.reload()
+    assert running.applied == 1  # after_apply (the cli's freeze of long-lived objects) ran
     samples = running.scrape()
     assert samples[("okx_loan_exporter_config_last_reload_successful", ())] == 1
     assert samples[
