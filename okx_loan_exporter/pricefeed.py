@@ -157,6 +157,11 @@ class PriceFeeds:
             if (task := feed.fetch_if_due(wanted[url])) is not None
         ]
 
+    def fetch_due_for(self, holder: str) -> asyncio.Task[None] | None:
+        """:meth:`fetch_due` for the base URL of one account that holds an order, in O(1)."""
+        url = self._account_urls.get(holder)
+        return None if url is None else self.feeds[url].fetch_if_due(True)
+
     def idle(self, holders: Collection[str]) -> bool:
         wanted = self._wanted(holders)
         return all(feed.idle(wanted[url]) for url, feed in self.feeds.items())

@@ -2,10 +2,19 @@
 
 import asyncio
 import logging
+import time
+from pathlib import Path
 
+import httpx
 import pytest
 
-from okx_loan_exporter.cache import MAX_AUTH_BACKOFF, AccountCache, PositionCache
+from okx_loan_exporter.cache import (
+    MAX_AUTH_BACKOFF,
+    AccountCache,
+    PositionCache,
+)
+from okx_loan_exporter.config import config_from_dict
+from okx_loan_exporter.exporter import Exporter
 from okx_loan_exporter.okx import FailureReason, OkxError
 from okx_loan_exporter.position import Order, Position
 
@@ -459,3 +468,53 @@ def test_during_the_auth_backoff_the_key_is_checked_once_per_ttl_and_a_new_one_u
     key.changed = True
     snapshot = only(refresh(cache))
     assert source.calls == 3 and snapshot.up is True  # 20 s before the backoff's end
+
+
+def quick_and_slow_exporter(arrived: dict[str, float]) -> Exporter:
+    """Accounts "quick" and "slow" (its loan-info answer takes 0.6 s) over a fake OKX that notes
+    when each request arrived, by path and key; index prices on, secondary endpoints off."""
+    loan_info = (Path(__file__).parent / "data" / "loan_info_docs_example.json").read_text()
+    tickers = {
+        "code": "0",
+        "msg": "",
+        "data": [{"instId": f"{c}-USDT", "idxPx": "2.5", "ts": "1700000000000"} for c in "AB"],
+    }
+
+    async def okx(request: httpx.Request) -> httpx.Response:
+        path = request.url.path.rsplit("/", 1)[-1]
+        arrived[f"{path} {request.headers.get('OK-ACCESS-KEY', '')}"] = time.monotonic()
+        if path == "index-tickers":
+            return httpx.Response(200, json=tickers)
+        if request.headers["OK-ACCESS-KEY"] == "key-slow":
+            await asyncio.sleep(0.6)
+        return httpx.Response(200, content=loan_info)
+
+    config = config_from_dict(
+        {
+            "base_url": "https://okx.test",
+            "cache_ttl": "1h",
+            "max_stale": "2h",
+            "history_interval": "0s",
+            "interest_interval": "0s",
+            "headroom_interval": "0s",
+            "accounts": [
+                {"name": name, "api_key": f"key-{name}", "secret_key": "s", "passphrase": "p"}
+                for name in ("quick", "slow")
+            ],
+        },
+        "test.yml",
+        {},
+    )
+    return Exporter(config, transport=httpx.MockTransport(okx))
+
+
+def test_index_prices_are_asked_as_soon_as_an_account_shows_orders():
+    """Not after the slowest account's answer: that added a round trip to every cold scrape."""
+    arrived: dict[str, float] = {}
+    exporter = quick_and_slow_exporter(arrived)
+    try:
+        snapshots = exporter.scrape()
+    finally:
+        exporter.close()
+    assert arrived["index-tickers "] < arrived["loan-info key-slow"] + 0.3
+    assert all(snapshot.prices and snapshot.prices.prices for snapshot in snapshots)
