@@ -37,6 +37,7 @@ class RenderWarmer:
         self._exposition = exposition
         self._interval = interval
         self._stop = threading.Event()
+        self._failing = False
         self._thread = threading.Thread(target=self._run, name="render-warmer", daemon=True)
 
     def start(self) -> None:
@@ -60,5 +61,12 @@ class RenderWarmer:
         while not self._stop.wait(self._interval):
             try:
                 self.warm()
-            except Exception:  # a bug must not stop the warming, nor the scrapes: say so
-                log.exception("unexpected error while rendering ahead of scrapes")
+            except Exception:  # a bug must not stop the warming, nor the scrapes: say so, once
+                if not self._failing:
+                    log.exception(
+                        "unexpected error while rendering ahead of scrapes; scrapes render "
+                        "for themselves until it passes"
+                    )
+                self._failing = True
+            else:
+                self._failing = False

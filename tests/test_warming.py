@@ -5,6 +5,7 @@ refreshed accounts is being answered."""
 from __future__ import annotations
 
 import gzip
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -117,3 +118,24 @@ def test_the_thread_warms_every_interval_and_stops(setup: Setup):
     finally:
         warmer.stop()
     assert not warmer._thread.is_alive()
+
+
+def test_an_error_while_warming_is_logged_once_and_scrapes_go_on(
+    setup: Setup, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    get_metrics(setup.app)
+    get_metrics(setup.app)
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(setup.exposition, "warm", broken)
+    warmer = RenderWarmer(setup.exporter, setup.exposition, interval=0.02)
+    warmer.start()
+    try:
+        time.sleep(0.3)  # about 15 failing rounds
+    finally:
+        warmer.stop()
+    errors = [record for record in caplog.records if "rendering ahead" in record.getMessage()]
+    assert len(errors) == 1 and errors[0].exc_info is not None
+    assert b"okx_loan_up" in get_metrics(setup.app)
