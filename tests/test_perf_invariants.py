@@ -468,10 +468,12 @@ def test_the_connection_pools_fetch_in_parallel_within_their_bound():
         {
             "base_url": f"http://127.0.0.1:{server.server_address[1]}",
             "timeout": "20s",
-            # loan-info only: the secondary endpoints' requests would share the pools
+            # loan-info only: the secondary endpoints' requests would share the pools, and the
+            # index prices (their own pool) are asked while loan-info's requests are in flight
             "history_interval": "0s",
             "interest_interval": "0s",
             "headroom_interval": "0s",
+            "price_interval": "0s",
             "accounts": [
                 {"name": f"a{i}", "api_key": f"k{i}", "secret_key": "s", "passphrase": "p"}
                 for i in range(accounts)
