@@ -81,7 +81,7 @@ def run(quick: bool = False) -> tuple[dict[str, Any], list[Table]]:
 
     defaults, scaled_run = results["defaults"], results["scaled"]
     table = Table(
-        f"5. Secondary endpoints ({SCRAPERS} scrapers, {ACCOUNTS} accounts with one order each)",
+        f"6. Secondary endpoints ({SCRAPERS} scrapers, {ACCOUNTS} accounts with one order each)",
         [
             "endpoint",
             "interval",

@@ -67,7 +67,7 @@ def run(quick: bool = False) -> tuple[dict[str, Any], list[Table]]:
     ):
         results = [_one(sim.config, Path(directory), index) for index in range(runs)]
     table = Table(
-        f"6. RSS stage by stage ({TARGET_ACCOUNTS} accounts over HTTPS, {runs} run(s))",
+        f"7. RSS stage by stage ({TARGET_ACCOUNTS} accounts over HTTPS, {runs} run(s))",
         ["stage", *(f"run {index + 1} MiB" for index in range(runs))],
     )
     for position, stage in enumerate(STAGES):
