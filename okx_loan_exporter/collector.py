@@ -8,7 +8,8 @@ withholds) are not exported.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import accumulate
 
 from prometheus_client.core import (
@@ -56,11 +57,19 @@ def account_families(snapshots: Sequence[AccountSnapshot]) -> tuple[list[Metric]
 
     Always the same families in the same order, whatever the snapshots; each family lists the
     series of one account after another, in the snapshots' order (what per-account rendering
-    relies on).
+    relies on). They are :data:`ACCOUNT_PARTS`' families, in that order.
     """
-    before = list(_position_families(snapshots))
-    after = [*_whatif_families(snapshots), *activity_families(snapshots)]
-    return before, [*after, *_health_families(snapshots)]
+    before = [
+        family
+        for part in ACCOUNT_PARTS[:PARTS_BEFORE_INDEX_PRICES]
+        for family in part.families(snapshots)
+    ]
+    after = [
+        family
+        for part in ACCOUNT_PARTS[PARTS_BEFORE_INDEX_PRICES:]
+        for family in part.families(snapshots)
+    ]
+    return before, after
 
 
 def shared_families(
@@ -407,3 +416,60 @@ def _cumulative(bucket_counts: Iterable[int]) -> list[tuple[str, float]]:
 def _add_present(family: GaugeMetricFamily, labels: list[str], value: float | None) -> None:
     if value is not None:
         family.add_metric(labels, value)
+
+
+@dataclass(frozen=True)
+class AccountPart:
+    """Some of the per-account families, and what one account's lines of them depend on."""
+
+    families: Callable[[Sequence[AccountSnapshot]], Iterable[Metric]]
+    unchanged: Callable[[AccountSnapshot, AccountSnapshot], bool]
+    """True when an account's new snapshot renders the same lines of these families as its old
+    one: it looks at every field the families read. Positions, index prices and the secondary
+    endpoints' values are compared by identity (their caches hand out the same objects until the
+    next answer, and two equal ones could list their currencies in another order); the other
+    fields by value (none of them can be -0.0 or NaN, where equality and text part ways)."""
+
+
+def _index_prices(snapshot: AccountSnapshot) -> object:
+    return None if snapshot.prices is None else snapshot.prices.prices
+
+
+def _debts(snapshot: AccountSnapshot) -> frozenset[str]:
+    position = snapshot.position
+    return frozenset(c for o in position.orders for c in o.loans) if position else frozenset()
+
+
+def _same_position(old: AccountSnapshot, new: AccountSnapshot) -> bool:
+    return old.position is new.position
+
+
+def _same_priced_position(old: AccountSnapshot, new: AccountSnapshot) -> bool:
+    return old.position is new.position and _index_prices(old) is _index_prices(new)
+
+
+def _same_activity(old: AccountSnapshot, new: AccountSnapshot) -> bool:
+    """The values, and the debt currencies (each without interest yet shows 0 accrued)."""
+    return old.activity is new.activity and (new.activity is None or _debts(old) == _debts(new))
+
+
+def _same_health(old: AccountSnapshot, new: AccountSnapshot) -> bool:
+    return (old.up, old.last_success, old.requests, old.connections, old.clock_offset) == (
+        new.up,
+        new.last_success,
+        new.requests,
+        new.connections,
+        new.clock_offset,
+    )
+
+
+ACCOUNT_PARTS: tuple[AccountPart, ...] = (
+    AccountPart(_position_families, _same_position),
+    AccountPart(_whatif_families, _same_priced_position),
+    AccountPart(activity_families, _same_activity),
+    AccountPart(_health_families, _same_health),
+)
+"""The per-account families in body order, in parts that change for different reasons: a
+secondary endpoint's answer changes only the activity and health lines of its account."""
+PARTS_BEFORE_INDEX_PRICES = 1
+"""How many of :data:`ACCOUNT_PARTS` come before the shared index-price family."""

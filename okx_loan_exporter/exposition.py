@@ -28,7 +28,12 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import Collector
 
 from okx_loan_exporter.cache import AccountSnapshot
-from okx_loan_exporter.collector import LoanCollector, account_families, shared_families
+from okx_loan_exporter.collector import (
+    ACCOUNT_PARTS,
+    PARTS_BEFORE_INDEX_PRICES,
+    LoanCollector,
+    shared_families,
+)
 
 GZIP_LEVEL = 6
 """zlib's default: a third of level 9's time (gzip.compress' default) for 2 % more bytes."""
@@ -41,6 +46,9 @@ Segment = bytes | tuple[bytes, ...]
 """A piece of the families' text: whole bytes (a header, the shared families), or the lines of one
 family for a group of accounts, kept as the accounts' own pieces (joined only when needed, so the
 text is not held twice)."""
+Layout = list[tuple[list[bytes], list[str]]]
+"""Per part of the per-account families (``ACCOUNT_PARTS``): their headers in one format, and
+their names."""
 Encoder = Callable[[Collector], bytes]
 """Renders a collector's families in one exposition format, as ``choose_encoder`` returns it."""
 Headers = list[tuple[str, str]]
@@ -236,12 +244,24 @@ class RenderCache:
         return GZIP_HEADER + b"".join(deflated[segment] for segment in segments), crc, size
 
     def _account_lines(self, snapshot: AccountSnapshot) -> _AccountLines:
-        """The account's cached lines while its snapshot is the same, else an empty entry."""
+        """The account's cached lines while its snapshot is the same, else an entry holding the
+        lines of the parts that render the same for the new snapshot (see ``AccountPart``)."""
         kept = self._accounts.get(snapshot.name)
-        if kept is not None and _same_snapshot(kept.snapshot, snapshot):
+        if kept is None:
+            return _AccountLines(snapshot)
+        if _same_snapshot(kept.snapshot, snapshot):
             kept.snapshot = snapshot
             return kept
-        return _AccountLines(snapshot)
+        same = [part.unchanged(kept.snapshot, snapshot) for part in ACCOUNT_PARTS]
+        return _AccountLines(
+            snapshot,
+            {
+                content_type: [
+                    lines if keep else None for lines, keep in zip(parts, same, strict=True)
+                ]
+                for content_type, parts in kept.parts.items()
+            },
+        )
 
     def _assemble(
         self, encoder: Encoder, content_type: str, trailer: bytes
@@ -252,22 +272,17 @@ class RenderCache:
         if not snapshots:
             whole = _without(encoder(LoanCollector(snapshots, self._version)), trailer)
             return None if whole is None else [whole]
-        before, after = account_families(snapshots[:1])
-        layout = [*before, *after]
-        found = [self._header(family, encoder, content_type, trailer) for family in layout]
-        headers = [header for header in found if header is not None]
-        if len(headers) != len(found):
+        layout = self._layout(encoder, content_type, trailer)
+        if layout is None:
             return None
-        names = [family.name for family in layout]
         rows: list[tuple[bytes, ...]] = []
         for snapshot in snapshots:
             entry = self._accounts[snapshot.name]
             lines = entry.by_format.get(content_type)
             if lines is None:
-                lines = _cut(snapshot, encoder, headers, names, trailer)
+                lines = entry.render(content_type, encoder, layout, trailer)
                 if lines is None:
                     return None
-                entry.by_format[content_type] = lines
             rows.append(lines)
         shared = self._shared_text(encoder, content_type, trailer)
         if shared is None:
@@ -282,9 +297,11 @@ class RenderCache:
             else:
                 groups.append((group, list(zip(*group, strict=True))))
         self._groups[content_type] = groups
+        headers = [header for part_headers, _ in layout for header in part_headers]
+        shared_at = sum(len(part_headers) for part_headers, _ in layout[:PARTS_BEFORE_INDEX_PRICES])
         segments: list[Segment] = []
         for column, header in enumerate(headers):
-            if column == len(before):
+            if column == shared_at:
                 segments.append(shared[0])
             segments.append(header)
             segments.extend(columns[column] for _, columns in groups)
@@ -313,6 +330,19 @@ class RenderCache:
         self._shared[content_type] = (key, (before, after))
         return before, after
 
+    def _layout(self, encoder: Encoder, content_type: str, trailer: bytes) -> Layout | None:
+        """Per part of the per-account families, their headers in this format and their names;
+        None when a header cannot be cut out."""
+        layout: Layout = []
+        for part in ACCOUNT_PARTS:
+            families = list(part.families(()))
+            found = [self._header(family, encoder, content_type, trailer) for family in families]
+            headers = [header for header in found if header is not None]
+            if len(headers) != len(found):
+                return None
+            layout.append((headers, [family.name for family in families]))
+        return layout
+
     def _header(
         self, family: Metric, encoder: Encoder, content_type: str, trailer: bytes
     ) -> bytes | None:
@@ -331,28 +361,63 @@ class RenderCache:
 class _AccountLines:
     """One account's sample lines per per-account family, per format, for one snapshot."""
 
-    __slots__ = ("by_format", "snapshot")
+    __slots__ = ("by_format", "parts", "snapshot")
 
-    def __init__(self, snapshot: AccountSnapshot) -> None:
+    def __init__(
+        self,
+        snapshot: AccountSnapshot,
+        parts: dict[str, list[tuple[bytes, ...] | None]] | None = None,
+    ) -> None:
         self.snapshot = snapshot
         self.by_format: dict[str, tuple[bytes, ...]] = {}
+        """Per format, the lines of every family, in body order."""
+        self.parts = parts if parts is not None else {}
+        """Per format, the lines of each of ``ACCOUNT_PARTS``' families; None for a part still
+        to render (the others were kept from the account's previous snapshot)."""
+
+    def render(
+        self, content_type: str, encoder: Encoder, layout: Layout, trailer: bytes
+    ) -> tuple[bytes, ...] | None:
+        """The lines of every family in this format, rendering only the parts not kept."""
+        parts = self.parts.get(content_type) or [None] * len(ACCOUNT_PARTS)
+        todo = [index for index, lines in enumerate(parts) if lines is None]
+        if todo:
+            families = [
+                family
+                for index in todo
+                for family in ACCOUNT_PARTS[index].families([self.snapshot])
+            ]
+            headers = [header for index in todo for header in layout[index][0]]
+            names = [name for index in todo for name in layout[index][1]]
+            pieces = _cut(self.snapshot, families, encoder, headers, names, trailer)
+            if pieces is None:
+                return None
+            start = 0
+            for index in todo:
+                count = len(layout[index][0])
+                parts[index] = pieces[start : start + count]
+                start += count
+        self.parts[content_type] = parts
+        lines = tuple(piece for part in parts if part is not None for piece in part)
+        self.by_format[content_type] = lines
+        return lines
 
 
 def _cut(
     snapshot: AccountSnapshot,
+    families: Sequence[Metric],
     encoder: Encoder,
     headers: Sequence[bytes],
     names: Sequence[str],
     trailer: bytes,
 ) -> tuple[bytes, ...] | None:
-    """The account's sample lines of each per-account family, rendered by ``encoder``.
+    """The account's sample lines of each of ``families`` (built from ``snapshot``), rendered
+    by ``encoder``.
 
-    The account's families are rendered together and cut at the headers: every family renders as
-    its header lines, then its sample lines, none of which starts with ``#`` (label values escape
+    The families are rendered together and cut at the headers: every family renders as its
+    header lines, then its sample lines, none of which starts with ``#`` (label values escape
     newlines). None when the rendering does not have that shape.
     """
-    before, after = account_families([snapshot])
-    families = [*before, *after]
     if [family.name for family in families] != list(names):
         return None
     text = _without(encoder(_Families(families)), trailer)

@@ -34,9 +34,10 @@ from test_golden_metrics import _prices as golden_prices
 from test_golden_metrics import _snapshot as golden_snapshot
 
 from okx_loan_exporter import __version__
+from okx_loan_exporter import exposition as exposition_module
 from okx_loan_exporter.activity_cache import ActivitySnapshot
 from okx_loan_exporter.cache import AccountSnapshot
-from okx_loan_exporter.collector import LoanCollector, account_families
+from okx_loan_exporter.collector import ACCOUNT_PARTS, LoanCollector, account_families
 from okx_loan_exporter.config import config_from_dict
 from okx_loan_exporter.exporter import ACCOUNTS_PER_POOL, CONNECTIONS_PER_POOL, Exporter
 from okx_loan_exporter.exposition import (
@@ -47,7 +48,9 @@ from okx_loan_exporter.exposition import (
     Rendered,
 )
 from okx_loan_exporter.okx import Endpoint, FailureReason
+from okx_loan_exporter.okx_transport import ConnectionStatsSnapshot
 from okx_loan_exporter.position import NO_LOAN, Order, Position, parse_loan_info
+from okx_loan_exporter.prices import IndexPrices
 from okx_loan_exporter.stats import RequestStats
 from okx_loan_exporter.web import create_app
 
@@ -334,6 +337,7 @@ snapshots_strategy = st.lists(
         clock_offset=st.floats(min_value=-100, max_value=100),
         prices=st.sampled_from([None, golden_prices()]),
         activity=st.sampled_from([None, TWO_ORDERS_ACTIVITY, ActivitySnapshot()]),
+        connections=st.builds(ConnectionStatsSnapshot, st.integers(0, 3), st.integers(0, 2)),
     ),
     max_size=4,
     unique_by=lambda item: item.name,
@@ -357,6 +361,73 @@ def test_any_sequence_of_scrapes_renders_like_the_reference(sequence, accept):
         if compressed:
             assert rendered.compressed is not None
             assert gzip.decompress(rendered.gzip(rendered.trailer)) == expected
+
+
+TWO_ORDERS = parse_loan_info(
+    json.loads((Path(__file__).parent / "data" / "loan_info_two_orders.json").read_text())
+)
+OTHER_PRICES = dataclasses.replace(
+    golden_prices(), prices=IndexPrices("USDT", {"BTC": 50000.0, "DOT": 7.0, "STX": 2.0})
+)
+CHANGES = {
+    # Each draws from a few objects that come back, so that parts are reused by identity.
+    "position": st.sampled_from([None, NO_LOAN, DOCS, TWO_ORDERS]),
+    "prices": st.sampled_from([None, golden_prices(), OTHER_PRICES]),
+    "activity": st.sampled_from(
+        [None, TWO_ORDERS_ACTIVITY, ActivitySnapshot(), dataclasses.replace(TWO_ORDERS_ACTIVITY)]
+    ),
+    "up": st.booleans(),
+    "last_success": st.sampled_from([None, 1_700_000_000.5, 1_700_000_015.25]),
+    "requests": st.builds(stats, st.integers(min_value=0, max_value=3)),
+    "connections": st.builds(ConnectionStatsSnapshot, st.integers(0, 3), st.integers(0, 2)),
+    "clock_offset": st.sampled_from([0.0, 1.5, -2.25]),
+}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    steps=st.lists(
+        st.dictionaries(st.sampled_from(sorted(CHANGES)), st.just(None), min_size=1),
+        min_size=1,
+        max_size=6,
+    ),
+    accept=st.sampled_from(ACCEPT_HEADERS),
+    data=st.data(),
+)
+def test_an_account_changing_a_few_fields_at_a_time_renders_like_the_reference(steps, accept, data):
+    """Parts of an account's lines are kept while the fields they read are the same objects or
+    values (collector.ACCOUNT_PARTS): any change of any field must still show."""
+    cache = RenderCache(__version__)
+    encoder, content_type = choose_encoder(accept)
+    accounts = many_accounts(3)
+    for step in steps:
+        changed = {field: data.draw(CHANGES[field]) for field in step}
+        accounts = [accounts[0], dataclasses.replace(accounts[1], **changed), accounts[2]]
+        rendered = cache.render(accounts, encoder, content_type)
+        assert rendered is not None
+        assert rendered.families + rendered.trailer == encoder(LoanCollector(accounts, __version__))
+
+
+def test_a_secondary_answer_renders_only_the_activity_part_again(monkeypatch):
+    cache = RenderCache(__version__)
+    encoder, content_type = choose_encoder("")
+    accounts = many_accounts(4)
+    assert cache.render(accounts, encoder, content_type) is not None
+    cut = exposition_module._cut
+    families_rendered: list[str] = []
+
+    def recording_cut(snapshot, families, *args):
+        families_rendered.extend(family.name for family in families)
+        return cut(snapshot, families, *args)
+
+    monkeypatch.setattr(exposition_module, "_cut", recording_cut)
+    activity = dataclasses.replace(TWO_ORDERS_ACTIVITY, redeem={("1002", "BTC"): 0.5})
+    accounts[0] = dataclasses.replace(accounts[0], activity=activity)
+    rendered = cache.render(accounts, encoder, content_type)
+    assert rendered is not None
+    assert rendered.families + rendered.trailer == encoder(LoanCollector(accounts, __version__))
+    activity_part = ACCOUNT_PARTS[2]
+    assert families_rendered == [family.name for family in activity_part.families(())]
 
 
 def call(app, method="GET", query="", **headers):
