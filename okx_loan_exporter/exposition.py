@@ -158,9 +158,10 @@ class RenderCache:
     :meth:`render` gives exactly ``encoder(LoanCollector(snapshots, version))``, split into the
     families and the format's trailer (``# EOF`` for OpenMetrics, nothing for the text format), so
     that other collectors' families can follow before the trailer. Each account's sample lines of
-    every per-account family are kept as bytes, keyed by the account's snapshot and the format,
-    and rendered again only when that snapshot changed (see :func:`_same_snapshot`); the body is
-    assembled from them family by family, with the few families of no single account (index
+    every per-account family are kept as bytes, keyed by the account's snapshot and the format;
+    when that snapshot changed (see :func:`_same_snapshot`), only the parts of the families whose
+    inputs changed are rendered again (``collector.ACCOUNT_PARTS``). The body is assembled from
+    them family by family, with the few families of no single account (index
     prices, request durations summed over the accounts, public requests, build) rendered whole.
     Safe to call from many threads; a scrape that finds another rendering waits and reuses its
     text.
