@@ -12,6 +12,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from okx_loan_exporter.cache import AccountSnapshot
 
 
+def debt_currencies(snapshot: AccountSnapshot) -> frozenset[str]:
+    """The currencies the account's orders borrow (each shows 0 accrued until its first
+    interest record)."""
+    position = snapshot.position
+    return frozenset(c for o in position.orders for c in o.loans) if position else frozenset()
+
+
 def activity_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
     """The events, interest and headroom families of every account that has them."""
     events = CounterMetricFamily(
@@ -74,10 +81,7 @@ def activity_families(snapshots: Sequence[AccountSnapshot]) -> Iterator[Metric]:
                     rate.add_metric([account, currency], state.rate)
                 accrued.add_metric([account, currency], state.accrued)
                 last_interest.add_metric([account, currency], state.last_timestamp)
-            debts = (
-                {c for o in snapshot.position.orders for c in o.loans} if snapshot.position else ()
-            )
-            for currency in sorted(set(debts) - set(activity.interest)):
+            for currency in sorted(debt_currencies(snapshot) - set(activity.interest)):
                 accrued.add_metric([account, currency], 0.0)  # nothing accrued since start yet
         for (order, currency), headroom in activity.borrow.items():
             if headroom.amount is not None:

@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from okx_loan_exporter.activity_metrics import activity_families
+from okx_loan_exporter.activity_metrics import activity_families, debt_currencies
 from okx_loan_exporter.cache import AccountSnapshot
 from okx_loan_exporter.okx import Endpoint
 from okx_loan_exporter.position import Order
@@ -435,11 +435,6 @@ def _index_prices(snapshot: AccountSnapshot) -> object:
     return None if snapshot.prices is None else snapshot.prices.prices
 
 
-def _debts(snapshot: AccountSnapshot) -> frozenset[str]:
-    position = snapshot.position
-    return frozenset(c for o in position.orders for c in o.loans) if position else frozenset()
-
-
 def _same_position(old: AccountSnapshot, new: AccountSnapshot) -> bool:
     return old.position is new.position
 
@@ -450,7 +445,9 @@ def _same_priced_position(old: AccountSnapshot, new: AccountSnapshot) -> bool:
 
 def _same_activity(old: AccountSnapshot, new: AccountSnapshot) -> bool:
     """The values, and the debt currencies (each without interest yet shows 0 accrued)."""
-    return old.activity is new.activity and (new.activity is None or _debts(old) == _debts(new))
+    return old.activity is new.activity and (
+        new.activity is None or debt_currencies(old) == debt_currencies(new)
+    )
 
 
 def _same_health(old: AccountSnapshot, new: AccountSnapshot) -> bool:
