@@ -395,20 +395,17 @@ class PositionCache:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         tasks: dict[str, asyncio.Task[None]] = {}
-        started_prices: list[asyncio.Task[None]] = []
         for account in self.accounts:
             task = account.fetch_if_due()
             if task is not None:
                 tasks[account.name] = task
                 if self.prices is not None:
-                    task.add_done_callback(
-                        functools.partial(self._ask_prices_for, account, started_prices)
-                    )
+                    task.add_done_callback(functools.partial(self._ask_prices_for, account))
         price_tasks = self.prices.fetch_due(self._holders()) if self.prices else []
         if (tasks or price_tasks) and wait > 0:
             await asyncio.wait([*tasks.values(), *price_tasks], timeout=wait)
         if self.prices is not None and tasks:
-            price_tasks = [*started_prices, *self.prices.fetch_due(self._holders())]
+            price_tasks = self.prices.fetch_due(self._holders())  # with those under way
             left = deadline - loop.time()
             if price_tasks and left > 0:
                 await asyncio.wait(price_tasks, timeout=left)
@@ -427,15 +424,11 @@ class PositionCache:
             for account in self.accounts
         ]
 
-    def _ask_prices_for(
-        self, account: AccountCache, started: list[asyncio.Task[None]], _: object
-    ) -> None:
+    def _ask_prices_for(self, account: AccountCache, _: object) -> None:
         """Once ``account``'s loan-info fetch ended: if it holds orders, start its base URL's
-        price fetch when due, and note it in ``started`` for the scrape to wait for."""
+        price fetch when due (the scrape then waits for it with the others in flight)."""
         if self.prices is not None and account.holds_orders:
-            task = self.prices.fetch_due_for(account.name)
-            if task is not None and task not in started:
-                started.append(task)
+            self.prices.fetch_due_for(account.name)
 
     def start_activity(self) -> None:
         """Start every account's due secondary fetches; nobody waits for them (on the loop)."""
