@@ -139,8 +139,12 @@ class AccountCache:
         Safe to call from any thread: it only reads two attributes that the loop replaces whole,
         and a fetch is started only once the clock has passed ``_next_attempt``.
         """
+        return self.loan_info_idle() and self.activity_idle()
+
+    def activity_idle(self) -> bool:
+        """True when no secondary fetch is under way or due (safe from any thread)."""
         activity = self._running_activity()
-        return self.loan_info_idle() and (activity is None or activity.idle(self._outcome.position))
+        return activity is None or activity.idle(self._outcome.position)
 
     def loan_info_idle(self) -> bool:
         """True when no loan-info fetch is under way or due: a scrape would not wait for OKX
@@ -440,9 +444,11 @@ class PositionCache:
 
     def idle(self) -> bool:
         """True when :meth:`refresh_async` would neither start nor wait for a fetch."""
-        return all(account.idle() for account in self.accounts) and (
-            self.prices is None or self.prices.idle(self._holders())
-        )
+        return not self.waits_for_okx() and self.activity_idle()
+
+    def activity_idle(self) -> bool:
+        """True when no account's secondary fetch is under way or due."""
+        return all(account.activity_idle() for account in self.accounts)
 
     def waits_for_okx(self) -> bool:
         """True when :meth:`refresh_async` would wait for OKX: a loan-info or index-price fetch

@@ -385,22 +385,29 @@ class Exporter:
         landing page does: the loop would return the same, after two thread switches.
         """
         self._last_scrape = self._clock()
-        if self.cache.idle():
+        refreshing = self.cache.waits_for_okx()
+        if not refreshing:  # answered from the caches
             self._last_cached_scrape = self._last_scrape
-            return self.cache.snapshots()
+            if self.cache.activity_idle():  # and no secondary fetch to start
+                return self.cache.snapshots()
         wait = self.scrape_wait(scrape_timeout)
-        if not self.cache.waits_for_okx():  # it only starts due secondary fetches
-            self._last_cached_scrape = self._last_scrape
+        with self._counted_as_refreshing(refreshing):
             return self._loop_thread.run(self.cache.refresh_async(wait), timeout=wait + 5)
+
+    @contextlib.contextmanager
+    def _counted_as_refreshing(self, refreshing: bool) -> Iterator[None]:
+        """Count a scrape that waits for OKX among those refreshing: within :meth:`answering`,
+        once, until the answer ends; outside it, until the fetch ends."""
         refreshed = getattr(self._answer, "refreshed", None)  # None outside answering()
-        if not refreshed:  # counted until answering() ends, or until the fetch ends outside it
+        counted = refreshing and not refreshed
+        if counted:
             self._count_refreshing(+1)
             if refreshed is not None:
                 self._answer.refreshed = True
         try:
-            return self._loop_thread.run(self.cache.refresh_async(wait), timeout=wait + 5)
+            yield
         finally:
-            if refreshed is None:
+            if counted and refreshed is None:
                 self._count_refreshing(-1)
 
     @contextlib.contextmanager
