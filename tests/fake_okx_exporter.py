@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from okx_loan_exporter.config import config_from_dict
+from okx_loan_exporter.config import ExporterConfig, config_from_dict
 from okx_loan_exporter.exporter import Exporter
 
 DOCS_EXAMPLE = json.loads(
@@ -31,6 +31,25 @@ class Clock:
         return self.now
 
 
+def fake_config(names: Sequence[str], **settings: str) -> ExporterConfig:
+    """A config of accounts ``names`` (API key ``key-<name>``) at https://okx.test, with
+    ``cache_ttl: 1h`` and ``max_stale: 2h`` unless ``settings`` say otherwise."""
+    return config_from_dict(
+        {
+            "base_url": "https://okx.test",
+            "cache_ttl": "1h",
+            "max_stale": "2h",
+            **settings,
+            "accounts": [
+                {"name": name, "api_key": f"key-{name}", "secret_key": "s", "passphrase": "p"}
+                for name in names
+            ],
+        },
+        "test.yml",
+        {},
+    )
+
+
 def exporter_over_fake_okx(
     clock: Clock, paths: Counter[str], names: Sequence[str] = ("a",)
 ) -> Exporter:
@@ -43,22 +62,12 @@ def exporter_over_fake_okx(
         paths[name] += 1
         return httpx.Response(200, json=DOCS_EXAMPLE if name == "loan-info" else EMPTY_PAGE)
 
-    config = config_from_dict(
-        {
-            "base_url": "https://okx.test",
-            "cache_ttl": "1h",
-            "max_stale": "2h",
-            "history_interval": "1m",
-            "interest_interval": "0s",
-            "headroom_interval": "0s",
-            "price_interval": "0s",
-            "accounts": [
-                {"name": name, "api_key": f"key-{name}", "secret_key": "s", "passphrase": "p"}
-                for name in names
-            ],
-        },
-        "test.yml",
-        {},
+    config = fake_config(
+        names,
+        history_interval="1m",
+        interest_interval="0s",
+        headroom_interval="0s",
+        price_interval="0s",
     )
     return Exporter(config, clock=clock, transport=httpx.MockTransport(okx))
 

@@ -13,10 +13,10 @@ from okx_loan_exporter.cache import (
     AccountCache,
     PositionCache,
 )
-from okx_loan_exporter.config import config_from_dict
 from okx_loan_exporter.exporter import Exporter
 from okx_loan_exporter.okx import FailureReason, OkxError
 from okx_loan_exporter.position import Order, Position
+from tests.fake_okx_exporter import fake_config
 
 
 class Clock:
@@ -489,21 +489,8 @@ def quick_and_slow_exporter(arrived: dict[str, float]) -> Exporter:
             await asyncio.sleep(0.6)
         return httpx.Response(200, content=loan_info)
 
-    config = config_from_dict(
-        {
-            "base_url": "https://okx.test",
-            "cache_ttl": "1h",
-            "max_stale": "2h",
-            "history_interval": "0s",
-            "interest_interval": "0s",
-            "headroom_interval": "0s",
-            "accounts": [
-                {"name": name, "api_key": f"key-{name}", "secret_key": "s", "passphrase": "p"}
-                for name in ("quick", "slow")
-            ],
-        },
-        "test.yml",
-        {},
+    config = fake_config(
+        ("quick", "slow"), history_interval="0s", interest_interval="0s", headroom_interval="0s"
     )
     return Exporter(config, transport=httpx.MockTransport(okx))
 

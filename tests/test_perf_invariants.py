@@ -53,6 +53,7 @@ from okx_loan_exporter.position import NO_LOAN, Order, Position, parse_loan_info
 from okx_loan_exporter.prices import IndexPrices
 from okx_loan_exporter.stats import RequestStats
 from okx_loan_exporter.web import create_app
+from tests.fake_okx_exporter import fake_config
 
 DOCS_EXAMPLE = json.loads(
     (Path(__file__).parent / "data" / "loan_info_docs_example.json").read_text()
@@ -123,20 +124,7 @@ def reference(snapshots: list[AccountSnapshot], encoder) -> bytes:
 
 @pytest.fixture
 def exporter():
-    config = config_from_dict(
-        {
-            "base_url": "https://okx.test",
-            "cache_ttl": "1h",
-            "max_stale": "2h",
-            "accounts": [
-                {"name": name, "api_key": f"k-{name}", "secret_key": "s", "passphrase": "p"}
-                for name in ("main", "other")
-            ],
-            **LOAN_INFO_ONLY,  # the fake answers loan-info only
-        },
-        "test.yml",
-        {},
-    )
+    config = fake_config(("main", "other"), **LOAN_INFO_ONLY)  # the fake answers loan-info only
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json=DOCS_EXAMPLE))
     exporter = Exporter(config, transport=transport)
     yield exporter
